@@ -1,0 +1,248 @@
+"""The local stack: a single-node KRaft Kafka and a private PostgreSQL cluster under .stack/.
+
+Kafka comes from Maven Central (``stack/pom.xml``) and runs on the machine's Java 17.
+PostgreSQL comes from Debian's ``postgresql`` package and runs as the ``postgres`` user
+when we are root, because initdb refuses root. Every step is idempotent: a second
+``up`` finds what is there and only starts what is not running.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from events.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+POM = ROOT / "stack" / "pom.xml"
+LOG4J = ROOT / "stack" / "log4j2.properties"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _say(msg: str) -> None:
+    print(f"stack: {msg}", file=sys.stderr, flush=True)
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def _alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@dataclass(frozen=True)
+class Stack:
+    settings: Settings
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.settings.stack_dir) if self.settings.stack_dir else ROOT / ".stack"
+
+    # ---------------------------------------------------------------- kafka
+    @property
+    def kafka_dir(self) -> Path:
+        return self.dir / "kafka"
+
+    def _kafka_libs(self) -> Path:
+        libs = self.kafka_dir / "libs"
+        stamp = libs / ".resolved"
+        pom_sig = POM.read_bytes()
+        if stamp.exists() and stamp.read_bytes() == pom_sig:
+            return libs
+        _say("resolving Apache Kafka from Maven Central (stack/pom.xml)")
+        if libs.exists():
+            shutil.rmtree(libs)
+        libs.mkdir(parents=True)
+        subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+            check=True, stdin=subprocess.DEVNULL,
+        )
+        stamp.write_bytes(pom_sig)
+        return libs
+
+    def kafka_up(self) -> None:
+        s = self.settings
+        kd = self.kafka_dir
+        pidfile = kd / "kafka.pid"
+        if _alive(pidfile) and _port_open(s.kafka_port):
+            _say(f"kafka already running on 127.0.0.1:{s.kafka_port}")
+            return
+        libs = self._kafka_libs()
+        data = kd / "data"
+        conf = kd / "server.properties"
+        conf.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
+                f"log.dirs={data}",
+                f"num.partitions={s.partitions}",
+                "auto.create.topics.enable=false",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=10",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=10",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms=10000",
+                "transaction.max.timeout.ms=900000",
+                "",
+            ])
+        )
+        cp = f"{libs}/*"
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            _say(f"formatting KRaft storage in {data}")
+            subprocess.run(
+                ["java", "-cp", cp, f"-Dlog4j2.configurationFile={LOG4J}",
+                 "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
+                check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            )
+        if _port_open(s.kafka_port):
+            raise StackError(f"port {s.kafka_port} is taken by another process; set TASKFLOW_KAFKA_PORT")
+        log = open(kd / "kafka.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+             f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp, "kafka.Kafka", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pidfile.write_text(str(proc.pid))
+        _say(f"starting kafka (pid {proc.pid}) on 127.0.0.1:{s.kafka_port}")
+        deadline = time.monotonic() + 90
+        while not _port_open(s.kafka_port):
+            if proc.poll() is not None:
+                raise StackError(f"kafka exited with {proc.returncode}; see {kd / 'kafka.log'}")
+            if time.monotonic() > deadline:
+                raise StackError(f"kafka did not open port {s.kafka_port}; see {kd / 'kafka.log'}")
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------- postgres
+    @property
+    def pg_dir(self) -> Path:
+        return self.dir / "pg"
+
+    @staticmethod
+    def _pg_bin() -> Path:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise StackError("PostgreSQL is not installed: run `make install` "
+                             "(apt-get install postgresql)")
+        return Path(found[-1]).parent
+
+    def _as_pg(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *argv]
+        return argv
+
+    def pg_up(self) -> None:
+        s = self.settings
+        bin_dir = self._pg_bin()
+        pd = self.pg_dir
+        data = pd / "data"
+        run = pd / "run"
+        if os.geteuid() == 0:
+            pd.mkdir(parents=True, exist_ok=True)
+            shutil.chown(pd, "postgres", "postgres")
+            probe = subprocess.run(self._as_pg(["test", "-w", str(pd)]), check=False)
+            if probe.returncode != 0:
+                raise StackError(f"user postgres cannot write {pd}; make its parents traversable")
+        pd.mkdir(parents=True, exist_ok=True)
+        if not (data / "PG_VERSION").exists():
+            _say(f"initdb {data}")
+            pw = pd / "pwfile"
+            pw.write_text("taskflow\n")
+            if os.geteuid() == 0:
+                shutil.chown(pw, "postgres", "postgres")
+            subprocess.run(
+                self._as_pg([str(bin_dir / "initdb"), "-D", str(data), "-U", "taskflow",
+                             f"--pwfile={pw}", "-A", "scram-sha-256", "-E", "UTF8",
+                             "--locale=C.UTF-8", "--no-instructions"]),
+                check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            )
+            pw.unlink()
+        run.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(run, "postgres", "postgres")
+        status = subprocess.run(
+            self._as_pg([str(bin_dir / "pg_ctl"), "-D", str(data), "status"]),
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        if status.returncode == 0:
+            _say(f"postgres already running on 127.0.0.1:{s.pg_port}")
+            return
+        if _port_open(s.pg_port):
+            raise StackError(f"port {s.pg_port} is taken by another process; set TASKFLOW_PG_PORT")
+        opts = (f"-p {s.pg_port} -k {run} -c listen_addresses=127.0.0.1 -c max_connections=300 "
+                "-c shared_buffers=256MB -c synchronous_commit=on -c wal_level=replica")
+        _say(f"starting postgres on 127.0.0.1:{s.pg_port}")
+        subprocess.run(
+            self._as_pg([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(pd / "postgres.log"),
+                         "-o", opts, "-w", "-t", "60", "start"]),
+            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        )
+
+    def pg_down(self) -> None:
+        data = self.pg_dir / "data"
+        if not (data / "postmaster.pid").exists():
+            return
+        subprocess.run(
+            self._as_pg([str(self._pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                         "stop"]),
+            check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        )
+        _say("postgres stopped")
+
+    def kafka_down(self) -> None:
+        pidfile = self.kafka_dir / "kafka.pid"
+        pid = _alive(pidfile)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pidfile):
+            os.kill(pid, signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
+        _say("kafka stopped")
+
+    def status(self) -> dict[str, str]:
+        s = self.settings
+        kpid = _alive(self.kafka_dir / "kafka.pid")
+        k_ok = kpid is not None and _port_open(s.kafka_port)
+        pg_ok = _port_open(s.pg_port) and (self.pg_dir / "data" / "postmaster.pid").exists()
+        return {
+            "kafka": f"{'up' if k_ok else 'down'} 127.0.0.1:{s.kafka_port}"
+            + (f" pid {kpid}" if kpid else ""),
+            "postgres": f"{'up' if pg_ok else 'down'} 127.0.0.1:{s.pg_port}",
+            "dir": str(self.dir),
+        }

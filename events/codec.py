@@ -1,0 +1,81 @@
+"""Wire codec: CloudEvents structured JSON, with upcasting of older schema versions.
+
+``decode`` is the only way bytes from the log become a ``CloudEvent``. It raises
+``UndecodableEvent`` for anything that is not a valid event of a known type, so callers
+can park the record and keep the partition moving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+from pydantic import ValidationError
+
+from events.errors import UndecodableEvent
+from events.models import DATA_MODELS, SCHEMA_VERSIONS, CloudEvent, EventType
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _created_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Release 0.0 wrote ``params`` instead of ``payload`` and had no ``priority``."""
+    out = {k: v for k, v in data.items() if k != "params"}
+    out["payload"] = data.get("params", data.get("payload", {}))
+    out.setdefault("priority", 0)
+    return out
+
+
+# (event type, version) -> function that lifts data of that version by one version.
+UPCASTERS: Final[dict[tuple[EventType, int], Upcaster]] = {
+    (EventType.CREATED, 1): _created_v1_to_v2,
+}
+
+
+def encode(event: CloudEvent) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def upcast(etype: EventType, version: int, data: dict[str, Any]) -> dict[str, Any]:
+    current = SCHEMA_VERSIONS[etype]
+    if version > current:
+        raise UndecodableEvent(f"{etype} schemaversion {version} is newer than {current}", None)
+    while version < current:
+        step = UPCASTERS.get((etype, version))
+        if step is None:
+            raise UndecodableEvent(f"no upcaster for {etype} schemaversion {version}", None)
+        data = step(data)
+        version += 1
+    return data
+
+
+def decode(raw: bytes | None) -> CloudEvent:
+    """Parse one log record value into a ``CloudEvent`` at the current schema version."""
+    if raw is None:
+        raise UndecodableEvent("record has no value", raw)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableEvent(f"not JSON: {exc}", raw) from None
+    if not isinstance(doc, dict):
+        raise UndecodableEvent("not a JSON object", raw)
+    try:
+        etype = EventType(doc.get("type"))
+    except ValueError:
+        raise UndecodableEvent(f"unknown event type {doc.get('type')!r}", raw) from None
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise UndecodableEvent("data is not a JSON object", raw)
+    version = doc.get("schemaversion", 1)
+    if not isinstance(version, int):
+        raise UndecodableEvent("schemaversion is not an integer", raw)
+    try:
+        data = upcast(etype, version, data)
+        model = DATA_MODELS[etype].model_validate(data)
+        envelope = {**doc, "data": model, "schemaversion": SCHEMA_VERSIONS[etype]}
+        return CloudEvent.model_validate(envelope)
+    except UndecodableEvent as exc:
+        raise UndecodableEvent(exc.error, raw) from None
+    except ValidationError as exc:
+        raise UndecodableEvent(f"invalid {etype}: {exc.errors(include_url=False)}", raw) from None

@@ -1,0 +1,34 @@
+"""Names, defaults and units in one place."""
+
+from typing import Final
+
+TOPIC: Final = "taskflow.task-events"
+DEAD_LETTER_TOPIC_SUFFIX: Final = ".dlt"  # worker poison records go to <topic>.dlt
+PARTITIONS: Final = 6
+CONTENT_TYPE: Final = "application/cloudevents+json"
+SPEC_VERSION: Final = "1.0"
+API_SOURCE: Final = "taskflow/api"
+WORKER_SOURCE_PREFIX: Final = "taskflow/worker/"
+
+WORKER_GROUP: Final = "taskflow.worker"
+PROJECTION: Final = "tasks"  # name of the live projection in projector_offsets
+PROJECTOR_GROUP_PREFIX: Final = "taskflow.projector."  # + projection name
+CHANGES_CHANNEL: Final = "taskflow_changes"  # pg_notify channel (wake-up only)
+
+PRODUCE_TIMEOUT_S: Final = 5.0  # seconds the API waits for acks=all before 503
+PROJECTOR_BATCH_MAX: Final = 1000  # events per projector transaction
+PROJECTOR_BATCH_WAIT_MS: Final = 20  # ms a projector waits to fill a batch
+WORKER_CONCURRENCY: Final = 8  # tasks in flight per worker process
+DEFAULT_TIMEOUT_S: Final = 300.0  # seconds a handler may run
+DEFAULT_MAX_ATTEMPTS: Final = 3
+RETRY_BASE_S: Final = 1.0  # seconds, first retry delay before jitter
+RETRY_CAP_S: Final = 300.0  # seconds, longest retry delay
+SSE_HEARTBEAT_S: Final = 15.0  # seconds between keep-alive comments
+SSE_RETRY_MS: Final = 2000  # ms, reconnect hint sent to EventSource clients
+SSE_QUEUE_MAX: Final = 1000  # changes buffered per subscriber before it is dropped
+SSE_SEND_TIMEOUT_S: Final = 10.0  # seconds a single send may block before the client is dropped
+READ_WAIT_S: Final = 2.0  # seconds a read waits for the projector to reach a position
+HEADER_DLT_TOPIC: Final = "taskflow.dlt.topic"
+HEADER_DLT_PARTITION: Final = "taskflow.dlt.partition"
+HEADER_DLT_OFFSET: Final = "taskflow.dlt.offset"
+HEADER_DLT_ERROR: Final = "taskflow.dlt.error"

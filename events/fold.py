@@ -1,0 +1,230 @@
+"""State is a fold: ``apply(state, event) -> state``.
+
+The live projector, ``projections rebuild``, ``projections verify``, ``replay`` and the
+API's ``?as_of=`` all call this one function, so they cannot disagree.
+
+Rules that make the fold total:
+
+* An event for a task we have not seen starts from a blank state (the log may be read
+  from the middle, e.g. after retention of an earlier release).
+* A duplicate ``task.created`` is ignored: the first one wins.
+* Events of an older attempt than the one in the state are stale and ignored.
+* Terminal states (DONE, FAILED, CANCELLED) absorb everything, with one deliberate
+  exception: ``task.redriven`` re-opens a FAILED task (that is what redrive means), and
+  ``task.dead_lettered`` marks a FAILED task as dead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict
+
+from events.models import (
+    TERMINAL,
+    CloudEvent,
+    EventType,
+    TaskCreated,
+    TaskDone,
+    TaskFailed,
+    TaskProgress,
+    TaskRetryScheduled,
+    TaskStatus,
+)
+
+
+class TaskState(BaseModel):
+    """The read model of one task; also what ``GET /tasks/{id}`` shows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: uuid.UUID
+    tenant: str | None = None
+    title: str = ""
+    type: str = "echo"
+    payload: dict[str, Any] = {}
+    priority: int = 0
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    result: Any = None
+    error: str | None = None
+    attempt: int = 0
+    progress: int = 0
+    progress_message: str | None = None
+    not_before: datetime | None = None
+    cancel_requested: bool = False
+    dead_lettered: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+Handler = Callable[[TaskState, CloudEvent], TaskState]
+
+
+def _created(state: TaskState, ev: CloudEvent) -> TaskState:
+    if state.created_at is not None:
+        return state  # duplicate task.created: the first one wins
+    d = ev.data
+    assert isinstance(d, TaskCreated)
+    return state.model_copy(
+        update={
+            "tenant": ev.tenant,
+            "title": d.title,
+            "type": d.type,
+            "payload": d.payload,
+            "priority": d.priority,
+            "max_attempts": d.max_attempts,
+            "timeout_s": d.timeout_s,
+            "created_at": ev.time,
+        }
+    )
+
+
+def _processing(state: TaskState, ev: CloudEvent) -> TaskState:
+    return state.model_copy(
+        update={
+            "status": TaskStatus.PROCESSING,
+            "attempt": ev.attempt,
+            "progress": 0,
+            "progress_message": None,
+            "not_before": None,
+        }
+    )
+
+
+def _progress(state: TaskState, ev: CloudEvent) -> TaskState:
+    d = ev.data
+    assert isinstance(d, TaskProgress)
+    if state.status is not TaskStatus.PROCESSING or ev.attempt != state.attempt:
+        return state
+    return state.model_copy(update={"progress": d.percent, "progress_message": d.message})
+
+
+def _done(state: TaskState, ev: CloudEvent) -> TaskState:
+    d = ev.data
+    assert isinstance(d, TaskDone)
+    return state.model_copy(
+        update={
+            "status": TaskStatus.DONE,
+            "result": d.result,
+            "error": None,
+            "attempt": max(state.attempt, ev.attempt),
+            "progress": 100,
+            "finished_at": ev.time,
+        }
+    )
+
+
+def _failed(state: TaskState, ev: CloudEvent) -> TaskState:
+    d = ev.data
+    assert isinstance(d, TaskFailed)
+    return state.model_copy(
+        update={
+            "status": TaskStatus.FAILED,
+            "error": d.error,
+            "attempt": max(state.attempt, ev.attempt),
+            "finished_at": ev.time,
+        }
+    )
+
+
+def _retry_scheduled(state: TaskState, ev: CloudEvent) -> TaskState:
+    d = ev.data
+    assert isinstance(d, TaskRetryScheduled)
+    return state.model_copy(
+        update={
+            "status": TaskStatus.RETRYING,
+            "error": d.error,
+            "attempt": max(state.attempt, ev.attempt),
+            "not_before": d.not_before,
+        }
+    )
+
+
+def _cancel_requested(state: TaskState, ev: CloudEvent) -> TaskState:
+    return state.model_copy(update={"cancel_requested": True})
+
+
+def _cancelled(state: TaskState, ev: CloudEvent) -> TaskState:
+    return state.model_copy(update={"status": TaskStatus.CANCELLED, "finished_at": ev.time})
+
+
+def _dead_lettered(state: TaskState, ev: CloudEvent) -> TaskState:
+    return state.model_copy(update={"dead_lettered": True})
+
+
+def _redriven(state: TaskState, ev: CloudEvent) -> TaskState:
+    return state.model_copy(
+        update={
+            "status": TaskStatus.PENDING,
+            "dead_lettered": False,
+            "error": None,
+            "result": None,
+            "progress": 0,
+            "progress_message": None,
+            "finished_at": None,
+            "not_before": None,
+        }
+    )
+
+
+HANDLERS: Final[dict[EventType, Handler]] = {
+    EventType.CREATED: _created,
+    EventType.PROCESSING: _processing,
+    EventType.PROGRESS: _progress,
+    EventType.DONE: _done,
+    EventType.FAILED: _failed,
+    EventType.RETRY_SCHEDULED: _retry_scheduled,
+    EventType.CANCEL_REQUESTED: _cancel_requested,
+    EventType.CANCELLED: _cancelled,
+    EventType.DEAD_LETTERED: _dead_lettered,
+    EventType.REDRIVEN: _redriven,
+}
+# Events that still change a terminal task (see the module docstring).
+_OPEN_TERMINAL: Final = {
+    EventType.CREATED: frozenset(TaskStatus),
+    EventType.DEAD_LETTERED: frozenset({TaskStatus.FAILED}),
+    EventType.REDRIVEN: frozenset({TaskStatus.FAILED}),
+}
+# Events that carry an attempt number and are stale when older than the state's.
+_ATTEMPTED: Final = frozenset(
+    {
+        EventType.PROCESSING,
+        EventType.PROGRESS,
+        EventType.DONE,
+        EventType.FAILED,
+        EventType.RETRY_SCHEDULED,
+    }
+)
+
+
+def apply(state: TaskState | None, event: CloudEvent) -> TaskState:
+    """Fold one event into a task's state. Total, pure and idempotent per event."""
+    if state is None:
+        state = TaskState(task_id=event.subject, tenant=event.tenant)
+    handler = HANDLERS.get(event.type)
+    if handler is None:  # an event type this release does not know: no state change
+        return state
+    if state.terminal and state.status not in _OPEN_TERMINAL.get(event.type, frozenset()):
+        return state
+    if event.type in _ATTEMPTED and event.attempt < state.attempt:
+        return state
+    new = handler(state, event)
+    if new is state:
+        return state
+    return new.model_copy(update={"updated_at": event.time})
+
+
+def fold(events: list[CloudEvent], state: TaskState | None = None) -> TaskState | None:
+    for ev in events:
+        state = apply(state, ev)
+    return state

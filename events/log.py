@@ -1,0 +1,343 @@
+"""The Kafka adapter: the only module that imports aiokafka.
+
+Everything above it works with ``CloudEvent``, ``Record`` and ``(topic, partition)``
+tuples. Producers are idempotent with ``acks=all``; consumers never auto-commit, because
+the projector keeps its offsets in Postgres and the worker commits only up to its lowest
+unfinished task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from events.codec import encode
+from events.errors import LogUnavailable
+from events.models import CloudEvent, Position
+
+TP = tuple[str, int]  # (topic, partition)
+AssignedCallback = Callable[[list[TP]], Awaitable[dict[TP, int]]]  # returns offsets to seek
+RevokedCallback = Callable[[list[TP]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One raw record from the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+def _key(task_id: uuid.UUID) -> bytes:
+    return str(task_id).encode()
+
+
+def _record(msg: Any) -> Record:
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        timestamp_ms=msg.timestamp,
+        headers=tuple(msg.headers or ()),
+    )
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
+    """Create the event topic (kept forever) if it is missing; True if it was created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+        try:
+            await admin.create_topics(
+                [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
+            )
+        except TopicAlreadyExistsError:
+            return False
+        return True
+    finally:
+        await admin.close()
+
+
+async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
+    """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise LogUnavailable(f"kafka at {bootstrap}: {exc!r}") from None
+    finally:
+        await admin.close()
+
+
+class EventProducer:
+    """Appends events to the log. A return means the broker acknowledged with acks=all."""
+
+    def __init__(self, *, bootstrap: str, topic: str, timeout_s: float) -> None:
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.start(), self.timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            await self._producer.stop()
+            raise LogUnavailable(f"cannot connect: {exc!r}") from None
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def append(self, events: Sequence[CloudEvent]) -> list[Position]:
+        """Append events (each keyed by its task id) and wait for every acknowledgement."""
+
+        async def _send_all() -> list[Position]:
+            futures = [
+                await self._producer.send(self.topic, encode(ev), key=_key(ev.subject))
+                for ev in events
+            ]
+            metas = await asyncio.gather(*futures)
+            return [Position(partition=m.partition, offset=m.offset) for m in metas]
+
+        try:
+            return await asyncio.wait_for(_send_all(), self.timeout_s)
+        except TimeoutError:
+            raise LogUnavailable(f"no acknowledgement within {self.timeout_s}s") from None
+        except KafkaError as exc:
+            raise LogUnavailable(repr(exc)) from None
+
+    async def append_raw(self, topic: str, key: bytes | None, value: bytes | None,
+                         headers: Sequence[tuple[str, bytes]] = ()) -> Position:
+        """Append bytes as they are: dead-letter topics and test fixtures (golden logs)."""
+        meta = await asyncio.wait_for(
+            self._producer.send_and_wait(topic, value, key=key, headers=list(headers)),
+            self.timeout_s,
+        )
+        return Position(partition=meta.partition, offset=meta.offset)
+
+
+class TransactionalProducer:
+    """A producer with a ``transactional_id``: events and consumer offsets commit atomically.
+
+    A new instance with the same id fences the old one (a zombie after a rebalance), so
+    its later commits fail instead of writing a second terminal event.
+    """
+
+    def __init__(self, *, bootstrap: str, transactional_id: str, timeout_s: float) -> None:
+        self.transactional_id = transactional_id
+        self.timeout_s = timeout_s
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=1,
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def commit(
+        self,
+        *,
+        topic: str,
+        events: Sequence[CloudEvent],
+        offsets: dict[TP, int],
+        group_id: str,
+    ) -> None:
+        """Append ``events`` and commit ``offsets`` (next offset to read) in one transaction."""
+        async with self._producer.transaction():
+            futures = [
+                await self._producer.send(topic, encode(ev), key=_key(ev.subject)) for ev in events
+            ]
+            if offsets:
+                await self._producer.send_offsets_to_transaction(
+                    {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
+                )
+        await asyncio.gather(*futures)
+
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes | None,
+                       headers: Sequence[tuple[str, bytes]], offsets: dict[TP, int],
+                       group_id: str) -> None:
+        async with self._producer.transaction():
+            await self._producer.send(topic, value, key=key, headers=list(headers))
+            await self._producer.send_offsets_to_transaction(
+                {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
+            )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: GroupConsumer) -> None:
+        self._c = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self._c.on_revoked is not None:
+            await self._c.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        tps = [(tp.topic, tp.partition) for tp in assigned]
+        if self._c.on_assigned is None:
+            return
+        seeks = await self._c.on_assigned(tps)
+        for (t, p), off in seeks.items():
+            self._c._consumer.seek(TopicPartition(t, p), off)
+
+
+class GroupConsumer:
+    """A consumer-group member that never auto-commits.
+
+    ``on_assigned`` returns the offsets to seek to (the projector's checkpoint + 1);
+    partitions it leaves out resume from the group's committed offset.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Iterable[str],
+        group_id: str,
+        on_assigned: AssignedCallback | None = None,
+        on_revoked: RevokedCallback | None = None,
+        read_committed: bool = True,
+        max_poll_records: int = 1000,
+        client_id: str = "taskflow",
+    ) -> None:
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+            max_poll_records=max_poll_records,
+            fetch_max_wait_ms=50,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_interval_ms=300_000,
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def poll(self, *, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Record] = []
+        for msgs in batches.values():
+            out.extend(_record(m) for m in msgs)
+        return out
+
+    def assignment(self) -> list[TP]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def highwater(self, tp: TP) -> int | None:
+        """The end offset of ``tp`` as of the last fetch (None before the first fetch)."""
+        hw = self._consumer.highwater(TopicPartition(*tp))
+        return int(hw) if hw is not None else None
+
+    def pause(self, tps: Iterable[TP]) -> None:
+        self._consumer.pause(*(TopicPartition(t, p) for t, p in tps))
+
+    def resume(self, tps: Iterable[TP]) -> None:
+        self._consumer.resume(*(TopicPartition(t, p) for t, p in tps))
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+
+    async def committed(self, tp: TP) -> int | None:
+        off = await self._consumer.committed(TopicPartition(*tp))
+        return int(off) if off is not None else None
+
+    async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        res = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(o) for tp, o in res.items()}
+
+
+class LogReader:
+    """Reads partitions directly (no group), e.g. for replay, verify and rebuild."""
+
+    def __init__(self, *, bootstrap: str, topic: str, read_committed: bool = True) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+            max_poll_records=5000,
+            fetch_max_wait_ms=100,
+        )
+
+    async def start(self) -> list[int]:
+        """Connect and assign every partition of the topic; returns the partition ids."""
+        await self._consumer.start()
+        parts = self._consumer.partitions_for_topic(self.topic)
+        if parts is None:
+            await self._consumer._client.force_metadata_update()
+            parts = self._consumer.partitions_for_topic(self.topic) or set()
+        self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
+        return sorted(parts)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def bounds(self) -> dict[int, tuple[int, int]]:
+        """(first offset, end offset) per partition, at the time of the call."""
+        tps = list(self._consumer.assignment())
+        begin = await self._consumer.beginning_offsets(tps)
+        end = await self._consumer.end_offsets(tps)
+        return {tp.partition: (int(begin[tp]), int(end[tp])) for tp in tps}
+
+    async def offsets_for_time(self, ts_ms: int) -> dict[int, int | None]:
+        tps = list(self._consumer.assignment())
+        res = await self._consumer.offsets_for_times({tp: ts_ms for tp in tps})
+        return {tp.partition: (int(o.offset) if o is not None else None) for tp, o in res.items()}
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._consumer.seek(TopicPartition(self.topic, partition), offset)
+
+    def pause(self, partition: int) -> None:
+        self._consumer.pause(TopicPartition(self.topic, partition))
+
+    async def position(self, partition: int) -> int:
+        return int(await self._consumer.position(TopicPartition(self.topic, partition)))
+
+    async def poll(self, *, timeout_ms: int, max_records: int = 5000) -> list[Record]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Record] = []
+        for msgs in batches.values():
+            out.extend(_record(m) for m in msgs)
+        return out

@@ -1,0 +1,194 @@
+"""Event schemas: the CloudEvents 1.0 envelope and one frozen data model per event type.
+
+Event data models are named for what happened (``TaskCreated``, ``TaskDone``). Each type
+has a current schema version in ``SCHEMA_VERSIONS``; older versions are upcast by
+``events.codec`` before anyone sees them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+
+from events import constants
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    RETRYING = "RETRYING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL: Final = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class EventType(StrEnum):
+    CREATED = "task.created"
+    PROCESSING = "task.processing"
+    PROGRESS = "task.progress"
+    DONE = "task.done"
+    FAILED = "task.failed"
+    RETRY_SCHEDULED = "task.retry_scheduled"
+    CANCEL_REQUESTED = "task.cancel_requested"
+    CANCELLED = "task.cancelled"
+    DEAD_LETTERED = "task.dead_lettered"
+    REDRIVEN = "task.redriven"
+
+
+class EventData(BaseModel):
+    """Base of every event payload: frozen, and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskCreated(EventData):
+    title: str
+    type: str = "echo"
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+class TaskProcessing(EventData):
+    worker_id: str
+
+
+class TaskProgress(EventData):
+    percent: int = Field(ge=0, le=100)
+    message: str | None = None
+
+
+class TaskDone(EventData):
+    result: Any = None
+
+
+FailureReason = Literal["error", "timeout", "cancelled", "lost", "exhausted"]
+
+
+class TaskFailed(EventData):
+    error: str
+    reason: FailureReason = "error"
+
+
+class TaskRetryScheduled(EventData):
+    error: str
+    reason: FailureReason = "error"
+    not_before: datetime
+    delay_s: float
+
+
+class TaskCancelRequested(EventData):
+    reason: str | None = None
+
+
+class TaskCancelled(EventData):
+    reason: str | None = None
+
+
+class TaskDeadLettered(EventData):
+    error: str
+
+
+class TaskRedriven(EventData):
+    reason: str | None = None
+
+
+DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
+    EventType.CREATED: TaskCreated,
+    EventType.PROCESSING: TaskProcessing,
+    EventType.PROGRESS: TaskProgress,
+    EventType.DONE: TaskDone,
+    EventType.FAILED: TaskFailed,
+    EventType.RETRY_SCHEDULED: TaskRetryScheduled,
+    EventType.CANCEL_REQUESTED: TaskCancelRequested,
+    EventType.CANCELLED: TaskCancelled,
+    EventType.DEAD_LETTERED: TaskDeadLettered,
+    EventType.REDRIVEN: TaskRedriven,
+}
+TYPE_OF: Final[dict[type[EventData], EventType]] = {v: k for k, v in DATA_MODELS.items()}
+
+# Current schema version of every event type. Bump it when a data model changes and add
+# an upcaster in events.codec for the old version.
+SCHEMA_VERSIONS: Final[dict[EventType, int]] = {t: 1 for t in EventType}
+SCHEMA_VERSIONS[EventType.CREATED] = 2  # v1 had no priority and called payload "params"
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 envelope in structured mode; ``subject`` is the task id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"] = constants.SPEC_VERSION
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    source: str
+    type: EventType
+    subject: uuid.UUID
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: SerializeAsAny[EventData]
+    schemaversion: int = 1
+    attempt: int = Field(default=0, ge=0)
+    tenant: str | None = None
+
+    @property
+    def task_id(self) -> uuid.UUID:
+        return self.subject
+
+
+def new_event(
+    data: EventData,
+    *,
+    task_id: uuid.UUID,
+    source: str,
+    attempt: int = 0,
+    tenant: str | None = None,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """Build the envelope for ``data`` at the current schema version of its type."""
+    etype = TYPE_OF[type(data)]
+    return CloudEvent(
+        source=source,
+        type=etype,
+        subject=task_id,
+        time=time or datetime.now(UTC),
+        data=data,
+        schemaversion=SCHEMA_VERSIONS[etype],
+        attempt=attempt,
+        tenant=tenant,
+    )
+
+
+class Position(BaseModel):
+    """Where an event sits in the log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+class LoggedEvent(BaseModel):
+    """An event as read from the log, with its coordinates."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: CloudEvent
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int = 0
+
+    @property
+    def position(self) -> Position:
+        return Position(partition=self.partition, offset=self.offset)

@@ -1,0 +1,63 @@
+"""Settings, read once at start-up from ``TASKFLOW_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events import constants
+from events.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every knob of TaskFlow. Defaults point at the local stack (`taskflow stack up`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKFLOW_", frozen=True, extra="ignore")
+
+    # The local stack (`taskflow stack up`); bootstrap and URL default to it.
+    stack_dir: str = ""  # default: <project>/.stack
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    pg_port: int = 15432
+    kafka_bootstrap: str = ""  # default: 127.0.0.1:<kafka_port>
+    database_url: str = ""  # default: postgresql+asyncpg://taskflow:taskflow@127.0.0.1:<pg_port>/taskflow
+    topic: str = constants.TOPIC
+    partitions: int = Field(default=constants.PARTITIONS, ge=1)
+    worker_group: str = constants.WORKER_GROUP
+    worker_id: str = ""  # defaults to hostname-pid
+    worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
+    default_timeout_s: float = Field(default=constants.DEFAULT_TIMEOUT_S, gt=0)
+    default_max_attempts: int = Field(default=constants.DEFAULT_MAX_ATTEMPTS, ge=1)
+    retry_base_s: float = Field(default=constants.RETRY_BASE_S, ge=0)
+    retry_cap_s: float = Field(default=constants.RETRY_CAP_S, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    projection: str = constants.PROJECTION
+    projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
+    produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    read_wait_s: float = Field(default=constants.READ_WAIT_S, ge=0)
+    sse_heartbeat_s: float = Field(default=constants.SSE_HEARTBEAT_S, gt=0)
+    sse_queue_max: int = Field(default=constants.SSE_QUEUE_MAX, ge=1)
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _local_stack_defaults(self) -> Settings:
+        if not self.kafka_bootstrap:
+            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+        if not self.database_url:
+            url = f"postgresql+asyncpg://taskflow:taskflow@127.0.0.1:{self.pg_port}/taskflow"
+            object.__setattr__(self, "database_url", url)
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; fails fast with the name of the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        names = ", ".join("TASKFLOW_" + str(e["loc"][0]).upper() for e in exc.errors())
+        raise ConfigError(f"invalid configuration in {names}: {exc}") from exc

@@ -1,0 +1,119 @@
+"""The read-model schema (SQLAlchemy Core). Alembic migrations are written against it.
+
+* ``tasks``              current state of every task (the fold of its events)
+* ``task_events``        the journal: every event, in log order, with its position
+* ``task_changes``       one row per visible change; ``position`` is the SSE id
+* ``projector_offsets``  checkpoint per (projection, topic, partition), same txn as the rows
+* ``dead_letters``       log records the projector could not decode, with coordinates
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("title", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("result", JSONB, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("progress", Integer, nullable=False),
+    Column("progress_message", Text, nullable=True),
+    Column("priority", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=True),
+    Column("timeout_s", Float, nullable=True),
+    Column("not_before", DateTime(timezone=True), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("dead_lettered", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("partition", Integer, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Index("tasks_status_created", "status", "created_at", "task_id"),
+    Index("tasks_created", "created_at", "task_id"),
+)
+
+task_events = Table(
+    "task_events",
+    metadata,
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("task_id", Uuid, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("event", JSONB, nullable=False),
+    PrimaryKeyConstraint("partition", "offset"),
+    Index("task_events_task", "task_id", "partition", "offset"),
+)
+
+task_changes = Table(
+    "task_changes",
+    metadata,
+    Column("position", BigInteger, Identity(always=False), primary_key=True),
+    Column("task_id", Uuid, nullable=False),
+    Column("tenant", Text, nullable=True),
+    Column("type", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("progress", Integer, nullable=False),
+    Column("summary", Text, nullable=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("task_changes_task", "task_id", "position"),
+)
+
+projector_offsets = Table(
+    "projector_offsets",
+    metadata,
+    Column("projection", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("projection", "topic", "partition"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("projection", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("raw", LargeBinary, nullable=True),
+    Column("error", Text, nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("dead_letters_coords", "projection", "topic", "partition", "offset", unique=True),
+)
