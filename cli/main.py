@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from typing import Annotated
+
 import typer
+
+from cli.services import run_all, serve, setup_logging
 
 from events.settings import get_settings
 
@@ -74,6 +78,52 @@ def migrate() -> None:
     from events.db import migrate as run
 
     run(get_settings().database_url)
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvicorn.run("api.main:app", host=host or s.api_host, port=port or s.api_port,
+                workers=workers, log_level=s.log_level, access_log=False,
+                timeout_graceful_shutdown=5)
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="exit once there is nothing left to do")] = False,
+) -> None:
+    """Run a worker: consumes the log as one member of the worker group."""
+    from worker.service import Worker
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    asyncio.run(serve(Worker(s), burst=burst))
+
+
+@app.command()
+def projector(
+    burst: Annotated[bool, typer.Option(help="exit once the log is drained")] = False,
+) -> None:
+    """Run a projector: folds the log into the Postgres read model."""
+    from projector.service import Projector
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    asyncio.run(serve(Projector(s), burst=burst))
+
+
+@app.command()
+def run() -> None:
+    """Run API, worker and projector together (Ctrl-C stops them)."""
+    raise typer.Exit(run_all(get_settings()))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     TaskFlowError
     ├── ConfigError            a TASKFLOW_* setting is missing or invalid
     ├── LogUnavailable         Kafka did not acknowledge in time
+    ├── ProducerFencedOff      a newer owner of this partition fenced our transactions
     └── UndecodableEvent       a record in the log is not a valid TaskFlow event
 """
 
@@ -24,6 +25,15 @@ class LogUnavailable(TaskFlowError):
 
     def __repr__(self) -> str:
         return f"LogUnavailable(reason={self.reason!r})"
+
+
+class ProducerFencedOff(TaskFlowError):
+    def __init__(self, transactional_id: str) -> None:
+        super().__init__(transactional_id)
+        self.transactional_id = transactional_id
+
+    def __repr__(self) -> str:
+        return f"ProducerFencedOff(transactional_id={self.transactional_id!r})"
 
 
 class UndecodableEvent(TaskFlowError):

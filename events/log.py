@@ -16,10 +16,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
 
 from events.codec import encode
-from events.errors import LogUnavailable
+from events.errors import LogUnavailable, ProducerFencedOff
 from events.models import CloudEvent, Position
 
 TP = tuple[str, int]  # (topic, partition)
@@ -170,26 +170,41 @@ class TransactionalProducer:
         events: Sequence[CloudEvent],
         offsets: dict[TP, int],
         group_id: str,
+        raw: Sequence[RawMessage] = (),
     ) -> None:
-        """Append ``events`` and commit ``offsets`` (next offset to read) in one transaction."""
+        """Append ``events`` (and ``raw`` messages) and commit ``offsets`` in one transaction.
+
+        ``offsets`` are the next offsets to read, as Kafka commits them.
+        """
         async with self._producer.transaction():
             futures = [
                 await self._producer.send(topic, encode(ev), key=_key(ev.subject)) for ev in events
             ]
+            for m in raw:
+                futures.append(
+                    await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers))
+                )
             if offsets:
                 await self._producer.send_offsets_to_transaction(
                     {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
                 )
         await asyncio.gather(*futures)
 
-    async def send_raw(self, topic: str, key: bytes | None, value: bytes | None,
-                       headers: Sequence[tuple[str, bytes]], offsets: dict[TP, int],
-                       group_id: str) -> None:
-        async with self._producer.transaction():
-            await self._producer.send(topic, value, key=key, headers=list(headers))
-            await self._producer.send_offsets_to_transaction(
-                {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
-            )
+    async def safe_commit(self, **kwargs: Any) -> None:
+        try:
+            await self.commit(**kwargs)
+        except ProducerFenced as exc:
+            raise ProducerFencedOff(self.transactional_id) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """Bytes to append as they are (dead-letter copies of poison records)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -280,6 +295,9 @@ class GroupConsumer:
     async def committed(self, tp: TP) -> int | None:
         off = await self._consumer.committed(TopicPartition(*tp))
         return int(off) if off is not None else None
+
+    async def position(self, tp: TP) -> int:
+        return int(await self._consumer.position(TopicPartition(*tp)))
 
     async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         res = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])

@@ -1,0 +1,51 @@
+# TaskFlow: `make run` and `make test` work on a fresh Debian 12 machine (Python 3.11,
+# Java 17, Maven). Everything they need is installed by the `install` target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps run test lint bench stack-up stack-down clean
+
+install: system-deps $(STAMP)
+
+# PostgreSQL from Debian's packages (initdb, pg_ctl); Java and Maven must be present.
+system-deps:
+	@command -v java >/dev/null || { echo "Java 17 is required" >&2; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required" >&2; exit 1; }
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing PostgreSQL from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql </dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+stack-up: install
+	$(BIN)/taskflow stack up
+	$(BIN)/taskflow migrate
+
+stack-down:
+	$(BIN)/taskflow stack down
+
+run: stack-up
+	$(BIN)/taskflow run
+
+test: stack-up
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+bench: stack-up
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean: stack-down
+	rm -rf .stack $(VENV)

@@ -1,0 +1,209 @@
+"""The change feed: one Postgres reader per API process, fanned out in memory.
+
+A single connection LISTENs on ``taskflow_changes``. A notification is only a wake-up:
+the feed then re-reads ``task_changes`` after the last position it delivered, so a lost
+or coalesced notification costs latency, never a change (it also polls once a second).
+Each subscriber has a bounded queue; one that falls behind is dropped and can resume
+with ``Last-Event-ID`` without loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from events.constants import CHANGES_CHANNEL
+from events.db import asyncpg_dsn
+
+log = logging.getLogger("taskflow.api.feed")
+
+_SELECT = ("SELECT position, task_id, tenant, type, status, attempt, progress, summary, time "
+           "FROM task_changes WHERE position > $1 ORDER BY position LIMIT $2")
+PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    position: int
+    task_id: uuid.UUID
+    tenant: str | None
+    type: str
+    status: str
+    attempt: int
+    progress: int
+    summary: str | None
+    time: datetime
+
+    def data(self) -> dict[str, Any]:
+        return {"task_id": str(self.task_id), "status": self.status, "type": self.type,
+                "attempt": self.attempt, "progress": self.progress, "summary": self.summary,
+                "time": self.time.isoformat(), "position": self.position}
+
+
+@dataclass(frozen=True)
+class Filter:
+    task_ids: frozenset[uuid.UUID] = frozenset()
+    statuses: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+    tenant: str | None = None
+    any_tenant: bool = True
+
+    def match(self, c: Change) -> bool:
+        return ((not self.task_ids or c.task_id in self.task_ids)
+                and (not self.statuses or c.status in self.statuses)
+                and (not self.types or c.type in self.types)
+                and (self.any_tenant or c.tenant == self.tenant))
+
+
+class SubscriberDropped(Exception):
+    """The subscriber's buffer overflowed; it must reconnect with Last-Event-ID."""
+
+
+@dataclass(eq=False)
+class Subscriber:
+    filter: Filter
+    queue: asyncio.Queue[Change | None]
+    dropped: bool = False
+
+
+def _row(r: asyncpg.Record) -> Change:
+    return Change(r["position"], r["task_id"], r["tenant"], r["type"], r["status"],
+                  r["attempt"], r["progress"], r["summary"], r["time"])
+
+
+@dataclass
+class ChangeFeed:
+    database_url: str
+    queue_max: int = 1000
+    poll_s: float = 1.0
+    last: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    subscribers: set[Subscriber] = field(default_factory=set)
+    _conn: asyncpg.Connection | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __repr__(self) -> str:
+        return (f"ChangeFeed(last={self.last} ◆ {len(self.subscribers)} subscribers ◆ "
+                f"{self.delivered} delivered ◆ {self.dropped} dropped)")
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+        await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
+        self.last = int(await self._conn.fetchval("SELECT coalesce(max(position), 0) "
+                                                  "FROM task_changes"))
+        self._task = asyncio.create_task(self._pump())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for sub in list(self.subscribers):
+            sub.queue.put_nowait(None) if not sub.queue.full() else None
+        if self._conn is not None:
+            await self._conn.close()
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            self._wake.clear()
+            try:
+                await self._read_new()
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                log.warning("change feed read failed, reconnecting: %r", exc)
+                await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    assert self._conn is not None
+                    await self._conn.close()
+                with contextlib.suppress(Exception):
+                    self._conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+                    await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
+
+    async def _read_new(self) -> None:
+        assert self._conn is not None
+        while True:
+            async with self._lock:
+                rows = await self._conn.fetch(_SELECT, self.last, PAGE)
+            if not rows:
+                return
+            for r in rows:
+                self._publish(_row(r))
+            if len(rows) < PAGE:
+                return
+
+    def _publish(self, c: Change) -> None:
+        self.last = c.position
+        for sub in list(self.subscribers):
+            if sub.dropped or not sub.filter.match(c):
+                continue
+            try:
+                sub.queue.put_nowait(c)
+                self.delivered += 1
+            except asyncio.QueueFull:
+                sub.dropped = True
+                self.dropped += 1
+                self.subscribers.discard(sub)
+
+    async def backlog(self, after: int, upto: int) -> list[Change]:
+        """Changes in (after, upto], read on the feed's own connection."""
+        assert self._conn is not None
+        async with self._lock:
+            rows = await self._conn.fetch(
+                "SELECT position, task_id, tenant, type, status, attempt, progress, summary, "
+                "time FROM task_changes WHERE position > $1 AND position <= $2 "
+                "ORDER BY position LIMIT $3", after, upto, PAGE)
+        return [_row(r) for r in rows]
+
+    async def first_position(self) -> int | None:
+        assert self._conn is not None
+        async with self._lock:
+            v = await self._conn.fetchval("SELECT min(position) FROM task_changes")
+        return int(v) if v is not None else None
+
+    async def subscribe(self, flt: Filter, after: int | None) -> AsyncIterator[Change]:
+        """Every matching change after ``after`` exactly once, in order, then live ones.
+
+        The subscriber joins the live fan-out first and only then reads the backlog up to
+        the position the feed had reached when it joined, so nothing falls between the
+        two and nothing is sent twice.
+        """
+        sub = Subscriber(flt, asyncio.Queue(maxsize=self.queue_max))
+        self.subscribers.add(sub)
+        try:
+            joined_at = self.last
+            cursor = joined_at if after is None else after
+            while cursor < joined_at:
+                page = await self.backlog(cursor, joined_at)
+                if not page:
+                    break
+                for c in page:
+                    cursor = c.position
+                    if flt.match(c):
+                        yield c
+            while True:
+                if sub.dropped:
+                    raise SubscriberDropped()
+                c = await sub.queue.get()
+                if c is None:
+                    return
+                if c.position <= cursor:
+                    continue
+                cursor = c.position
+                yield c
+        finally:
+            self.subscribers.discard(sub)

@@ -1,0 +1,120 @@
+"""Reads of the read model (SQLAlchemy Core). Plain functions, keyword-only arguments."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events.tables import projector_offsets, task_changes, task_events, tasks
+
+_TASK_COLS = [c for c in tasks.c if c.name not in ("partition", "last_offset")]
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    raw = orjson.dumps([created_at.isoformat(), str(task_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, tid = orjson.loads(raw)
+        return datetime.fromisoformat(ts), uuid.UUID(tid)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise BadCursor(str(exc)) from None
+
+
+async def get_task(engine: AsyncEngine, *, task_id: uuid.UUID) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(*_TASK_COLS).where(tasks.c.task_id == task_id))).first()
+    return dict(row._mapping) if row else None
+
+
+async def list_tasks(
+    engine: AsyncEngine,
+    *,
+    status: str | None,
+    type_: str | None,
+    limit: int,
+    cursor: str | None,
+    descending: bool = True,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Keyset pagination on (created_at, task_id): stable while tasks are being added."""
+    q = select(*_TASK_COLS)
+    if status:
+        q = q.where(tasks.c.status == status)
+    if type_:
+        q = q.where(tasks.c.type == type_)
+    if cursor:
+        ts, tid = decode_cursor(cursor)
+        if descending:
+            q = q.where(or_(tasks.c.created_at < ts,
+                            and_(tasks.c.created_at == ts, tasks.c.task_id < tid)))
+        else:
+            q = q.where(or_(tasks.c.created_at > ts,
+                            and_(tasks.c.created_at == ts, tasks.c.task_id > tid)))
+    order = (tasks.c.created_at.desc(), tasks.c.task_id.desc()) if descending else (
+        tasks.c.created_at.asc(), tasks.c.task_id.asc())
+    q = q.order_by(*order).limit(limit + 1)
+    async with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(q)]
+    nxt = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        nxt = encode_cursor(last["created_at"], last["task_id"])
+    return rows, nxt
+
+
+async def task_history(engine: AsyncEngine, *, task_id: uuid.UUID) -> list[dict[str, Any]]:
+    q = (select(task_events.c.partition, task_events.c.offset, task_events.c.event)
+         .where(task_events.c.task_id == task_id)
+         .order_by(task_events.c.partition, task_events.c.offset))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    return [{**r.event, "position": {"partition": r.partition, "offset": r.offset}} for r in rows]
+
+
+async def checkpoint(engine: AsyncEngine, *, projection: str, topic: str,
+                     partition: int) -> int:
+    q = select(projector_offsets.c.offset).where(
+        projector_offsets.c.projection == projection, projector_offsets.c.topic == topic,
+        projector_offsets.c.partition == partition)
+    async with engine.connect() as conn:
+        v = (await conn.execute(q)).scalar()
+    return int(v) if v is not None else -1
+
+
+async def checkpoints(engine: AsyncEngine, *, projection: str, topic: str) -> dict[int, int]:
+    q = select(projector_offsets.c.partition, projector_offsets.c.offset).where(
+        projector_offsets.c.projection == projection, projector_offsets.c.topic == topic)
+    async with engine.connect() as conn:
+        return {int(p): int(o) for p, o in (await conn.execute(q)).all()}
+
+
+async def changes_after(engine: AsyncEngine, *, after: int, limit: int) -> list[dict[str, Any]]:
+    q = (select(task_changes).where(task_changes.c.position > after)
+         .order_by(task_changes.c.position).limit(limit))
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(q)]
+
+
+async def last_change(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        v = (await conn.execute(select(func.max(task_changes.c.position)))).scalar()
+    return int(v or 0)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

@@ -1,0 +1,91 @@
+"""Request and response bodies of the HTTP API, with OpenAPI examples."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from events.models import TaskStatus
+
+MAX_TITLE = 500
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"title": "say hello", "type": "echo", "payload": {"message": "hi"}}]
+        },
+    )
+
+    title: str = Field(min_length=1, max_length=MAX_TITLE)
+    type: str = Field(default="echo", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-100, le=100)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+
+    @field_validator("title")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        return v
+
+
+class PositionOut(BaseModel):
+    partition: int
+    offset: int
+
+
+class TaskAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "task_id": "0b7f3c1e-3f4e-4a59-9d7c-6f1d2a3b4c5d", "status": "PENDING",
+        "position": {"partition": 3, "offset": 41}}]})
+
+    task_id: uuid.UUID
+    status: TaskStatus
+    position: PositionOut
+
+
+class TaskOut(BaseModel):
+    task_id: uuid.UUID
+    title: str
+    type: str
+    status: TaskStatus
+    payload: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+    attempt: int
+    progress: int
+    progress_message: str | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    not_before: datetime | None = None
+    cancel_requested: bool = False
+    dead_lettered: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None = None
+
+
+class EventPage(BaseModel):
+    """The task's history in log order: each item is the CloudEvent plus its ``position``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [{
+        "specversion": "1.0", "id": "5f0c...", "source": "taskflow/api", "type": "task.created",
+        "subject": "0b7f3c1e-3f4e-4a59-9d7c-6f1d2a3b4c5d", "time": "2026-11-22T10:00:00Z",
+        "datacontenttype": "application/json", "data": {"title": "say hello"},
+        "schemaversion": 2, "attempt": 0, "tenant": None,
+        "position": {"partition": 3, "offset": 41}}]}]})
+
+    items: list[dict[str, Any]]

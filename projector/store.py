@@ -1,0 +1,206 @@
+"""Read-model writes: one Postgres transaction per batch, checkpoint included.
+
+This is the projector's only module that talks to Postgres. A batch is written with a
+handful of statements whatever its size: ``unnest`` arrays for the task upsert and COPY
+for the journal and the change feed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from events.constants import CHANGES_CHANNEL
+from events.fold import TaskState
+
+# Serialises the allocation of task_changes positions across projector processes; see
+# ``write_batch`` for why that makes the change feed gap-free. (An arbitrary constant.)
+CHANGES_LOCK_KEY = 0x7A5CF10
+
+_TASK_COLUMNS = (
+    "task_id", "tenant", "title", "type", "status", "payload", "result", "error", "attempt",
+    "progress", "progress_message", "priority", "max_attempts", "timeout_s", "not_before",
+    "cancel_requested", "dead_lettered", "created_at", "updated_at", "finished_at",
+    "partition", "last_offset",
+)
+_TASK_TYPES = (
+    "uuid", "text", "text", "text", "text", "jsonb", "jsonb", "text", "int4",
+    "int4", "text", "int4", "int4", "float8", "timestamptz",
+    "bool", "bool", "timestamptz", "timestamptz", "timestamptz",
+    "int4", "int8",
+)
+_UPSERT_TASKS = (
+    f"INSERT INTO {{schema}}.tasks ({', '.join(_TASK_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TASK_TYPES))
+    + ") ON CONFLICT (task_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _TASK_COLUMNS[1:])
+)
+
+
+@dataclass(slots=True)
+class JournalRow:
+    partition: int
+    offset: int
+    task_id: uuid.UUID
+    event_id: uuid.UUID
+    type: str
+    time: datetime
+    attempt: int
+    event: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ChangeRow:
+    task_id: uuid.UUID
+    tenant: str | None
+    type: str
+    status: str
+    attempt: int
+    progress: int
+    summary: str | None
+    time: datetime
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class ParkedRow:
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes | None
+    error: str
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)  # binary jsonb: a version byte, then the text
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    # Binary format, so that COPY (which is binary in asyncpg) can write jsonb too.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
+                              schema="pg_catalog", format="binary")
+
+
+async def lock_checkpoints(
+    conn: asyncpg.Connection, *, schema: str, projection: str, topic: str, partitions: list[int]
+) -> dict[int, int]:
+    """Lock and return the checkpoint of each partition (-1 if none yet).
+
+    The row lock makes two projectors that briefly both think they own a partition (a
+    zombie during a rebalance) take turns; each then skips what the other applied.
+    """
+    await conn.execute(
+        f"INSERT INTO {schema}.projector_offsets (projection, topic, partition, \"offset\") "
+        "SELECT $1, $2, p, -1 FROM unnest($3::int4[]) AS p ON CONFLICT DO NOTHING",
+        projection, topic, partitions,
+    )
+    rows = await conn.fetch(
+        f"SELECT partition, \"offset\" FROM {schema}.projector_offsets "
+        "WHERE projection = $1 AND topic = $2 AND partition = ANY($3::int4[]) "
+        "ORDER BY partition FOR UPDATE",
+        projection, topic, partitions,
+    )
+    return {r["partition"]: r["offset"] for r in rows}
+
+
+async def read_checkpoints(
+    conn: asyncpg.Connection, *, schema: str, projection: str, topic: str
+) -> dict[int, int]:
+    rows = await conn.fetch(
+        f"SELECT partition, \"offset\" FROM {schema}.projector_offsets "
+        "WHERE projection = $1 AND topic = $2",
+        projection, topic,
+    )
+    return {r["partition"]: r["offset"] for r in rows}
+
+
+async def load_states(
+    conn: asyncpg.Connection, *, schema: str, task_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, TaskState]:
+    rows = await conn.fetch(
+        f"SELECT * FROM {schema}.tasks WHERE task_id = ANY($1::uuid[])", list(task_ids)
+    )
+    return {r["task_id"]: TaskState.model_validate(dict(r)) for r in rows}
+
+
+async def write_batch(
+    conn: asyncpg.Connection,
+    *,
+    schema: str,
+    projection: str,
+    topic: str,
+    states: dict[uuid.UUID, tuple[TaskState, int, int]],
+    journal: list[JournalRow],
+    changes: list[ChangeRow],
+    parked: list[ParkedRow],
+    checkpoints: dict[int, int],
+) -> int | None:
+    """Write one batch; the caller owns the transaction. Returns the last change position.
+
+    Gap-free change feed: positions come from an identity sequence, but a sequence alone
+    is not enough: with two projectors, transaction A may take position 10, B take 11,
+    and B commit first; a reader that saw 11 would move past 10 before A commits and
+    never see it. So each transaction takes a transaction-scoped advisory lock before it
+    allocates positions and keeps it until it ends. Postgres makes a transaction's
+    effects visible before it releases its locks, so when the next transaction gets the
+    lock and allocates higher positions, every lower position is already committed and
+    visible. Hence any snapshot that contains position p contains every position < p.
+    The lock is taken last, just before commit, so it is held only for the COPY of the
+    changes, the checkpoint update and the commit itself.
+    """
+    if states:
+        cols: list[list[Any]] = [[] for _ in _TASK_COLUMNS]
+        for st, partition, offset in states.values():
+            row = st.model_dump()
+            for i, c in enumerate(_TASK_COLUMNS[:-2]):
+                v = row[c]
+                cols[i].append(v.value if c == "status" else v)
+            cols[-2].append(partition)
+            cols[-1].append(offset)
+        await conn.execute(_UPSERT_TASKS.format(schema=schema), *cols)
+    if journal:
+        await conn.copy_records_to_table(
+            "task_events",
+            schema_name=schema,
+            columns=["partition", "offset", "task_id", "event_id", "type", "time", "attempt",
+                     "event"],
+            records=[(j.partition, j.offset, j.task_id, j.event_id, j.type, j.time, j.attempt,
+                      j.event) for j in journal],
+        )
+    if parked:
+        await conn.executemany(
+            f"INSERT INTO {schema}.dead_letters (projection, topic, partition, \"offset\", key, "
+            "raw, error) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            [(projection, topic, p.partition, p.offset, p.key, p.raw, p.error) for p in parked],
+        )
+    last: int | None = None
+    if changes:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CHANGES_LOCK_KEY)
+        await conn.copy_records_to_table(
+            "task_changes",
+            schema_name=schema,
+            columns=["task_id", "tenant", "type", "status", "attempt", "progress", "summary",
+                     "time", "partition", "offset"],
+            records=[(c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress, c.summary,
+                      c.time, c.partition, c.offset) for c in changes],
+        )
+        last = await conn.fetchval(f"SELECT max(position) FROM {schema}.task_changes")
+        await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(last))
+    await conn.execute(
+        f"UPDATE {schema}.projector_offsets AS o SET \"offset\" = v.off, updated_at = now() "
+        "FROM unnest($3::int4[], $4::int8[]) AS v(part, off) "
+        "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.part",
+        projection, topic, list(checkpoints), list(checkpoints.values()),
+    )
+    return last

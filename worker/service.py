@@ -1,0 +1,450 @@
+"""The worker: runs tasks from the log, with exactly one terminal event per task.
+
+How the guarantees are kept:
+
+* **One lane per assigned partition.** A lane folds every record of its partition with
+  ``events.fold.apply`` (the worker's view of each task), runs the tasks that become
+  runnable, and writes what happened through a transactional producer whose
+  ``transactional_id`` is the partition's. Events and the consumer-group offset commit
+  in the same Kafka transaction.
+* **Commit up to the lowest unfinished task.** A lane tracks the offset of the event that
+  made each open task runnable (``task.created``, ``task.retry_scheduled``,
+  ``task.redriven``). It commits ``min(open offsets)`` (or its read position when nothing
+  is open), so a crash never skips a task.
+* **Recovery reads ahead before running anything.** After an assignment, the records
+  between the committed offset and the partition's end at assignment time may include
+  terminal events written by the previous owner for tasks that come after the lowest
+  unfinished one. The lane folds all of them first and only then starts what is still
+  open, so a finished task never runs again and never gets a second terminal event.
+* **Zombies are fenced.** A new owner's producer, with the same transactional id, fences
+  the old one, whose next commit fails; it wrote nothing that a ``read_committed``
+  reader (every TaskFlow consumer) can see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from events import constants
+from events.codec import decode
+from events.errors import ProducerFencedOff, UndecodableEvent
+from events.fold import TaskState, apply
+from events.log import TP, GroupConsumer, RawMessage, Record, TransactionalProducer
+from events.models import (
+    CloudEvent,
+    EventData,
+    EventType,
+    TaskCancelled,
+    TaskDeadLettered,
+    TaskDone,
+    TaskFailed,
+    TaskProcessing,
+    TaskProgress,
+    TaskRetryScheduled,
+    new_event,
+)
+from events.settings import Settings
+from worker.handlers import REGISTRY, HandlerError
+
+log = logging.getLogger("taskflow.worker")
+
+PROGRESS_MIN_INTERVAL_S = 0.5  # seconds between two task.progress events of one task
+REVOKE_GRACE_S = 5.0  # seconds in-flight tasks get to finish when their partition moves
+_TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
+
+
+def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with equal jitter: in [d/2, d] where d = min(cap, base * 2^(n-1))."""
+    d = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+class _Abandoned(Exception):
+    """The task is left for another worker (shutdown or revoked partition)."""
+
+
+@dataclass
+class _Ctx:
+    task_id: str
+    attempt: int
+    lane: Lane
+    tid: uuid.UUID
+    tenant: str | None
+    _last: float = 0.0
+
+    def progress(self, percent: int, message: str | None = None) -> None:
+        percent = max(0, min(100, int(percent)))
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_MIN_INTERVAL_S:
+            self._last = now
+            self.lane.stage(self.lane.worker.event(
+                TaskProgress(percent=percent, message=message), self.tid, self.attempt, self.tenant
+            ))
+
+
+@dataclass
+class Lane:
+    """Everything a worker does for one partition."""
+
+    worker: Worker
+    tp: TP
+    producer: TransactionalProducer
+    recovery_end: int
+    position: int = 0
+    states: dict[uuid.UUID, TaskState] = field(default_factory=dict)
+    open: dict[uuid.UUID, int] = field(default_factory=dict)  # task -> trigger offset
+    base: dict[uuid.UUID, int] = field(default_factory=dict)  # attempt at last redrive
+    running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
+    cancel_reason: dict[uuid.UUID, str] = field(default_factory=dict)
+    outbox: list[CloudEvent] = field(default_factory=list)
+    raw: list[RawMessage] = field(default_factory=list)
+    resolved: set[uuid.UUID] = field(default_factory=set)
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    committer: asyncio.Task[None] | None = None
+    failure: BaseException | None = None
+
+    @property
+    def recovering(self) -> bool:
+        return self.position < self.recovery_end
+
+    def stage(self, *events: CloudEvent, resolve: uuid.UUID | None = None) -> None:
+        self.outbox.extend(events)
+        if resolve is not None:
+            self.resolved.add(resolve)
+        self.dirty.set()
+
+    def commit_offset(self) -> int:
+        pending = [o for t, o in self.open.items() if t not in self.resolved]
+        return min(pending) if pending else self.position
+
+    async def flush(self) -> None:
+        events, raw, resolved = self.outbox, self.raw, self.resolved
+        self.outbox, self.raw, self.resolved = [], [], set()
+        for t in resolved:
+            self.open.pop(t, None)
+        offset = self.commit_offset()
+        await self.producer.safe_commit(
+            topic=self.worker.settings.topic,
+            events=events,
+            raw=raw,
+            offsets={self.tp: offset},
+            group_id=self.worker.settings.worker_group,
+        )
+        self.worker.committed_events += len(events)
+
+    async def run_committer(self) -> None:
+        """Commit staged events in batches: one Kafka transaction per round."""
+        try:
+            while True:
+                await self.dirty.wait()
+                self.dirty.clear()
+                await self.flush()
+                if self.closed and not self.outbox and not self.raw:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # fenced, or Kafka gone: this lane cannot write
+            self.failure = exc
+            log.error("lane %s stopped: %r", self.tp, exc)
+            for t in list(self.running.values()):
+                t.cancel()
+            self.worker.lane_failed(self, exc)
+
+
+@dataclass
+class Worker:
+    """Consumes the task log as one member of ``settings.worker_group`` and runs tasks.
+
+    :param settings: process settings (topic, group, concurrency, timeouts, retries).
+    :param worker_id: appears in ``source`` and ``task.processing``; default host-pid.
+    """
+
+    settings: Settings
+    worker_id: str = ""
+    started: int = 0
+    done: int = 0
+    failed: int = 0
+    retries: int = 0
+    cancelled: int = 0
+    parked: int = 0
+    committed_events: int = 0
+    lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
+    _consumer: GroupConsumer | None = field(default=None, repr=False)
+    _sem: asyncio.Semaphore | None = field(default=None, repr=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _fatal: BaseException | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.worker_id:
+            self.worker_id = self.settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.source = constants.WORKER_SOURCE_PREFIX + self.worker_id
+
+    def __repr__(self) -> str:
+        return (f"Worker({self.worker_id} ◆ {self.started} started ◆ {self.done} done ◆ "
+                f"{self.failed} failed ◆ {self.retries} retries ◆ {self.cancelled} cancelled ◆ "
+                f"{self.parked} parked ◆ {self.in_flight} in flight)")
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(lane.running) for lane in self.lanes.values())
+
+    def event(self, data: EventData, task_id: uuid.UUID, attempt: int,
+              tenant: str | None) -> CloudEvent:
+        return new_event(data, task_id=task_id, source=self.source, attempt=attempt, tenant=tenant)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        s = self.settings
+        self._sem = asyncio.Semaphore(s.worker_concurrency)
+        self._consumer = GroupConsumer(
+            bootstrap=s.kafka_bootstrap,
+            topics=[s.topic],
+            group_id=s.worker_group,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+            read_committed=True,
+            max_poll_records=500,
+            client_id=f"taskflow-worker-{self.worker_id}",
+        )
+        await self._consumer.start()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def lane_failed(self, lane: Lane, exc: BaseException) -> None:
+        if isinstance(exc, ProducerFencedOff):
+            return  # another worker owns the partition now; the rebalance will revoke it
+        self._fatal = exc
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Graceful: let in-flight tasks finish within the grace period, commit, leave."""
+        self._stopping.set()
+        await self._drain(list(self.lanes), self.settings.shutdown_grace_s)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        log.info("shutdown %r", self)
+
+    async def _drain(self, tps: list[TP], grace_s: float) -> None:
+        lanes = [self.lanes[tp] for tp in tps if tp in self.lanes]
+        running = [t for lane in lanes for t in lane.running.values()]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for lane in lanes:
+                for tid, task in lane.running.items():
+                    if task in pending:
+                        lane.cancel_reason[tid] = "abandon"
+                        task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for lane in lanes:
+            lane.closed = True
+            lane.dirty.set()
+            if lane.committer is not None and lane.failure is None:
+                try:
+                    await asyncio.wait_for(lane.committer, 15)
+                except (TimeoutError, ProducerFencedOff, Exception) as exc:  # noqa: BLE001
+                    log.warning("final commit of %s failed: %r", lane.tp, exc)
+            await lane.producer.stop()
+            self.lanes.pop(lane.tp, None)
+
+    async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            if tp in self.lanes:
+                continue
+            producer = TransactionalProducer(
+                bootstrap=self.settings.kafka_bootstrap,
+                transactional_id=f"{self.settings.worker_group}.{tp[0]}.{tp[1]}",
+                timeout_s=self.settings.produce_timeout_s,
+            )
+            await producer.start()  # init_transactions fences any previous owner
+            position = await self._consumer.position(tp)
+            lane = Lane(worker=self, tp=tp, producer=producer, recovery_end=ends[tp],
+                        position=position)
+            lane.committer = asyncio.create_task(lane.run_committer())
+            self.lanes[tp] = lane
+        log.info("assigned %s", sorted(p for _, p in tps))
+        return {}
+
+    async def _on_revoked(self, tps: list[TP]) -> None:
+        await self._drain(tps, REVOKE_GRACE_S)
+
+    # ------------------------------------------------------------ main loop
+    async def run(self, *, until_idle: bool = False, idle_ms: int = 2000) -> None:
+        """Consume and run tasks until stopped (or, with ``until_idle``, until nothing is left)."""
+        assert self._consumer is not None
+        idle_since = time.monotonic()
+        paused = False
+        while not self._stopping.is_set():
+            records = await self._consumer.poll(timeout_ms=100, max_records=500)
+            for r in records:
+                lane = self.lanes.get((r.topic, r.partition))
+                if lane is not None and lane.failure is None:
+                    self._on_record(lane, r)
+            for lane in list(self.lanes.values()):
+                if lane.recovering and not records:
+                    lane.position = max(lane.position, await self._consumer.position(lane.tp))
+                if not lane.recovering and lane.recovery_end >= 0:
+                    self._finish_recovery(lane)
+            backlog = self.in_flight
+            limit = self.settings.worker_concurrency * 8
+            if backlog > limit and not paused:
+                self._consumer.pause(list(self.lanes))
+                paused = True
+            elif backlog <= limit // 2 and paused:
+                self._consumer.resume(list(self.lanes))
+                paused = False
+            if records or self.in_flight:
+                idle_since = time.monotonic()
+            elif until_idle and (time.monotonic() - idle_since) * 1000 > idle_ms and self.lanes:
+                break
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _finish_recovery(self, lane: Lane) -> None:
+        lane.recovery_end = -1  # marks recovery as done
+        for tid in list(lane.open):
+            self._schedule(lane, tid)
+        lane.dirty.set()  # commit the position even if nothing else happens
+
+    def _on_record(self, lane: Lane, r: Record) -> None:
+        lane.position = r.offset + 1
+        try:
+            ev = decode(r.value)
+        except UndecodableEvent as exc:
+            self.parked += 1
+            lane.raw.append(RawMessage(
+                topic=self.settings.topic + constants.DEAD_LETTER_TOPIC_SUFFIX,
+                key=r.key,
+                value=r.value,
+                headers=(
+                    (constants.HEADER_DLT_TOPIC, r.topic.encode()),
+                    (constants.HEADER_DLT_PARTITION, str(r.partition).encode()),
+                    (constants.HEADER_DLT_OFFSET, str(r.offset).encode()),
+                    (constants.HEADER_DLT_ERROR, exc.error.encode()[:4000]),
+                ),
+            ))
+            lane.dirty.set()
+            return
+        tid = ev.subject
+        state = apply(lane.states.get(tid), ev)
+        lane.states[tid] = state
+        if ev.type is EventType.REDRIVEN:
+            lane.base[tid] = state.attempt
+        if ev.type in _TRIGGERS and not state.terminal:
+            lane.open[tid] = r.offset
+        if state.terminal:
+            lane.open.pop(tid, None)
+            task = lane.running.get(tid)
+            if task is not None and tid not in lane.cancel_reason:
+                lane.cancel_reason[tid] = "superseded"
+                task.cancel()
+            if tid not in lane.running:
+                lane.states.pop(tid, None)  # nothing more to do for it
+                lane.base.pop(tid, None)
+        if ev.type is EventType.CANCEL_REQUESTED:
+            task = lane.running.get(tid)
+            if task is not None:
+                lane.cancel_reason[tid] = "cancel"
+                task.cancel()
+            elif tid in lane.open and not lane.recovering:
+                self._cancel_now(lane, tid, state)
+        elif not lane.recovering and tid in lane.open and tid not in lane.running:
+            self._schedule(lane, tid)
+        if not lane.recovering and not lane.dirty.is_set() and not lane.open:
+            lane.dirty.set()  # move the committed offset along on quiet partitions
+
+    def _cancel_now(self, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
+        self.cancelled += 1
+        lane.stage(self.event(TaskCancelled(reason="cancel requested"), tid, state.attempt,
+                              state.tenant), resolve=tid)
+
+    def _schedule(self, lane: Lane, tid: uuid.UUID) -> None:
+        state = lane.states.get(tid)
+        if state is None or state.terminal or tid in lane.running:
+            return
+        if state.cancel_requested:
+            self._cancel_now(lane, tid, state)
+            return
+        lane.running[tid] = asyncio.create_task(self._run_task(lane, tid, state))
+
+    # ------------------------------------------------------------ one task
+    async def _run_task(self, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
+        assert self._sem is not None
+        s = self.settings
+        attempt = state.attempt + 1
+        try:
+            if state.not_before is not None:
+                delay = (state.not_before - datetime.now(UTC)).total_seconds()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            async with self._sem:
+                await self._attempt(lane, tid, state, attempt)
+        except asyncio.CancelledError:
+            reason = lane.cancel_reason.get(tid)
+            if reason == "cancel":
+                self.cancelled += 1
+                lane.stage(self.event(TaskCancelled(reason="cancel requested"), tid, attempt,
+                                      state.tenant), resolve=tid)
+            elif reason is None:
+                raise
+        finally:
+            lane.running.pop(tid, None)
+            lane.cancel_reason.pop(tid, None)
+
+    async def _attempt(self, lane: Lane, tid: uuid.UUID, state: TaskState, attempt: int) -> None:
+        s = self.settings
+        self.started += 1
+        lane.stage(self.event(TaskProcessing(worker_id=self.worker_id), tid, attempt, state.tenant))
+        fn = REGISTRY.get(state.type)
+        timeout = state.timeout_s or s.default_timeout_s
+        ctx = _Ctx(task_id=str(tid), attempt=attempt, lane=lane, tid=tid, tenant=state.tenant)
+        error: str
+        reason: str = "error"
+        retryable = True
+        if fn is None:
+            error, retryable = f"no handler registered for type {state.type!r}", False
+        else:
+            try:
+                result = await asyncio.wait_for(fn(dict(state.payload), ctx), timeout)
+            except TimeoutError:
+                error, reason = f"timed out after {timeout:g}s", "timeout"
+            except asyncio.CancelledError:
+                raise
+            except HandlerError as exc:  # the handler says retrying cannot help
+                error, retryable = str(exc), False
+            except Exception as exc:  # anything else may be transient: retry it
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                self.done += 1
+                lane.stage(self.event(TaskDone(result=result), tid, attempt, state.tenant),
+                           resolve=tid)
+                return
+        max_attempts = state.max_attempts or s.default_max_attempts
+        used = attempt - lane.base.get(tid, 0)
+        if retryable and used < max_attempts:
+            delay = backoff(used, base_s=s.retry_base_s, cap_s=s.retry_cap_s)
+            self.retries += 1
+            not_before = datetime.now(UTC) + timedelta(seconds=delay)
+            lane.stage(self.event(
+                TaskRetryScheduled(error=error, reason=reason,  # type: ignore[arg-type]
+                                   not_before=not_before, delay_s=round(delay, 3)),
+                tid, attempt, state.tenant), resolve=tid)
+            return
+        self.failed += 1
+        lane.stage(
+            self.event(TaskFailed(error=error, reason=reason), tid, attempt,  # type: ignore[arg-type]
+                       state.tenant),
+            self.event(TaskDeadLettered(error=error), tid, attempt, state.tenant),
+            resolve=tid,
+        )
