@@ -1,0 +1,166 @@
+"""End to end on the real Kafka and Postgres, with every service in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+
+import httpx
+import orjson
+
+from events.fold import TaskState, apply
+from events.models import EventType
+from tests.helpers import Env, SSEReader, wait_until
+
+TERMINAL_TYPES = {"task.done", "task.failed", "task.cancelled"}
+
+
+async def _submit(client: httpx.AsyncClient, n: int, *, start: int = 0) -> dict[str, bool]:
+    """Submit ``n`` echo tasks, even ones with a message; returns task_id -> has_message."""
+    sem = asyncio.Semaphore(20)
+    out: dict[str, bool] = {}
+
+    async def one(i: int) -> None:
+        with_msg = i % 2 == 0
+        body = {"title": f"task {i}", "payload": {"message": f"m{i}"} if with_msg else {}}
+        async with sem:
+            r = await client.post("/tasks", json=body)
+        assert r.status_code == 202, r.text
+        doc = r.json()
+        assert r.headers["location"] == f"/tasks/{doc['task_id']}"
+        assert doc["status"] == "PENDING"
+        out[doc["task_id"]] = with_msg
+
+    await asyncio.gather(*(one(i) for i in range(start, start + n)))
+    return out
+
+
+async def _all_terminal(env: Env, n: int) -> bool:
+    conn = await env.db()
+    try:
+        done = await conn.fetchval(
+            "SELECT count(*) FROM tasks WHERE status IN ('DONE','FAILED','CANCELLED')")
+    finally:
+        await conn.close()
+    return bool(done == n)
+
+
+async def test_200_tasks_follow_the_echo_rule_and_sse_sees_every_change(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as client, \
+            SSEReader(env.base_url + "/events") as sse:
+        submitted = await _submit(client, 200)
+        await wait_until(lambda: _all_terminal(env, 200), timeout=90, what="200 terminal tasks")
+
+        for tid, with_msg in submitted.items():
+            task = (await client.get(f"/tasks/{tid}")).json()
+            hist = (await client.get(f"/tasks/{tid}/events")).json()["items"]
+            types = [h["type"] for h in hist]
+            if with_msg:
+                assert task["status"] == "DONE"
+                assert task["result"] == task["payload"]["message"]
+                assert types == ["task.created", "task.processing", "task.done"]
+            else:
+                assert task["status"] == "FAILED"
+                assert "message" in task["error"]
+                assert types == ["task.created", "task.processing", "task.failed",
+                                 "task.dead_lettered"]
+            offsets = [(h["position"]["partition"], h["position"]["offset"]) for h in hist]
+            assert offsets == sorted(offsets) and len({p for p, _ in offsets}) == 1
+
+        conn = await env.db()
+        try:
+            rows = await conn.fetch("SELECT position, task_id::text AS tid, type "
+                                    "FROM task_changes ORDER BY position")
+        finally:
+            await conn.close()
+        await wait_until(lambda: _len_at_least(sse.events, len(rows) + 1), timeout=30,
+                         what="SSE to deliver every change")
+    got = [(int(e["id"]), orjson.loads(e["data"])["task_id"], e["event"])
+           for e in sse.events if "id" in e]
+    assert any(e.get("retry") == "2000" for e in sse.events)
+    assert got == [(r["position"], r["tid"], r["type"]) for r in rows]
+    per_task: dict[str, list[str]] = defaultdict(list)
+    for _, tid, etype in got:
+        per_task[tid].append(etype)
+    assert set(per_task) == set(submitted)
+    for tid, with_msg in submitted.items():
+        assert per_task[tid][:2] == ["task.created", "task.processing"]
+        assert per_task[tid][2] == ("task.done" if with_msg else "task.failed")
+
+
+async def _len_at_least(items: list[object], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_projector_kill9_midstream_loses_nothing_and_applies_nothing_twice(
+        env: Env) -> None:
+    rng = random.Random(7)
+    projector = env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    submitted: dict[str, bool] = {}
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as client:
+        for round_ in range(4):
+            batch = asyncio.create_task(_submit(client, 100, start=round_ * 100))
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            projector.kill9()
+            submitted |= await batch
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            projector = env.proc("projector")
+        await wait_until(lambda: _all_terminal(env, 400), timeout=120,
+                         what="400 terminal tasks")
+    await asyncio.sleep(1.0)  # let the last terminal events (dead_lettered) be projected
+    await _assert_read_model_is_fold_of_log(env)
+    assert len(submitted) == 400
+
+
+async def _assert_read_model_is_fold_of_log(env: Env) -> None:
+    logged = await env.log_events()
+    states: dict[object, TaskState] = {}
+    expected_changes = 0
+    for _, ev in logged:
+        old = states.get(ev.subject)
+        new = apply(old, ev)
+        expected_changes += new != old
+        states[ev.subject] = new
+    conn = await env.db()
+    try:
+        await wait_until(lambda: _journal_count(conn, len(logged)), timeout=30,
+                         what="journal to hold every logged event")
+        journal = await conn.fetch(
+            'SELECT partition, "offset", event_id::text AS eid FROM task_events '
+            'ORDER BY partition, "offset"')
+        tasks = {r["task_id"]: r for r in await conn.fetch("SELECT * FROM tasks")}
+        changes = await conn.fetch('SELECT partition, "offset" FROM task_changes')
+        cps = {r["partition"]: r["offset"] for r in await conn.fetch(
+            'SELECT partition, "offset" FROM projector_offsets')}
+    finally:
+        await conn.close()
+    assert [(r["partition"], r["offset"], r["eid"]) for r in journal] == [
+        (rec.partition, rec.offset, str(ev.id)) for rec, ev in logged]
+    assert len(changes) == expected_changes
+    assert len({(c["partition"], c["offset"]) for c in changes}) == len(changes)
+    last = {}
+    for rec, _ in logged:
+        last[rec.partition] = rec.offset
+    assert {p: o for p, o in cps.items() if o >= 0} == last
+    assert set(tasks) == set(states)
+    for tid, st in states.items():
+        row = tasks[tid]
+        assert row["status"] == st.status.value
+        assert row["attempt"] == st.attempt
+        assert (orjson.loads(row["result"]) if row["result"] else None) == st.result
+        assert row["error"] == st.error
+        assert row["dead_lettered"] == st.dead_lettered
+    assert all(ev.type in set(EventType) for _, ev in logged)
+
+
+async def _journal_count(conn: object, n: int) -> bool:
+    import asyncpg
+
+    assert isinstance(conn, asyncpg.Connection)
+    return bool(await conn.fetchval("SELECT count(*) FROM task_events") == n)
