@@ -198,12 +198,12 @@ class ChangeFeed:
             while True:
                 if sub.dropped:
                     raise SubscriberDropped()
-                c = await sub.queue.get()
-                if c is None:
+                live = await sub.queue.get()
+                if live is None:
                     return
-                if c.position <= cursor:
+                if live.position <= cursor:
                     continue
-                cursor = c.position
-                yield c
+                cursor = live.position
+                yield live
         finally:
             self.subscribers.discard(sub)

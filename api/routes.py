@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Response
-
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import metrics, queries
@@ -87,7 +86,7 @@ async def get_task(task_id: uuid.UUID, db: DbDep, settings: SettingsDep) -> dict
 async def list_tasks(
     db: DbDep,
     status: TaskStatus | None = None,
-    type: Annotated[str | None, Query(max_length=100)] = None,  # noqa: A002
+    type: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
@@ -158,7 +157,7 @@ async def stream(
     settings: SettingsDep,
     task_id: Annotated[list[uuid.UUID] | None, Query()] = None,
     status: Annotated[list[TaskStatus] | None, Query()] = None,
-    type: Annotated[list[EventType] | None, Query()] = None,  # noqa: A002
+    type: Annotated[list[EventType] | None, Query()] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
@@ -216,7 +215,7 @@ async def readyz(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
         rev, head = await current_revision(db), migration_head()
         checks["postgres"] = "ok"
         checks["migrations"] = "ok" if rev == head else f"at {rev}, head is {head}"
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+    except Exception as exc:
         checks["postgres"] = repr(exc)
     if any(v != "ok" for v in checks.values()):
         raise Unavailable("not ready", checks=checks)

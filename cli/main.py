@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-
 from typing import Annotated
 
 import typer
 
 from cli.services import run_all, serve, setup_logging
-
 from events.settings import get_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="TaskFlow: event-sourced tasks.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="TaskFlow: event-sourced tasks.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and Postgres under .stack/.")
 app.add_typer(stack_app, name="stack")
 

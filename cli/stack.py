@@ -127,8 +127,9 @@ class Stack:
                 check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             )
         if _port_open(s.kafka_port):
-            raise StackError(f"port {s.kafka_port} is taken by another process; set TASKFLOW_KAFKA_PORT")
-        log = open(kd / "kafka.log", "ab")  # noqa: SIM115 - handed to the child
+            raise StackError(
+                f"port {s.kafka_port} is taken by another process; set TASKFLOW_KAFKA_PORT")
+        log = open(kd / "kafka.log", "ab")
         proc = subprocess.Popen(
             ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
              f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp, "kafka.Kafka", str(conf)],

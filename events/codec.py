@@ -61,7 +61,7 @@ def decode(raw: bytes | None) -> CloudEvent:
     if not isinstance(doc, dict):
         raise UndecodableEvent("not a JSON object", raw)
     try:
-        etype = EventType(doc.get("type"))
+        etype = EventType(str(doc.get("type")))
     except ValueError:
         raise UndecodableEvent(f"unknown event type {doc.get('type')!r}", raw) from None
     data = doc.get("data")

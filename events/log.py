@@ -75,7 +75,8 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
 
 async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+                                request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         await asyncio.wait_for(admin.describe_cluster(), timeout_s)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -39,11 +39,12 @@ def free_port() -> int:
 async def wait_until(pred: Callable[[], Awaitable[T]], *, timeout: float = 30,
                      interval: float = 0.1, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
-        last = await pred()
-        if last:
-            return last
+        value = await pred()
+        last = value
+        if value:
+            return value
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 
 import httpx
 import orjson
@@ -92,7 +93,7 @@ async def test_200_tasks_follow_the_echo_rule_and_sse_sees_every_change(env: Env
         assert per_task[tid][2] == ("task.done" if with_msg else "task.failed")
 
 
-async def _len_at_least(items: list[object], n: int) -> bool:
+async def _len_at_least(items: Sequence[object], n: int) -> bool:
     return len(items) >= n
 
 

@@ -32,6 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
 from events import constants
 from events.codec import decode
 from events.errors import ProducerFencedOff, UndecodableEvent
@@ -41,6 +42,7 @@ from events.models import (
     CloudEvent,
     EventData,
     EventType,
+    FailureReason,
     TaskCancelled,
     TaskDeadLettered,
     TaskDone,
@@ -63,7 +65,7 @@ _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.R
 def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
     """Exponential backoff with equal jitter: in [d/2, d] where d = min(cap, base * 2^(n-1))."""
     d = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
-    return d / 2 + random.uniform(0, d / 2)
+    return float(d / 2 + random.uniform(0, d / 2))
 
 
 class _Abandoned(Exception):
@@ -251,7 +253,7 @@ class Worker:
             if lane.committer is not None and lane.failure is None:
                 try:
                     await asyncio.wait_for(lane.committer, 15)
-                except (TimeoutError, ProducerFencedOff, Exception) as exc:  # noqa: BLE001
+                except (TimeoutError, ProducerFencedOff, Exception) as exc:
                     log.warning("final commit of %s failed: %r", lane.tp, exc)
             await lane.producer.stop()
             self.lanes.pop(lane.tp, None)
@@ -381,7 +383,6 @@ class Worker:
     # ------------------------------------------------------------ one task
     async def _run_task(self, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
         assert self._sem is not None
-        s = self.settings
         attempt = state.attempt + 1
         try:
             if state.not_before is not None:
@@ -410,7 +411,7 @@ class Worker:
         timeout = state.timeout_s or s.default_timeout_s
         ctx = _Ctx(task_id=str(tid), attempt=attempt, lane=lane, tid=tid, tenant=state.tenant)
         error: str
-        reason: str = "error"
+        reason: FailureReason = "error"
         retryable = True
         if fn is None:
             error, retryable = f"no handler registered for type {state.type!r}", False
@@ -437,13 +438,13 @@ class Worker:
             self.retries += 1
             not_before = datetime.now(UTC) + timedelta(seconds=delay)
             lane.stage(self.event(
-                TaskRetryScheduled(error=error, reason=reason,  # type: ignore[arg-type]
+                TaskRetryScheduled(error=error, reason=reason,
                                    not_before=not_before, delay_s=round(delay, 3)),
                 tid, attempt, state.tenant), resolve=tid)
             return
         self.failed += 1
         lane.stage(
-            self.event(TaskFailed(error=error, reason=reason), tid, attempt,  # type: ignore[arg-type]
+            self.event(TaskFailed(error=error, reason=reason), tid, attempt,
                        state.tenant),
             self.event(TaskDeadLettered(error=error), tid, attempt, state.tenant),
             resolve=tid,

@@ -1,7 +1,7 @@
 """read model: tasks, journal, changes, checkpoints, dead letters
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 19:36:01.896467
 """
 
