@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime
 from typing import Annotated
 
+import orjson
 import typer
 
 from cli.services import run_all, serve, setup_logging
@@ -117,6 +119,48 @@ def projector(
     s = get_settings()
     setup_logging(s.log_level)
     asyncio.run(serve(Projector(s), burst=burst))
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
+app.add_typer(dlq_app, name="dlq")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not an RFC 3339 time: {value!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    type_: Annotated[str | None, typer.Option("--type", help="only this task type")] = None,
+    since: Annotated[str | None, typer.Option(help="finished at or after (RFC 3339)")] = None,
+) -> None:
+    """List dead-lettered tasks as JSON lines."""
+    from cli.dlq import dead_tasks
+
+    rows = asyncio.run(dead_tasks(get_settings(), type_=type_, since=_parse_time(since)))
+    for r in rows:
+        print(orjson.dumps(r, default=str).decode())
+    print(f"{len(rows)} dead-lettered task(s)", file=sys.stderr)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    type_: Annotated[str | None, typer.Option("--type", help="only this task type")] = None,
+    since: Annotated[str | None, typer.Option(help="finished at or after (RFC 3339)")] = None,
+) -> None:
+    """Emit task.redriven for every matching dead-lettered task; they run again."""
+    from cli.dlq import dead_tasks, redrive
+
+    s = get_settings()
+    rows = asyncio.run(dead_tasks(s, type_=type_, since=_parse_time(since)))
+    n = asyncio.run(redrive(s, rows, reason="dlq redrive"))
+    print(f"redriven {n} task(s)", file=sys.stderr)
 
 
 @app.command()

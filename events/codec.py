@@ -68,7 +68,7 @@ def decode(raw: bytes | None) -> CloudEvent:
     if not isinstance(data, dict):
         raise UndecodableEvent("data is not a JSON object", raw)
     version = doc.get("schemaversion", 1)
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise UndecodableEvent("schemaversion is not an integer", raw)
     try:
         data = upcast(etype, version, data)

@@ -8,6 +8,7 @@ PARTITIONS: Final = 6
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SPEC_VERSION: Final = "1.0"
 API_SOURCE: Final = "taskflow/api"
+CLI_SOURCE: Final = "taskflow/cli"
 WORKER_SOURCE_PREFIX: Final = "taskflow/worker/"
 
 WORKER_GROUP: Final = "taskflow.worker"

@@ -159,14 +159,19 @@ def _cancelled(state: TaskState, ev: CloudEvent) -> TaskState:
 
 
 def _dead_lettered(state: TaskState, ev: CloudEvent) -> TaskState:
+    if state.status is not TaskStatus.FAILED:
+        return state  # only a failed task can be dead
     return state.model_copy(update={"dead_lettered": True})
 
 
 def _redriven(state: TaskState, ev: CloudEvent) -> TaskState:
+    if state.status is not TaskStatus.FAILED:
+        return state  # only a failed task can be redriven
     return state.model_copy(
         update={
             "status": TaskStatus.PENDING,
             "dead_lettered": False,
+            "cancel_requested": False,
             "error": None,
             "result": None,
             "progress": 0,

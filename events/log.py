@@ -223,6 +223,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         seeks = await self._c.on_assigned(tps)
         for (t, p), off in seeks.items():
             self._c._consumer.seek(TopicPartition(t, p), off)
+        if self._c.on_seeked is not None:
+            self._c.on_seeked(tps)
 
 
 class GroupConsumer:
@@ -248,6 +250,8 @@ class GroupConsumer:
         self.topics = list(topics)
         self.on_assigned = on_assigned
         self.on_revoked = on_revoked
+        # Called once the seeks returned by ``on_assigned`` are in place.
+        self.on_seeked: Callable[[list[TP]], None] | None = None
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -299,6 +303,10 @@ class GroupConsumer:
 
     async def position(self, tp: TP) -> int:
         return int(await self._consumer.position(TopicPartition(*tp)))
+
+    async def beginning_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        res = await self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(o) for tp, o in res.items()}
 
     async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         res = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
@@ -360,3 +368,20 @@ class LogReader:
         for msgs in batches.values():
             out.extend(_record(m) for m in msgs)
         return out
+
+
+async def log_ends(holder: Any, settings: Any) -> dict[int, int]:
+    """End offset per partition of ``settings.topic``, through a reader cached on ``holder.state``.
+
+    Raises ``LogUnavailable`` if Kafka does not answer within the produce timeout.
+    """
+    reader: LogReader | None = getattr(holder.state, "log_reader", None)
+    try:
+        if reader is None:
+            reader = LogReader(bootstrap=settings.kafka_bootstrap, topic=settings.topic)
+            await asyncio.wait_for(reader.start(), settings.produce_timeout_s)
+            holder.state.log_reader = reader
+        bounds = await asyncio.wait_for(reader.bounds(), settings.produce_timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise LogUnavailable(f"cannot read log ends: {exc!r}") from None
+    return {p: end for p, (_, end) in bounds.items()}

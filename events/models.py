@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SerializeAsAny
 
 from events import constants
 
@@ -131,7 +131,7 @@ class CloudEvent(BaseModel):
     source: str
     type: EventType
     subject: uuid.UUID
-    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     datacontenttype: Literal["application/json"] = "application/json"
     data: SerializeAsAny[EventData]
     schemaversion: int = 1

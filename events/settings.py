@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(default=constants.SSE_HEARTBEAT_S, gt=0)
     sse_queue_max: int = Field(default=constants.SSE_QUEUE_MAX, ge=1)
     log_level: str = "info"
+    # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in
+    # sync with the handlers your workers register.
+    task_types: str = "echo,sleep,fail,flaky,compute,noop"
+
+    @property
+    def task_type_list(self) -> list[str]:
+        return [t.strip() for t in self.task_types.split(",") if t.strip()]
 
     @model_validator(mode="after")
     def _local_stack_defaults(self) -> Settings:

@@ -110,6 +110,7 @@ class Lane:
     resolved: set[uuid.UUID] = field(default_factory=set)
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+    ready: bool = False  # the consumer has been seeked to ``position``
     committer: asyncio.Task[None] | None = None
     failure: BaseException | None = None
 
@@ -133,6 +134,8 @@ class Lane:
         for t in resolved:
             self.open.pop(t, None)
         offset = self.commit_offset()
+        log.debug("partition %d: commit %d events, offset %d, %d open, position %d",
+                  self.tp[1], len(events), offset, len(self.open), self.position)
         await self.producer.safe_commit(
             topic=self.worker.settings.topic,
             events=events,
@@ -216,7 +219,13 @@ class Worker:
             max_poll_records=500,
             client_id=f"taskflow-worker-{self.worker_id}",
         )
+        self._consumer.on_seeked = self._on_seeked
         await self._consumer.start()
+
+    def _on_seeked(self, tps: list[TP]) -> None:
+        for tp in tps:
+            if tp in self.lanes:
+                self.lanes[tp].ready = True
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -259,8 +268,15 @@ class Worker:
             self.lanes.pop(lane.tp, None)
 
     async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
+        """Create a lane per new partition and seek it to the group's committed offset.
+
+        The committed offset is read explicitly (not through the consumer's position,
+        which is not settled inside a rebalance callback), so recovery starts exactly
+        where the previous owner's last transaction left it.
+        """
         assert self._consumer is not None
-        ends = await self._consumer.end_offsets(tps)
+        seeks: dict[TP, int] = {}
+        firsts = await self._consumer.beginning_offsets(tps)
         for tp in tps:
             if tp in self.lanes:
                 continue
@@ -270,13 +286,19 @@ class Worker:
                 timeout_s=self.settings.produce_timeout_s,
             )
             await producer.start()  # init_transactions fences any previous owner
-            position = await self._consumer.position(tp)
-            lane = Lane(worker=self, tp=tp, producer=producer, recovery_end=ends[tp],
+            committed = await self._consumer.committed(tp)
+            position = committed if committed is not None else firsts[tp]
+            # Read the end only now: the fencing above aborted the previous owner's open
+            # transaction, so the last stable offset is no longer held back by it.
+            end = (await self._consumer.end_offsets([tp]))[tp]
+            lane = Lane(worker=self, tp=tp, producer=producer, recovery_end=end,
                         position=position)
+            seeks[tp] = position
             lane.committer = asyncio.create_task(lane.run_committer())
             self.lanes[tp] = lane
+            log.info("partition %d: resuming at %d, recovery reads to %d", tp[1], position, end)
         log.info("assigned %s", sorted(p for _, p in tps))
-        return {}
+        return seeks
 
     async def _on_revoked(self, tps: list[TP]) -> None:
         await self._drain(tps, REVOKE_GRACE_S)
@@ -294,6 +316,8 @@ class Worker:
                 if lane is not None and lane.failure is None:
                     self._on_record(lane, r)
             for lane in list(self.lanes.values()):
+                if not lane.ready:  # still inside the rebalance callback
+                    continue
                 if lane.recovering and not records:
                     lane.position = max(lane.position, await self._consumer.position(lane.tp))
                 if not lane.recovering and lane.recovery_end >= 0:
@@ -314,6 +338,8 @@ class Worker:
             raise self._fatal
 
     def _finish_recovery(self, lane: Lane) -> None:
+        log.info("partition %d recovered at offset %d: %d open task(s)", lane.tp[1],
+                 lane.position, len(lane.open))
         lane.recovery_end = -1  # marks recovery as done
         for tid in list(lane.open):
             self._schedule(lane, tid)
@@ -359,9 +385,9 @@ class Worker:
             if task is not None:
                 lane.cancel_reason[tid] = "cancel"
                 task.cancel()
-            elif tid in lane.open and not lane.recovering:
+            elif tid in lane.open and tid not in lane.resolved and not lane.recovering:
                 self._cancel_now(lane, tid, state)
-        elif not lane.recovering and tid in lane.open and tid not in lane.running:
+        elif ev.type in _TRIGGERS and not lane.recovering:
             self._schedule(lane, tid)
         if not lane.recovering and not lane.dirty.is_set() and not lane.open:
             lane.dirty.set()  # move the committed offset along on quiet partitions
@@ -373,7 +399,8 @@ class Worker:
 
     def _schedule(self, lane: Lane, tid: uuid.UUID) -> None:
         state = lane.states.get(tid)
-        if state is None or state.terminal or tid in lane.running:
+        if (state is None or state.terminal or tid in lane.running or tid in lane.resolved
+                or tid not in lane.open):
             return
         if state.cancel_requested:
             self._cancel_now(lane, tid, state)

@@ -1,0 +1,367 @@
+"""Workers under real failures: kill -9, SIGTERM, rebalances, retries, timeouts, cancels.
+
+Each test checks the log itself (read straight from Kafka): every task ends with exactly
+one terminal event, and attempts are numbered as they ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from events.log import EventProducer, LogReader
+from events.models import CloudEvent
+from tests.helpers import ROOT, Env, wait_until
+
+TERMINAL = {"task.done", "task.failed", "task.cancelled"}
+
+
+async def submit(c: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    r = await c.post("/tasks", json=body)
+    assert r.status_code == 202, r.text
+    return str(r.json()["task_id"])
+
+
+async def history(c: httpx.AsyncClient, tid: str) -> list[dict[str, Any]]:
+    r = await c.get(f"/tasks/{tid}/events")
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
+
+
+async def wait_status(c: httpx.AsyncClient, tid: str, statuses: set[str],
+                      timeout: float = 60) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        r = await c.get(f"/tasks/{tid}")
+        doc: dict[str, Any] = r.json()
+        return doc if r.status_code == 200 and doc["status"] in statuses else None
+
+    return await wait_until(check, timeout=timeout, what=f"{tid} in {statuses}")
+
+
+async def by_task(env: Env) -> dict[str, list[CloudEvent]]:
+    out: dict[str, list[CloudEvent]] = defaultdict(list)
+    for _, ev in await env.log_events():
+        out[str(ev.subject)].append(ev)
+    return out
+
+
+def terminals(evs: list[CloudEvent]) -> list[str]:
+    return [e.type.value for e in evs if e.type.value in TERMINAL]
+
+
+async def all_terminal_in_log(env: Env, tids: set[str]) -> bool:
+    logged = await by_task(env)
+    return all(terminals(logged.get(t, [])) for t in tids)
+
+
+async def test_slow_task_does_not_block_its_partition(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="8")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        slow = await submit(c, {"title": "slow", "type": "sleep", "payload": {"seconds": 4}})
+        quick = [await submit(c, {"title": f"q{i}", "payload": {"message": "x"}})
+                 for i in range(30)]
+        await wait_status(c, slow, {"DONE"}, timeout=60)
+        for q in quick:
+            await wait_status(c, q, {"DONE"})
+        slow_hist = await history(c, slow)
+        p = slow_hist[0]["position"]["partition"]
+        slow_done = datetime.fromisoformat(slow_hist[-1]["time"])
+        behind = []
+        for q in quick:
+            h = await history(c, q)
+            if h[0]["position"]["partition"] == p:
+                behind.append(datetime.fromisoformat(h[-1]["time"]) < slow_done)
+    assert behind, "no quick task landed behind the slow one"
+    assert all(behind), "a quick task waited for the slow task in its partition"
+
+
+async def test_kill9_worker_mid_run_gives_exactly_one_terminal_event(env: Env) -> None:
+    env.proc("projector")
+    w = env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="16")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tids = {await submit(c, {"title": f"s{i}", "type": "sleep",
+                                 "payload": {"seconds": 1.5}}) for i in range(24)}
+        tids |= {await submit(c, {"title": f"e{i}", "payload": {"message": "m"}})
+                 for i in range(24)}
+
+        async def some_running() -> bool:
+            logged = await by_task(env)
+            return sum(any(e.type.value == "task.processing" for e in logged.get(t, []))
+                       for t in tids) >= 8
+
+        await wait_until(some_running, timeout=60, what="tasks to start")
+        w.kill9()
+        env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="16")
+        await wait_until(lambda: all_terminal_in_log(env, tids), timeout=120,
+                         what="every task terminal in the log")
+    logged = await by_task(env)
+    rerun = 0
+    for t in tids:
+        evs = logged[t]
+        assert terminals(evs) in (["task.done"], ["task.failed"]), (t, [e.type for e in evs])
+        attempts = [e.attempt for e in evs if e.type.value == "task.processing"]
+        assert attempts == list(range(1, len(attempts) + 1)), attempts
+        assert max(attempts) == next(e.attempt for e in evs if e.type.value in TERMINAL)
+        rerun += len(attempts) > 1
+    assert rerun >= 1, "the kill interrupted no task; the test proved nothing"
+
+
+async def test_rebalance_between_workers_never_doubles_a_terminal(env: Env) -> None:
+    env.proc("projector")
+    w1 = env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="4")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tids = set()
+        for i in range(60):
+            tids.add(await submit(c, {"title": f"r{i}", "type": "sleep",
+                                      "payload": {"seconds": 0.3}}))
+            if i == 15:
+                env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="4")
+            if i == 35:
+                env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="4")
+            if i == 45:
+                w1.kill9()
+        await wait_until(lambda: all_terminal_in_log(env, tids), timeout=150,
+                         what="every task terminal in the log")
+    logged = await by_task(env)
+    for t in tids:
+        assert terminals(logged[t]) == ["task.done"], [e.type for e in logged[t]]
+
+
+async def test_retries_back_off_then_succeed_and_exhaustion_dead_letters(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker", TASKFLOW_RETRY_BASE_S="0.2", TASKFLOW_RETRY_CAP_S="1")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        flaky = await submit(c, {"title": "flaky", "type": "flaky",
+                                 "payload": {"fail_times": 2}, "max_attempts": 5})
+        doomed = await submit(c, {"title": "doomed", "type": "fail", "max_attempts": 2})
+        await wait_status(c, flaky, {"DONE"})
+        await wait_status(c, doomed, {"FAILED"})
+        h = await history(c, flaky)
+        assert [(e["type"], e["attempt"]) for e in h] == [
+            ("task.created", 0), ("task.processing", 1), ("task.retry_scheduled", 1),
+            ("task.processing", 2), ("task.retry_scheduled", 2), ("task.processing", 3),
+            ("task.done", 3)]
+        for sched, nxt in [(h[2], h[3]), (h[4], h[5])]:
+            assert datetime.fromisoformat(nxt["time"]) >= datetime.fromisoformat(
+                sched["data"]["not_before"])
+        d = await history(c, doomed)
+        assert [e["type"] for e in d] == [
+            "task.created", "task.processing", "task.retry_scheduled", "task.processing",
+            "task.failed", "task.dead_lettered"]
+        task = (await c.get(f"/tasks/{doomed}")).json()
+        assert task["dead_lettered"] is True and task["attempt"] == 2
+
+        # Redrive through the API: it runs again (and fails again, twice more).
+        r = await c.post(f"/tasks/{doomed}/retry")
+        assert r.status_code == 202, r.text
+        await wait_until(lambda: _count(c, doomed, "task.dead_lettered", 2), timeout=60,
+                         what="second dead letter")
+        types = [(e["type"], e["attempt"]) for e in await history(c, doomed)]
+        assert types[6:] == [("task.redriven", 2), ("task.processing", 3),
+                             ("task.retry_scheduled", 3), ("task.processing", 4),
+                             ("task.failed", 4), ("task.dead_lettered", 4)]
+        # Retrying a task that is not FAILED is a conflict.
+        r = await c.post(f"/tasks/{flaky}/retry")
+        assert r.status_code == 409 and r.headers["content-type"].startswith(
+            "application/problem+json")
+
+
+async def _count(c: httpx.AsyncClient, tid: str, etype: str, n: int) -> bool:
+    return sum(e["type"] == etype for e in await history(c, tid)) >= n
+
+
+async def test_scheduled_retry_survives_worker_death(env: Env) -> None:
+    env.proc("projector")
+    w = env.proc("worker", TASKFLOW_RETRY_BASE_S="3", TASKFLOW_RETRY_CAP_S="3")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tid = await submit(c, {"title": "flaky", "type": "flaky", "payload": {"fail_times": 1}})
+        await wait_until(lambda: _count(c, tid, "task.retry_scheduled", 1), timeout=30,
+                         what="retry to be scheduled")
+        w.kill9()  # dies while the retry waits for not_before
+        env.proc("worker", TASKFLOW_RETRY_BASE_S="3", TASKFLOW_RETRY_CAP_S="3")
+        await wait_status(c, tid, {"DONE"}, timeout=60)
+        h = await history(c, tid)
+    assert [e["type"] for e in h] == ["task.created", "task.processing",
+                                      "task.retry_scheduled", "task.processing", "task.done"]
+    assert datetime.fromisoformat(h[3]["time"]) >= datetime.fromisoformat(
+        h[2]["data"]["not_before"])
+
+
+async def test_timeout_fails_the_attempt_with_reason_timeout(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tid = await submit(c, {"title": "too slow", "type": "sleep", "payload": {"seconds": 30},
+                               "timeout_s": 0.5, "max_attempts": 1})
+        task = await wait_status(c, tid, {"FAILED"}, timeout=30)
+        h = await history(c, tid)
+    assert "timed out" in task["error"]
+    failed = next(e for e in h if e["type"] == "task.failed")
+    assert failed["data"]["reason"] == "timeout"
+
+
+async def test_cancel_pending_running_and_finished(env: Env) -> None:
+    env.proc("projector")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        # No worker yet: the task stays PENDING, is cancelled, and must never start.
+        pending = await submit(c, {"title": "p", "payload": {"message": "never"}})
+        await wait_status(c, pending, {"PENDING"})
+        assert (await c.post(f"/tasks/{pending}/cancel")).status_code == 202
+        await wait_until(lambda: _count(c, pending, "task.cancel_requested", 1), timeout=20,
+                         what="cancel request projected")
+        env.proc("worker")
+        await wait_status(c, pending, {"CANCELLED"})
+        running = await submit(c, {"title": "r", "type": "sleep", "payload": {"seconds": 30}})
+        await wait_status(c, running, {"PROCESSING"})
+        assert (await c.post(f"/tasks/{running}/cancel")).status_code == 202
+        await wait_status(c, running, {"CANCELLED"}, timeout=20)
+        r = await c.post(f"/tasks/{running}/cancel")
+        assert r.status_code == 409, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        hp = [e["type"] for e in await history(c, pending)]
+        hr = [e["type"] for e in await history(c, running)]
+    assert "task.processing" not in hp and hp[-1] == "task.cancelled"
+    assert hr[:2] == ["task.created", "task.processing"] and hr[-1] == "task.cancelled"
+
+
+async def test_progress_is_reported_and_rate_limited(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tid = await submit(c, {"title": "p", "type": "sleep", "payload": {"seconds": 3}})
+
+        async def progressing() -> dict[str, Any] | None:
+            t = (await c.get(f"/tasks/{tid}")).json()
+            return t if t["status"] == "PROCESSING" and 0 < t["progress"] < 100 else None
+
+        mid = await wait_until(progressing, timeout=30, what="progress")
+        assert mid["progress_message"]
+        await wait_status(c, tid, {"DONE"})
+        prog = [e for e in await history(c, tid) if e["type"] == "task.progress"]
+    # sleep reports 10 times in 3 s; at most one event per 0.5 s gets through.
+    assert 2 <= len(prog) <= 7, len(prog)
+    pct = [e["data"]["percent"] for e in prog]
+    assert pct == sorted(pct)
+
+
+async def test_poison_record_goes_to_dead_letter_topic_and_partition_moves(env: Env) -> None:
+    from events.log import ensure_topic
+
+    dlt = env.topic + ".dlt"
+    await ensure_topic(env.bootstrap, dlt, 1)
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    try:
+        key = str(uuid.uuid4()).encode()
+        pos = await producer.append_raw(env.topic, key, b"\x00not json at all")
+    finally:
+        await producer.stop()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        after = [await submit(c, {"title": f"a{i}", "payload": {"message": "ok"}})
+                 for i in range(12)]
+        for t in after:
+            await wait_status(c, t, {"DONE"})
+    reader = LogReader(bootstrap=env.bootstrap, topic=dlt)
+    await reader.start()
+    try:
+        reader.seek(0, 0)
+        records = await wait_until(lambda: reader.poll(timeout_ms=500), timeout=30,
+                                   what="dead-letter record")
+    finally:
+        await reader.stop()
+    [rec] = records
+    headers = dict(rec.headers)
+    assert rec.value == b"\x00not json at all"
+    assert headers["taskflow.dlt.topic"] == env.topic.encode()
+    assert headers["taskflow.dlt.partition"] == str(pos.partition).encode()
+    assert headers["taskflow.dlt.offset"] == str(pos.offset).encode()
+    assert b"not JSON" in headers["taskflow.dlt.error"]
+
+
+async def test_sigterm_drains_in_flight_and_exits_zero(env: Env) -> None:
+    env.proc("projector")
+    w = env.proc("worker", TASKFLOW_SHUTDOWN_GRACE_S="20")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tids = [await submit(c, {"title": f"s{i}", "type": "sleep",
+                                 "payload": {"seconds": 2}}) for i in range(4)]
+        for t in tids:
+            await wait_status(c, t, {"PROCESSING"})
+        rc = await asyncio.to_thread(w.terminate, 60)
+        assert rc == 0, w.output()[-2000:]
+        for t in tids:  # finished by the stopping worker itself, no new worker needed
+            await wait_status(c, t, {"DONE"}, timeout=10)
+    logged = await by_task(env)
+    for t in tids:
+        assert [e.type.value for e in logged[t]] == [
+            "task.created", "task.processing", "task.done"]
+    assert "shutdown Worker(" in w.output()
+
+
+async def test_task_past_the_grace_period_is_rerun_by_another_worker(env: Env) -> None:
+    env.proc("projector")
+    w = env.proc("worker", TASKFLOW_SHUTDOWN_GRACE_S="0.5")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        tid = await submit(c, {"title": "long", "type": "sleep", "payload": {"seconds": 3}})
+        await wait_status(c, tid, {"PROCESSING"})
+        rc = await asyncio.to_thread(w.terminate, 60)
+        assert rc == 0, w.output()[-2000:]
+        env.proc("worker")
+        await wait_status(c, tid, {"DONE"}, timeout=60)
+        h = await history(c, tid)
+    assert [(e["type"], e["attempt"]) for e in h if e["type"] != "task.progress"] == [
+        ("task.created", 0), ("task.processing", 1), ("task.processing", 2), ("task.done", 2)]
+
+
+def test_dlq_cli_lists_and_redrives(env: Env) -> None:
+    asyncio.run(_dlq_cli(env))
+
+
+async def _dlq_cli(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        dead = [await submit(c, {"title": f"d{i}", "type": "fail", "max_attempts": 1})
+                for i in range(3)]
+        for t in dead:
+            await wait_status(c, t, {"FAILED"})
+        out = await asyncio.to_thread(_cli, env, "dlq", "list", "--type", "fail")
+        listed = {orjson.loads(line)["task_id"] for line in out.splitlines()}
+        assert listed == set(dead)
+        await asyncio.to_thread(_cli, env, "dlq", "redrive", "--type", "fail")
+        for t in dead:
+            await wait_until(lambda t=t: _count(c, t, "task.dead_lettered", 2), timeout=60,
+                             what="redriven task to fail again")
+            assert "task.redriven" in [e["type"] for e in await history(c, t)]
+
+
+def _cli(env: Env, *args: str) -> str:
+    import os
+
+    res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
+                         env={**os.environ, **env.vars}, capture_output=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0, res.stderr.decode()
+    return res.stdout.decode()
