@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from api import metrics, problems
+from api import dashboard, metrics, problems
 from api.feed import ChangeFeed
 from api.routes import router
 from events.db import make_engine
@@ -41,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.feed.stop()
+            reader = getattr(app.state, "log_reader", None)
+            if reader is not None:
+                await reader.stop()
             await app.state.producer.stop()
             await app.state.engine.dispose()
 
@@ -64,4 +67,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(router)
+    app.include_router(dashboard.router)
     return app

@@ -43,6 +43,10 @@ class Conflict(Problem):
     status, title, kind = 409, "Conflict", "conflict"
 
 
+class Invalid(Problem):
+    status, title, kind = 422, "Unprocessable content", "validation"
+
+
 class Unavailable(Problem):
     status, title, kind = 503, "Service unavailable", "unavailable"
 

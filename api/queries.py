@@ -118,3 +118,21 @@ async def last_change(engine: AsyncEngine) -> int:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+async def status_counts(engine: AsyncEngine) -> dict[str, int]:
+    q = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+    async with engine.connect() as conn:
+        return {str(s): int(n) for s, n in (await conn.execute(q)).all()}
+
+
+async def throughput(engine: AsyncEngine, *, minutes: int) -> list[dict[str, Any]]:
+    """Tasks finished per minute over the last ``minutes`` (from the change feed)."""
+    q = text(
+        "SELECT date_trunc('minute', time) AS minute, count(*) AS finished "
+        "FROM task_changes WHERE type IN ('task.done', 'task.failed', 'task.cancelled') "
+        "AND time > now() - make_interval(mins => :m) GROUP BY 1 ORDER BY 1"
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q, {"m": minutes})).all()
+    return [{"minute": r.minute.isoformat(), "finished": int(r.finished)} for r in rows]

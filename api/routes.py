@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import metrics, queries
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import Filter, SubscriberDropped
-from api.problems import PROBLEM, Conflict, NotFound, Problem, Unavailable
+from api.problems import PROBLEM, Conflict, Invalid, NotFound, Problem, Unavailable
 from api.schemas import EventPage, PositionOut, TaskAccepted, TaskIn, TaskOut, TaskPage
 from events import constants
+from events.codec import decode
 from events.db import current_revision, migration_head
 from events.errors import LogUnavailable
+from events.fold import fold
+from events.log import log_ends
 from events.log import ping as kafka_ping
 from events.models import (
     TERMINAL,
@@ -30,6 +35,7 @@ from events.models import (
     TaskStatus,
     new_event,
 )
+from events.settings import Settings
 
 router = APIRouter()
 
@@ -56,8 +62,13 @@ async def _wait_for_task(db: DbDep, task_id: uuid.UUID, wait_s: float) -> dict[s
 
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (422, 503)})
-async def submit_task(body: TaskIn, producer: LogDep, response: Response) -> TaskAccepted:
+async def submit_task(body: TaskIn, producer: LogDep, settings: SettingsDep,
+                      response: Response) -> TaskAccepted:
     """Accept a task: append ``task.created`` to the log and answer once Kafka acknowledged."""
+    if body.type not in settings.task_type_list:
+        raise Invalid(f"unknown task type {body.type!r}",
+                      errors=[{"loc": ["body", "type"], "msg": "unknown task type",
+                               "type": "enum", "allowed": settings.task_type_list}])
     task_id = uuid.uuid4()
     ev = new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
@@ -72,10 +83,50 @@ async def submit_task(body: TaskIn, producer: LogDep, response: Response) -> Tas
                         position=PositionOut(partition=pos.partition, offset=pos.offset))
 
 
+def _parse_as_of(value: str) -> datetime | tuple[int, int]:
+    if ":" in value and "T" not in value and "-" not in value:
+        p, _, o = value.partition(":")
+        try:
+            return int(p), int(o)
+        except ValueError:
+            pass
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid("as_of must be an RFC 3339 time or a PARTITION:OFFSET position",
+                      errors=[{"loc": ["query", "as_of"], "msg": "invalid", "type": "value"}]
+                      ) from None
+    if t.tzinfo is None:
+        raise Invalid("as_of needs a time zone offset (e.g. Z)",
+                      errors=[{"loc": ["query", "as_of"], "msg": "no offset", "type": "value"}])
+    return t
+
+
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"],
-            responses={404: _ERRORS[404]})
-async def get_task(task_id: uuid.UUID, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
-    """The task's current state, from the projection."""
+            responses={404: _ERRORS[404], 422: _ERRORS[422]})
+async def get_task(
+    task_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+    as_of: Annotated[str | None, Query(
+        max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the state then",
+        examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
+) -> dict[str, Any]:
+    """The task's current state, from the projection; or, with ``as_of``, as it was then."""
+    if as_of is not None:
+        point = _parse_as_of(as_of)
+        history = await queries.task_history(db, task_id=task_id)
+        upto = []
+        for item in history:
+            pos = item["position"]
+            if isinstance(point, tuple):
+                if (pos["partition"], pos["offset"]) > point:
+                    break
+            elif datetime.fromisoformat(item["time"]) > point:
+                break
+            upto.append(decode(orjson.dumps({k: v for k, v in item.items() if k != "position"})))
+        state = fold(upto)
+        if state is None:
+            raise NotFound(f"task {task_id} did not exist at {as_of}")
+        return state.model_dump()
     row = await _wait_for_task(db, task_id, settings.read_wait_s)
     if row is None:
         raise NotFound(f"no task {task_id}")
@@ -127,7 +178,10 @@ async def _emit(producer: LogDep, db: DbDep, settings: SettingsDep, task_id: uui
         if status is not TaskStatus.FAILED:
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
-        data = TaskRedriven(reason="api")
+        data = TaskRedriven(reason="api", spec=TaskCreated(
+            title=row["title"], type=row["type"], payload=row["payload"] or {},
+            priority=row["priority"] or 0, max_attempts=row["max_attempts"],
+            timeout_s=row["timeout_s"]))
     ev = new_event(data, task_id=task_id, source=constants.API_SOURCE, attempt=row["attempt"],
                    tenant=row.get("tenant"))
     [pos] = await producer.append([ev])
@@ -195,6 +249,35 @@ async def stream(
                                send_timeout=constants.SSE_SEND_TIMEOUT_S)
 
 
+@router.get("/handlers", tags=["tasks"])
+async def handlers(settings: SettingsDep) -> dict[str, list[str]]:
+    """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``)."""
+    return {"types": settings.task_type_list}
+
+
+async def projector_lag(request: Request, settings: Settings, db: DbDep) -> dict[int, int]:
+    """Events in the log not yet applied by the live projection, per partition."""
+    ends = await log_ends(request.app, settings)
+    cps = await queries.checkpoints(db, projection=settings.projection, topic=settings.topic)
+    lag = {p: max(0, end - (cps.get(p, -1) + 1)) for p, end in ends.items()}
+    for p, n in lag.items():
+        metrics.PROJECTOR_LAG.labels(str(p)).set(n)
+    return lag
+
+
+@router.get("/stats", tags=["ops"])
+async def stats(request: Request, db: DbDep, settings: SettingsDep,
+                minutes: Annotated[int, Query(ge=1, le=1440)] = 15) -> dict[str, Any]:
+    """Counts by status, tasks finished per minute, and projector lag per partition."""
+    try:
+        lag: dict[int, int] | None = await projector_lag(request, settings, db)
+    except LogUnavailable:
+        lag = None
+    return {"counts": await queries.status_counts(db),
+            "throughput": await queries.throughput(db, minutes=minutes),
+            "lag": {str(p): n for p, n in lag.items()} if lag is not None else None}
+
+
 @router.get("/healthz", tags=["ops"])
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
@@ -223,8 +306,10 @@ async def readyz(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response)
-async def prometheus() -> Response:
+async def prometheus(request: Request, db: DbDep, settings: SettingsDep) -> Response:
     """Prometheus text format."""
+    with contextlib.suppress(LogUnavailable):
+        await projector_lag(request, settings, db)
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

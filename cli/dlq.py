@@ -11,7 +11,7 @@ from sqlalchemy import select
 from events import constants
 from events.db import make_engine
 from events.log import EventProducer
-from events.models import TaskRedriven, TaskStatus, new_event
+from events.models import TaskCreated, TaskRedriven, TaskStatus, new_event
 from events.settings import Settings
 from events.tables import tasks
 
@@ -21,7 +21,8 @@ async def dead_tasks(settings: Settings, *, type_: str | None = None,
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         q = select(tasks.c.task_id, tasks.c.tenant, tasks.c.type, tasks.c.title, tasks.c.error,
-                   tasks.c.attempt, tasks.c.finished_at).where(
+                   tasks.c.attempt, tasks.c.finished_at, tasks.c.payload, tasks.c.priority,
+                   tasks.c.max_attempts, tasks.c.timeout_s).where(
             tasks.c.status == TaskStatus.FAILED.value, tasks.c.dead_lettered.is_(True))
         if type_:
             q = q.where(tasks.c.type == type_)
@@ -29,9 +30,16 @@ async def dead_tasks(settings: Settings, *, type_: str | None = None,
             q = q.where(tasks.c.finished_at >= since)
         q = q.order_by(tasks.c.finished_at, tasks.c.task_id).limit(limit)
         async with engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(q)]
+            return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
     finally:
         await engine.dispose()
+
+
+def spec_of(row: dict[str, Any]) -> TaskCreated:
+    """What a worker needs to run the task again, carried in ``task.redriven`` itself."""
+    return TaskCreated(title=row["title"], type=row["type"], payload=row["payload"] or {},
+                       priority=row["priority"] or 0, max_attempts=row["max_attempts"],
+                       timeout_s=row["timeout_s"])
 
 
 async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str) -> int:
@@ -39,7 +47,8 @@ async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str
                              timeout_s=settings.produce_timeout_s)
     await producer.start()
     try:
-        events = [new_event(TaskRedriven(reason=reason), task_id=uuid.UUID(str(r["task_id"])),
+        events = [new_event(TaskRedriven(reason=reason, spec=spec_of(r)),
+                            task_id=uuid.UUID(str(r["task_id"])),
                             source=constants.CLI_SOURCE, attempt=int(r["attempt"]),
                             tenant=r["tenant"]) for r in rows]
         for i in range(0, len(events), 1000):

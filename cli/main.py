@@ -164,6 +164,97 @@ def dlq_redrive(
 
 
 @app.command()
+def replay(
+    task: Annotated[str | None, typer.Option(help="only this task id")] = None,
+    type_: Annotated[list[str] | None, typer.Option("--type", help="only these event types")]
+    = None,
+    since: Annotated[str | None, typer.Option(help="from this time (RFC 3339)")] = None,
+    until: Annotated[str | None, typer.Option(help="up to this time (RFC 3339)")] = None,
+    from_position: Annotated[str | None, typer.Option(
+        help="start at PARTITION:OFFSET[,PARTITION:OFFSET...]")] = None,
+) -> None:
+    """Print the log as CloudEvents JSON lines, straight from Kafka."""
+    from projector.replay import ReplayFilter, parse_positions
+    from projector.replay import replay as run_replay
+
+    try:
+        positions = parse_positions(from_position)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    flt = ReplayFilter(task=task, types=frozenset(type_ or ()), since=_parse_time(since),
+                       until=_parse_time(until), from_position=positions)
+    s = get_settings()
+
+    async def go() -> int:
+        n = 0
+        out = sys.stdout
+        async for r, ev, err in run_replay(bootstrap=s.kafka_bootstrap, topic=s.topic, flt=flt):
+            pos = {"partition": r.partition, "offset": r.offset}
+            if ev is None:
+                doc = {"position": pos, "undecodable": err,
+                       "raw": (r.value or b"").decode("utf-8", "backslashreplace")}
+            else:
+                doc = {**ev.model_dump(mode="json"), "position": pos}
+            out.write(orjson.dumps(doc).decode() + "\n")
+            n += 1
+        out.flush()
+        return n
+
+    n = asyncio.run(go())
+    print(f"{n} event(s)", file=sys.stderr)
+
+
+projections_app = typer.Typer(no_args_is_help=True, help="Rebuild and verify read models.")
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("verify")
+def projections_verify() -> None:
+    """Fold the whole log and compare it with the live read model; exit 1 on any difference."""
+    from projector.maintenance import verify
+
+    diffs, n = asyncio.run(verify(get_settings(), progress=True))
+    for d in diffs:
+        print(str(d))
+    print(f"verified {n} event(s): {len(diffs)} difference(s)", file=sys.stderr)
+    raise typer.Exit(1 if diffs else 0)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild() -> None:
+    """Replay the log into a shadow schema, catch up with the live head, swap atomically."""
+    from projector.maintenance import rebuild
+
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int, secs: float) -> None:
+        rate = done / max(secs, 1e-6)
+        lag = max(0, total - done)
+        eta = lag / rate if rate else 0.0
+        line = (f"rebuild: {done}/{total} events, {rate:,.0f} events/s, lag {lag}, "
+                f"ETA {eta:,.0f}s")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
+              flush=True)
+
+    stats = asyncio.run(rebuild(get_settings(), on_progress=show))
+    print(f"\nrebuild: {stats.events} event(s) in {stats.seconds:.1f}s, swapped in",
+          file=sys.stderr)
+
+
+@projections_app.command("dead-letters")
+def projections_dead_letters(
+    limit: Annotated[int, typer.Option(help="at most this many")] = 1000,
+) -> None:
+    """List log records the projector could not decode (JSON lines)."""
+    from projector.maintenance import dead_letters, dumps
+
+    rows = asyncio.run(dead_letters(get_settings(), limit=limit))
+    for r in rows:
+        print(dumps(r))
+    print(f"{len(rows)} parked record(s)", file=sys.stderr)
+
+
+@app.command()
 def run() -> None:
     """Run API, worker and projector together (Ctrl-C stops them)."""
     raise typer.Exit(run_all(get_settings()))

@@ -31,6 +31,7 @@ from events.models import (
     TaskDone,
     TaskFailed,
     TaskProgress,
+    TaskRedriven,
     TaskRetryScheduled,
     TaskStatus,
 )
@@ -165,6 +166,14 @@ def _dead_lettered(state: TaskState, ev: CloudEvent) -> TaskState:
 
 
 def _redriven(state: TaskState, ev: CloudEvent) -> TaskState:
+    d = ev.data
+    assert isinstance(d, TaskRedriven)
+    if state.created_at is None and d.spec is not None:
+        # A reader that starts after the task finished (a worker's recovery window):
+        # the event carries the definition, and the task counts as FAILED until now.
+        spec = ev.model_copy(update={"type": EventType.CREATED, "data": d.spec})
+        state = _created(state, spec).model_copy(
+            update={"status": TaskStatus.FAILED, "attempt": max(state.attempt, ev.attempt)})
     if state.status is not TaskStatus.FAILED:
         return state  # only a failed task can be redriven
     return state.model_copy(

@@ -98,7 +98,11 @@ class TaskDeadLettered(EventData):
 
 
 class TaskRedriven(EventData):
+    """A FAILED task runs again. ``spec`` repeats the task's definition so that a worker
+    that no longer remembers the task (it was finished long ago) can run it."""
+
     reason: str | None = None
+    spec: TaskCreated | None = None
 
 
 DATA_MODELS: Final[dict[EventType, type[EventData]]] = {

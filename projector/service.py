@@ -161,8 +161,12 @@ async def apply_batch(
     schema: str,
     projection: str,
     topic: str,
+    record_changes: bool = True,
 ) -> BatchResult:
-    """Fold ``records`` into the read model inside the caller's transaction."""
+    """Fold ``records`` into the read model inside the caller's transaction.
+
+    ``record_changes=False`` (rebuilds) leaves the SSE change feed alone.
+    """
     res = BatchResult()
     partitions = sorted({r.partition for r in records})
     cps = await store.lock_checkpoints(
@@ -198,6 +202,7 @@ async def apply_batch(
         if new != old:
             states[ev.subject] = new
             touched[ev.subject] = (new, r.partition, r.offset)
+        if new != old and record_changes:
             changes.append(store.ChangeRow(
                 new.task_id, new.tenant, ev.type.value, new.status.value, new.attempt,
                 new.progress, summarize(new), ev.time, r.partition, r.offset,

@@ -18,12 +18,14 @@ from typing import TypeVar
 
 import asyncpg
 import httpx
+import orjson
 
 from events.codec import decode
 from events.db import asyncpg_dsn
 from events.errors import UndecodableEvent
+from events.fold import TaskState, apply
 from events.log import LogReader, Record
-from events.models import CloudEvent
+from events.models import CloudEvent, EventType
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -236,3 +238,49 @@ class SSEReader:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
             await self.task
+
+
+async def assert_read_model_is_fold_of_log(env: Env) -> None:
+    logged = await env.log_events()
+    states: dict[object, TaskState] = {}
+    expected_changes = 0
+    for _, ev in logged:
+        old = states.get(ev.subject)
+        new = apply(old, ev)
+        expected_changes += new != old
+        states[ev.subject] = new
+    conn = await env.db()
+    try:
+        await wait_until(lambda: journal_count(conn, len(logged)), timeout=30,
+                         what="journal to hold every logged event")
+        journal = await conn.fetch(
+            'SELECT partition, "offset", event_id::text AS eid FROM task_events '
+            'ORDER BY partition, "offset"')
+        tasks = {r["task_id"]: r for r in await conn.fetch("SELECT * FROM tasks")}
+        changes = await conn.fetch('SELECT partition, "offset" FROM task_changes')
+        cps = {r["partition"]: r["offset"] for r in await conn.fetch(
+            'SELECT partition, "offset" FROM projector_offsets')}
+    finally:
+        await conn.close()
+    assert [(r["partition"], r["offset"], r["eid"]) for r in journal] == [
+        (rec.partition, rec.offset, str(ev.id)) for rec, ev in logged]
+    assert len(changes) == expected_changes
+    assert len({(c["partition"], c["offset"]) for c in changes}) == len(changes)
+    last = {}
+    for rec, _ in logged:
+        last[rec.partition] = rec.offset
+    assert {p: o for p, o in cps.items() if o >= 0} == last
+    assert set(tasks) == set(states)
+    for tid, st in states.items():
+        row = tasks[tid]
+        assert row["status"] == st.status.value
+        assert row["attempt"] == st.attempt
+        assert (orjson.loads(row["result"]) if row["result"] else None) == st.result
+        assert row["error"] == st.error
+        assert row["dead_lettered"] == st.dead_lettered
+    assert all(ev.type in set(EventType) for _, ev in logged)
+
+
+async def journal_count(conn: object, n: int) -> bool:
+    assert isinstance(conn, asyncpg.Connection)
+    return bool(await conn.fetchval("SELECT count(*) FROM task_events") == n)

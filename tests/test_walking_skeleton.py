@@ -10,9 +10,7 @@ from collections.abc import Sequence
 import httpx
 import orjson
 
-from events.fold import TaskState, apply
-from events.models import EventType
-from tests.helpers import Env, SSEReader, wait_until
+from tests.helpers import Env, SSEReader, assert_read_model_is_fold_of_log, wait_until
 
 TERMINAL_TYPES = {"task.done", "task.failed", "task.cancelled"}
 
@@ -115,53 +113,5 @@ async def test_projector_kill9_midstream_loses_nothing_and_applies_nothing_twice
         await wait_until(lambda: _all_terminal(env, 400), timeout=120,
                          what="400 terminal tasks")
     await asyncio.sleep(1.0)  # let the last terminal events (dead_lettered) be projected
-    await _assert_read_model_is_fold_of_log(env)
+    await assert_read_model_is_fold_of_log(env)
     assert len(submitted) == 400
-
-
-async def _assert_read_model_is_fold_of_log(env: Env) -> None:
-    logged = await env.log_events()
-    states: dict[object, TaskState] = {}
-    expected_changes = 0
-    for _, ev in logged:
-        old = states.get(ev.subject)
-        new = apply(old, ev)
-        expected_changes += new != old
-        states[ev.subject] = new
-    conn = await env.db()
-    try:
-        await wait_until(lambda: _journal_count(conn, len(logged)), timeout=30,
-                         what="journal to hold every logged event")
-        journal = await conn.fetch(
-            'SELECT partition, "offset", event_id::text AS eid FROM task_events '
-            'ORDER BY partition, "offset"')
-        tasks = {r["task_id"]: r for r in await conn.fetch("SELECT * FROM tasks")}
-        changes = await conn.fetch('SELECT partition, "offset" FROM task_changes')
-        cps = {r["partition"]: r["offset"] for r in await conn.fetch(
-            'SELECT partition, "offset" FROM projector_offsets')}
-    finally:
-        await conn.close()
-    assert [(r["partition"], r["offset"], r["eid"]) for r in journal] == [
-        (rec.partition, rec.offset, str(ev.id)) for rec, ev in logged]
-    assert len(changes) == expected_changes
-    assert len({(c["partition"], c["offset"]) for c in changes}) == len(changes)
-    last = {}
-    for rec, _ in logged:
-        last[rec.partition] = rec.offset
-    assert {p: o for p, o in cps.items() if o >= 0} == last
-    assert set(tasks) == set(states)
-    for tid, st in states.items():
-        row = tasks[tid]
-        assert row["status"] == st.status.value
-        assert row["attempt"] == st.attempt
-        assert (orjson.loads(row["result"]) if row["result"] else None) == st.result
-        assert row["error"] == st.error
-        assert row["dead_lettered"] == st.dead_lettered
-    assert all(ev.type in set(EventType) for _, ev in logged)
-
-
-async def _journal_count(conn: object, n: int) -> bool:
-    import asyncpg
-
-    assert isinstance(conn, asyncpg.Connection)
-    return bool(await conn.fetchval("SELECT count(*) FROM task_events") == n)

@@ -370,7 +370,9 @@ class Worker:
         if ev.type is EventType.REDRIVEN:
             lane.base[tid] = state.attempt
         if ev.type in _TRIGGERS and not state.terminal:
-            lane.open[tid] = r.offset
+            # Keep the earliest trigger of an unfinished task: committing past its
+            # task.created would lose the definition a restarted worker needs.
+            lane.open.setdefault(tid, r.offset)
         if state.terminal:
             lane.open.pop(tid, None)
             task = lane.running.get(tid)
@@ -467,7 +469,7 @@ class Worker:
             lane.stage(self.event(
                 TaskRetryScheduled(error=error, reason=reason,
                                    not_before=not_before, delay_s=round(delay, 3)),
-                tid, attempt, state.tenant), resolve=tid)
+                tid, attempt, state.tenant))  # still open: the retry is read back and run
             return
         self.failed += 1
         lane.stage(

@@ -1,0 +1,325 @@
+"""Projections you can trust: crash-proof batches, replay, as-of, verify, rebuild, poison."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from events import constants
+from events.log import EventProducer
+from events.models import TaskCreated, new_event
+from tests.helpers import (
+    ROOT,
+    Env,
+    SSEReader,
+    assert_read_model_is_fold_of_log,
+    wait_until,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "v1_log.jsonl"
+
+
+def cli(env: Env, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
+                         env={**os.environ, **env.vars}, capture_output=True, text=True,
+                         timeout=300, check=False)
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+async def produce_tasks(env: Env, n: int, *, type_: str = "noop") -> list[uuid.UUID]:
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=30)
+    await producer.start()
+    ids = [uuid.uuid4() for _ in range(n)]
+    try:
+        for i in range(0, n, 500):
+            await producer.append([
+                new_event(TaskCreated(title=f"t{j}", type=type_, payload={"message": "x"}),
+                          task_id=ids[j], source=constants.API_SOURCE)
+                for j in range(i, min(n, i + 500))])
+            await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    return ids
+
+
+async def count(env: Env, sql: str) -> int:
+    conn = await env.db()
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def log_size(env: Env) -> int:
+    return len(await env.read_log())
+
+
+async def projected_all(env: Env, n: int) -> bool:
+    return await count(env, "SELECT count(*) FROM task_events") >= n
+
+
+async def test_kill9_projectors_during_5000_event_stream_then_verify(env: Env) -> None:
+    rng = random.Random(11)
+    projectors = [env.proc("projector"), env.proc("projector")]
+    env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="32")
+    producing = asyncio.create_task(produce_tasks(env, 1700))  # ~5,100 events with workers
+    for _ in range(4):
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        victim = rng.randrange(len(projectors))
+        projectors[victim].kill9()
+        await asyncio.sleep(rng.uniform(0.0, 0.5))
+        projectors[victim] = env.proc("projector")
+    await producing
+
+    async def terminal() -> bool:
+        return await count(env, "SELECT count(*) FROM tasks WHERE status = 'DONE'") == 1700
+
+    await wait_until(terminal, timeout=180, what="1700 DONE tasks")
+    total = await log_size(env)
+    assert total >= 5000
+    await wait_until(lambda: projected_all(env, total), timeout=60, what="journal caught up")
+    await assert_read_model_is_fold_of_log(env)
+    res = cli(env, "projections", "verify")
+    assert f"verified {total} event(s): 0 difference(s)" in res.stderr
+
+
+async def test_verify_reports_every_difference_and_exits_1(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker")
+    ids = await produce_tasks(env, 20, type_="echo")
+    await wait_until(lambda: _done(env, 20), timeout=60, what="20 DONE")
+    conn = await env.db()
+    try:
+        await conn.execute("UPDATE tasks SET status = 'FAILED' WHERE task_id = $1", ids[3])
+        await conn.execute("UPDATE tasks SET attempt = 7 WHERE task_id = $1", ids[5])
+    finally:
+        await conn.close()
+    res = cli(env, "projections", "verify", check=False)
+    assert res.returncode == 1
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert any(str(ids[3]) in ln and "status" in ln and "'DONE'" in ln for ln in lines)
+    assert any(str(ids[5]) in ln and "attempt" in ln and "7" in ln for ln in lines)
+
+
+async def _done(env: Env, n: int) -> bool:
+    return await count(env, "SELECT count(*) FROM tasks WHERE status = 'DONE'") >= n
+
+
+async def test_replay_streams_the_log_with_filters(env: Env) -> None:
+    env.proc("worker")
+    ids = await produce_tasks(env, 30, type_="echo")
+    found = await wait_until(lambda: _full_log(env, 30 * 3), timeout=60, what="log")
+    assert found is not None
+    logged: list[Any] = found
+    everything = [orjson.loads(x) for x in cli(env, "replay").stdout.splitlines()]
+    assert sorted((d["position"]["partition"], d["position"]["offset"]) for d in everything) == [
+        (r.partition, r.offset) for r, _ in logged]
+    assert {d["id"] for d in everything} == {str(ev.id) for _, ev in logged}
+
+    one = [orjson.loads(x) for x in cli(env, "replay", "--task", str(ids[7])).stdout.splitlines()]
+    assert [d["type"] for d in one] == ["task.created", "task.processing", "task.done"]
+    assert {d["subject"] for d in one} == {str(ids[7])}
+
+    done = [orjson.loads(x) for x in cli(env, "replay", "--type", "task.done").stdout.splitlines()]
+    assert len(done) == 30 and {d["type"] for d in done} == {"task.done"}
+
+    times = sorted(ev.time for _, ev in logged)
+    mid = times[len(times) // 2]
+    since = [orjson.loads(x) for x in
+             cli(env, "replay", "--since", mid.isoformat()).stdout.splitlines()]
+    until = [orjson.loads(x) for x in
+             cli(env, "replay", "--until", mid.isoformat()).stdout.splitlines()]
+    assert since and until
+    assert all(d["time"] >= mid.isoformat().replace("+00:00", "Z")[:19] for d in since)
+    assert len(since) + len(until) >= len(logged)
+
+    r0 = next(r for r, _ in logged if r.offset >= 2)
+    frm = [orjson.loads(x) for x in cli(
+        env, "replay", "--from-position", f"{r0.partition}:{r0.offset}").stdout.splitlines()]
+    in_p = [d["position"]["offset"] for d in frm if d["position"]["partition"] == r0.partition]
+    assert min(in_p) == r0.offset
+    assert len(frm) == len(logged) - sum(1 for r, _ in logged
+                                         if r.partition == r0.partition and r.offset < r0.offset)
+
+
+async def _full_log(env: Env, n: int) -> list[Any] | None:
+    evs = await env.log_events()
+    return evs if len(evs) >= n else None
+
+
+async def test_state_as_of_a_time_or_a_position(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        r = await c.post("/tasks", json={"title": "f", "type": "flaky",
+                                         "payload": {"fail_times": 1}, "max_attempts": 3})
+        tid = r.json()["task_id"]
+
+        async def done() -> bool:
+            return bool((await c.get(f"/tasks/{tid}")).json()["status"] == "DONE")
+
+        await wait_until(done, timeout=60, what="DONE")
+        hist = (await c.get(f"/tasks/{tid}/events")).json()["items"]
+        kinds = [h["type"] for h in hist]
+        assert kinds == ["task.created", "task.processing", "task.retry_scheduled",
+                         "task.processing", "task.done"]
+        expect = ["PENDING", "PROCESSING", "RETRYING", "PROCESSING", "DONE"]
+        for h, status in zip(hist, expect, strict=True):
+            pos = f"{h['position']['partition']}:{h['position']['offset']}"
+            at_pos = (await c.get(f"/tasks/{tid}", params={"as_of": pos})).json()
+            at_time = (await c.get(f"/tasks/{tid}", params={"as_of": h["time"]})).json()
+            assert at_pos["status"] == status, (pos, at_pos)
+            assert at_time["status"] == status
+        before = (await c.get(f"/tasks/{tid}", params={"as_of": "2000-01-01T00:00:00Z"}))
+        assert before.status_code == 404
+        bad = await c.get(f"/tasks/{tid}", params={"as_of": "yesterday"})
+        assert bad.status_code == 422
+        assert bad.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_rebuild_swaps_with_no_read_downtime_and_no_sse_gap(env: Env) -> None:
+    env.proc("projector")
+    env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="32")
+    await env.api()
+    first = await produce_tasks(env, 600)
+    await wait_until(lambda: _done(env, 600), timeout=120, what="600 DONE")
+    probe = str(first[0])
+    errors: list[str] = []
+    reads = 0
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c, \
+            SSEReader(env.base_url + "/events?after=0") as sse:
+
+        async def reader() -> None:
+            nonlocal reads
+            while not stop.is_set():
+                r = await c.get(f"/tasks/{probe}")
+                reads += 1
+                if r.status_code != 200 or r.json()["status"] != "DONE":
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                lst = await c.get("/tasks", params={"limit": 5})
+                if lst.status_code != 200 or len(lst.json()["items"]) != 5:
+                    errors.append(f"list {lst.status_code} {lst.text[:200]}")
+
+        reading = asyncio.create_task(reader())
+        more = asyncio.create_task(produce_tasks(env, 300))  # live traffic during the rebuild
+        res = await asyncio.to_thread(cli, env, "projections", "rebuild")
+        await more
+        await wait_until(lambda: _done(env, 900), timeout=120, what="900 DONE")
+        stop.set()
+        await reading
+        n_changes = await count(env, "SELECT count(*) FROM task_changes")
+        await wait_until(lambda: _sse_count(sse, n_changes), timeout=60, what="SSE caught up")
+    assert "swapped in" in res.stderr
+    assert reads > 20 and not errors, errors[:5]
+    conn = await env.db()
+    try:
+        positions = [r["position"] for r in await conn.fetch(
+            "SELECT position FROM task_changes ORDER BY position")]
+    finally:
+        await conn.close()
+    got = [int(e["id"]) for e in sse.events if "id" in e]
+    assert got == positions  # every change once, in order: no gap, no replay
+    total = await log_size(env)
+    await wait_until(lambda: projected_all(env, total), timeout=60, what="journal caught up")
+    await assert_read_model_is_fold_of_log(env)
+    assert "0 difference(s)" in cli(env, "projections", "verify").stderr
+
+
+async def _sse_count(sse: SSEReader, n: int) -> bool:
+    return sum(1 for e in sse.events if "id" in e) >= n
+
+
+async def test_poison_records_are_parked_and_the_partition_moves_on(env: Env) -> None:
+    env.proc("projector")
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    try:
+        key = str(uuid.uuid4()).encode()
+        p1 = await producer.append_raw(env.topic, key, b"{not json")
+        unknown = orjson.dumps({"specversion": "1.0", "id": str(uuid.uuid4()),
+                                "source": "x", "type": "task.teleported",
+                                "subject": key.decode(), "time": "2026-01-01T00:00:00Z",
+                                "data": {}})
+        p2 = await producer.append_raw(env.topic, key, unknown)
+        ok = uuid.UUID(key.decode())
+        await producer.append([new_event(TaskCreated(title="after the poison"), task_id=ok,
+                                         source=constants.API_SOURCE)])
+    finally:
+        await producer.stop()
+
+    async def projected() -> bool:
+        return await count(env, f"SELECT count(*) FROM tasks WHERE task_id = '{ok}'") == 1
+
+    await wait_until(projected, timeout=60, what="the good event after the poison")
+    out = cli(env, "projections", "dead-letters").stdout.splitlines()
+    parked = [orjson.loads(x) for x in out]
+    assert [(d["partition"], d["offset"]) for d in parked] == [
+        (p1.partition, p1.offset), (p2.partition, p2.offset)]
+    assert parked[0]["raw"] == "{not json" and "not JSON" in parked[0]["error"]
+    assert "task.teleported" in parked[1]["error"]
+
+
+async def test_golden_v1_log_is_upcast_and_folded_by_the_projector(env: Env) -> None:
+    env.proc("projector")
+    await env.api()
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    try:
+        for line in GOLDEN.read_bytes().splitlines():
+            if line.strip():
+                doc = orjson.loads(line)
+                await producer.append_raw(env.topic, doc["subject"].encode(), line)
+    finally:
+        await producer.stop()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+
+        async def got(tid: str) -> dict[str, Any] | None:
+            r = await c.get(f"/tasks/{tid}")
+            doc: dict[str, Any] = r.json()
+            return doc if r.status_code == 200 and doc["status"] in ("DONE", "FAILED") else None
+
+        ok = await wait_until(lambda: got("11111111-1111-4111-8111-111111111111"), timeout=30)
+        bad = await wait_until(lambda: got("22222222-2222-4222-8222-222222222222"), timeout=30)
+        crashed = await wait_until(lambda: got("33333333-3333-4333-8333-333333333333"),
+                                   timeout=30)
+        hist = (await c.get("/tasks/11111111-1111-4111-8111-111111111111/events")).json()
+    assert ok is not None and bad is not None and crashed is not None
+    assert (ok["status"], ok["payload"], ok["result"]) == ("DONE", {"message": "hello"}, "hello")
+    assert (bad["status"], bad["payload"]) == ("FAILED", {})
+    assert (crashed["status"], crashed["result"], crashed["attempt"]) == ("DONE", 55, 2)
+    created = hist["items"][0]
+    assert created["schemaversion"] == 2 and created["data"]["payload"] == {"message": "hello"}
+    assert await count(env, "SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_metrics_show_projector_lag_per_partition(env: Env) -> None:
+    await env.api()
+    await produce_tasks(env, 60)  # no projector: everything is lag
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        text = (await c.get("/metrics")).text
+        lag = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("taskflow_projector_lag_events{")}
+        assert len(lag) == 6 and sum(lag.values()) == 60
+        env.proc("projector")
+
+        async def caught_up() -> bool:
+            t = (await c.get("/metrics")).text
+            return all(line.endswith(" 0.0") for line in t.splitlines()
+                       if line.startswith("taskflow_projector_lag_events{"))
+
+        await wait_until(caught_up, timeout=60, what="lag to reach 0")
