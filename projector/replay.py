@@ -121,11 +121,14 @@ async def read_records(
 
 async def replay(*, bootstrap: str, topic: str, flt: ReplayFilter,
                  progress: bool = True) -> AsyncIterator[tuple[Record, CloudEvent | None, str]]:
-    """Records that pass ``flt``, decoded (or None with the error, for poison records)."""
+    """Records that pass ``flt``, decoded (or None with the error, for poison records).
+
+    ``since``/``until`` compare with each event's ``time``. ``since`` also seeks with
+    offsets_for_times: a record's broker timestamp is never earlier than its event time
+    (it is produced after it is made), so no record at or after ``since`` is skipped.
+    """
     async for r in read_records(bootstrap=bootstrap, topic=topic, since=flt.since,
                                 from_position=flt.from_position, progress=progress):
-        if flt.until is not None and r.timestamp_ms > flt.until.timestamp() * 1000:
-            continue
         try:
             ev: CloudEvent | None = decode(r.value)
             err = ""

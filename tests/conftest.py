@@ -8,6 +8,7 @@ each test clones (CREATE DATABASE ... TEMPLATE takes a few milliseconds).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -18,7 +19,9 @@ from events.log import ensure_topic, ping
 from events.settings import Settings
 from tests.helpers import Env, free_port, new_name
 
-TEMPLATE = "taskflow_test_template"
+# One template per pytest session, so that concurrent sessions never clone a template
+# another session is rebuilding.
+TEMPLATE = f"taskflow_tpl_{os.getpid()}"
 
 
 def _url(base: str, db: str) -> str:
@@ -42,6 +45,7 @@ def template_db(base_settings: Settings) -> Iterator[str]:
     asyncio.run(prepare())
     migrate(url)
     yield url
+    asyncio.run(drop_database(url))
 
 
 @pytest.fixture

@@ -208,10 +208,12 @@ async def test_a_failing_task_shows_its_error_and_timeline_and_can_be_redriven(
     dead = page.locator(f'#dead-list li[data-task-id="{task_id}"]')
     await dead.wait_for()
     await dead.get_by_role("button", name="Redrive no message").click()
-    # It runs again, fails again (still no message) and is dead again, live in the panel.
+    # It runs again as attempt 2, fails again (still no message) and is dead again, live.
     await dash.until("document.querySelectorAll('#d-timeline li').length >= 8")
     types = await detail.locator(".event-type").all_inner_texts()
     assert types[4:] == ["task.redriven", "task.processing", "task.failed", "task.dead_lettered"]
+    attempts = await detail.locator(".event-attempt").all_inner_texts()
+    assert attempts[5:] == ["attempt 2"] * 3  # a new run, numbered as one
     assert await dash.status_of(task_id) == "FAILED"
     assert dash.errors == [] and dash.console == []
 

@@ -181,6 +181,7 @@ class Worker:
     cancelled: int = 0
     parked: int = 0
     committed_events: int = 0
+    redelivered: int = 0
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _sem: asyncio.Semaphore | None = field(default=None, repr=False)
@@ -346,6 +347,11 @@ class Worker:
         lane.dirty.set()  # commit the position even if nothing else happens
 
     def _on_record(self, lane: Lane, r: Record) -> None:
+        if r.offset < lane.position:
+            # Redelivery (a seek during a rebalance can re-fetch records the lane has
+            # already folded): folding a task.created again would re-open a finished task.
+            self.redelivered += 1
+            return
         lane.position = r.offset + 1
         try:
             ev = decode(r.value)

@@ -392,7 +392,7 @@
 
   function connect() {
     if (state.source) state.source.close();
-    const es = new EventSource(state.streams ? `/events` : `/events?after=${state.lastId}`);
+    const es = new EventSource(`/events?after=${state.lastId}`);
     state.source = es;
     state.streams += 1;
     for (const t of EVENT_TYPES) es.addEventListener(t, onChange);
