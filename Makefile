@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test lint bench stack-up stack-down clean
+.PHONY: install system-deps bench-deps run test lint bench stack-up stack-down clean
 
 install: system-deps $(STAMP)
 
-# PostgreSQL from Debian's packages (initdb, pg_ctl); Java and Maven must be present.
+# PostgreSQL and Chromium from Debian's packages (initdb, pg_ctl; the dashboard tests'
+# browser, which Playwright must never download); Java and Maven must be present.
 system-deps:
 	@command -v java >/dev/null || { echo "Java 17 is required" >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required" >&2; exit 1; }
@@ -19,6 +20,12 @@ system-deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql </dev/null; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Chromium from Debian's packages (the dashboard's browser tests)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium </dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -44,7 +51,21 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 
-bench: stack-up
+# The peers (Celery, Dramatiq) and their broker: redis-server from Debian's packages.
+bench-deps: install $(VENV)/.bench-installed
+	@if ! command -v redis-server >/dev/null; then \
+		echo "installing redis-server from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server </dev/null; \
+	fi
+
+$(VENV)/.bench-installed: pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+# make bench [BENCH_ARGS="--quick --scenarios submit,e2e"]; see python -m bench --help.
+bench: stack-up bench-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: stack-down

@@ -28,6 +28,7 @@ log = logging.getLogger("taskflow.api.feed")
 _SELECT = ("SELECT position, task_id, tenant, type, status, attempt, progress, summary, time "
            "FROM task_changes WHERE position > $1 ORDER BY position LIMIT $2")
 PAGE = 1000
+FEED_APP_NAME = "taskflow-feed"  # application_name of the one reader per API process
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,18 @@ class Filter:
                 and (not self.statuses or c.status in self.statuses)
                 and (not self.types or c.type in self.types)
                 and (self.any_tenant or c.tenant == self.tenant))
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The client's position was trimmed by retention: it must refetch its state.
+
+    ``position`` is where the stream continues from (sent as the event id, so that the
+    client's Last-Event-ID moves past the trimmed range).
+    """
+
+    trimmed_upto: int
+    position: int
 
 
 class SubscriberDropped(Exception):
@@ -97,8 +110,12 @@ class ChangeFeed:
         return (f"ChangeFeed(last={self.last} ◆ {len(self.subscribers)} subscribers ◆ "
                 f"{self.delivered} delivered ◆ {self.dropped} dropped)")
 
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(asyncpg_dsn(self.database_url),
+                                     server_settings={"application_name": FEED_APP_NAME})
+
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+        self._conn = await self._connect()
         await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
         self.last = int(await self._conn.fetchval("SELECT coalesce(max(position), 0) "
                                                   "FROM task_changes"))
@@ -131,7 +148,7 @@ class ChangeFeed:
                     assert self._conn is not None
                     await self._conn.close()
                 with contextlib.suppress(Exception):
-                    self._conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+                    self._conn = await self._connect()
                     await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
 
     async def _read_new(self) -> None:
@@ -169,13 +186,14 @@ class ChangeFeed:
                 "ORDER BY position LIMIT $3", after, upto, PAGE)
         return [_row(r) for r in rows]
 
-    async def first_position(self) -> int | None:
+    async def trimmed_upto(self) -> int:
         assert self._conn is not None
         async with self._lock:
-            v = await self._conn.fetchval("SELECT min(position) FROM task_changes")
-        return int(v) if v is not None else None
+            v = await self._conn.fetchval(
+                "SELECT trimmed_upto FROM change_retention WHERE id = 1")
+        return int(v or 0)
 
-    async def subscribe(self, flt: Filter, after: int | None) -> AsyncIterator[Change]:
+    async def subscribe(self, flt: Filter, after: int | None) -> AsyncIterator[Change | Reset]:
         """Every matching change after ``after`` exactly once, in order, then live ones.
 
         The subscriber joins the live fan-out first and only then reads the backlog up to
@@ -189,6 +207,12 @@ class ChangeFeed:
             cursor = joined_at if after is None else after
             while cursor < joined_at:
                 page = await self.backlog(cursor, joined_at)
+                # Checked after each read: retention may trim while we page.
+                watermark = await self.trimmed_upto()
+                if watermark > cursor:
+                    yield Reset(trimmed_upto=watermark, position=joined_at)
+                    cursor = joined_at
+                    break
                 if not page:
                     break
                 for c in page:

@@ -13,6 +13,8 @@ LATENCY = Histogram("taskflow_http_request_duration_seconds", "HTTP request late
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 SUBMITTED = Counter("taskflow_tasks_submitted_total", "Tasks accepted, by type", ["type"],
                     registry=REGISTRY)
+SSE_DROPPED = Counter("taskflow_sse_dropped_total",
+                      "SSE subscribers dropped for falling behind", registry=REGISTRY)
 SSE_SUBSCRIBERS = Gauge("taskflow_sse_subscribers", "Open SSE streams", registry=REGISTRY)
 PROJECTOR_LAG = Gauge("taskflow_projector_lag_events",
                       "Events in the log not yet applied by the projector, per partition",

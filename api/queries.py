@@ -136,3 +136,16 @@ async def throughput(engine: AsyncEngine, *, minutes: int) -> list[dict[str, Any
     async with engine.connect() as conn:
         rows = (await conn.execute(q, {"m": minutes})).all()
     return [{"minute": r.minute.isoformat(), "finished": int(r.finished)} for r in rows]
+
+
+async def task_snapshot(engine: AsyncEngine, *,
+                        task_id: uuid.UUID) -> tuple[dict[str, Any], int] | None:
+    """The task's row and the change position it reflects, read in one snapshot."""
+    async with engine.connect() as raw:
+        conn = await raw.execution_options(isolation_level="REPEATABLE READ")
+        row = (await conn.execute(select(*_TASK_COLS).where(tasks.c.task_id == task_id))).first()
+        if row is None:
+            return None
+        pos = (await conn.execute(select(func.coalesce(func.max(task_changes.c.position), 0))
+                                  .where(task_changes.c.task_id == task_id))).scalar()
+    return dict(row._mapping), int(pos or 0)

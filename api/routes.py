@@ -13,10 +13,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from api import metrics, queries
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
-from api.feed import Filter, SubscriberDropped
+from api.feed import Change, Filter, Reset, SubscriberDropped
 from api.problems import PROBLEM, Conflict, Invalid, NotFound, Problem, Unavailable
 from api.schemas import EventPage, PositionOut, TaskAccepted, TaskIn, TaskOut, TaskPage
 from events import constants
@@ -238,15 +240,71 @@ async def stream(
         try:
             yield ServerSentEvent(comment="taskflow change stream", retry=constants.SSE_RETRY_MS)
             async for c in feed.subscribe(flt, start):
-                yield ServerSentEvent(id=str(c.position), event=c.type,
-                                      data=orjson.dumps(c.data()).decode())
+                yield _sse(c)
         except SubscriberDropped:
+            metrics.SSE_DROPPED.inc()
             return
         finally:
             metrics.SSE_SUBSCRIBERS.dec()
 
-    return EventSourceResponse(events(), ping=int(settings.sse_heartbeat_s),
-                               send_timeout=constants.SSE_SEND_TIMEOUT_S)
+    return _Stream(events(), ping=settings.sse_heartbeat_s,
+                               send_timeout=settings.sse_send_timeout_s)
+
+
+class _Stream(EventSourceResponse):
+    """An SSE response that counts a client dropped for a send timeout (a stalled reader)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            metrics.SSE_DROPPED.inc()
+
+
+def _sse(c: Change | Reset) -> ServerSentEvent:
+    if isinstance(c, Reset):
+        return ServerSentEvent(
+            id=str(c.position), event="reset",
+            data=orjson.dumps({"reason": "trimmed", "trimmed_upto": c.trimmed_upto,
+                               "position": c.position,
+                               "detail": "changes after your position were trimmed by "
+                                         "retention; refetch state, then continue"}).decode())
+    return ServerSentEvent(id=str(c.position), event=c.type, data=orjson.dumps(c.data()).decode())
+
+
+@router.get("/tasks/{task_id}/stream", tags=["stream"], response_class=EventSourceResponse,
+            responses={404: _ERRORS[404]})
+async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
+                      settings: SettingsDep) -> EventSourceResponse:
+    """One task: a ``snapshot`` event with its state, then its changes; ends after terminal."""
+    snap = await queries.task_snapshot(db, task_id=task_id)
+    if snap is None and await _wait_for_task(db, task_id, settings.read_wait_s) is not None:
+        snap = await queries.task_snapshot(db, task_id=task_id)
+    if snap is None:
+        raise NotFound(f"no task {task_id}")
+    row, position = snap
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        metrics.SSE_SUBSCRIBERS.inc()
+        try:
+            yield ServerSentEvent(id=str(position), event="snapshot", retry=constants.SSE_RETRY_MS,
+                                  data=TaskOut.model_validate(row).model_dump_json())
+            if TaskStatus(row["status"]) in TERMINAL:
+                return
+            async for c in feed.subscribe(Filter(task_ids=frozenset({task_id})), position):
+                yield _sse(c)
+                if isinstance(c, Change) and c.status in _TERMINAL_NAMES:
+                    return
+        except SubscriberDropped:
+            metrics.SSE_DROPPED.inc()
+        finally:
+            metrics.SSE_SUBSCRIBERS.dec()
+
+    return _Stream(events(), ping=settings.sse_heartbeat_s,
+                               send_timeout=settings.sse_send_timeout_s)
+
+
+_TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 @router.get("/handlers", tags=["tasks"])

@@ -92,9 +92,22 @@ def api(
 
     s = get_settings()
     setup_logging(s.log_level)
-    uvicorn.run("api.main:app", host=host or s.api_host, port=port or s.api_port,
-                workers=workers, log_level=s.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    opts: dict[str, object] = {"workers": workers, "log_level": s.log_level,
+                               "access_log": False, "timeout_graceful_shutdown": 5}
+    if s.api_socket_sndbuf:
+        # Accepted sockets inherit SO_SNDBUF from the listening socket.
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.api_socket_sndbuf)
+        sock.bind((host or s.api_host, port or s.api_port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        uvicorn.run("api.main:app", fd=sock.fileno(), **opts)  # type: ignore[arg-type]
+    else:
+        uvicorn.run("api.main:app", host=host or s.api_host, port=port or s.api_port,
+                    **opts)  # type: ignore[arg-type]
 
 
 @app.command()

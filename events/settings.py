@@ -41,6 +41,16 @@ class Settings(BaseSettings):
     read_wait_s: float = Field(default=constants.READ_WAIT_S, ge=0)
     sse_heartbeat_s: float = Field(default=constants.SSE_HEARTBEAT_S, gt=0)
     sse_queue_max: int = Field(default=constants.SSE_QUEUE_MAX, ge=1)
+    # Kernel send buffer of each API connection (bytes; 0 = the kernel's autotuning, up to
+    # several MB). A small value bounds what a stalled SSE client can pin in the kernel and
+    # makes it hit the subscriber queue limit, and be dropped, sooner.
+    api_socket_sndbuf: int = Field(default=0, ge=0)
+    sse_send_timeout_s: float = Field(default=constants.SSE_SEND_TIMEOUT_S, gt=0)
+    # task_changes (the SSE history) keeps at most this long and this many rows; the
+    # projector trims it. A client resuming from a trimmed position gets `event: reset`.
+    changes_retention_s: float = Field(default=7 * 86_400, gt=0)
+    changes_retention_rows: int = Field(default=1_000_000, ge=1)
+    changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in
     # sync with the handlers your workers register.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -90,6 +91,7 @@ task_changes = Table(
     Column("offset", BigInteger, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("task_changes_task", "task_id", "position"),
+    Index("task_changes_time", "recorded_at"),
 )
 
 projector_offsets = Table(
@@ -101,6 +103,17 @@ projector_offsets = Table(
     Column("offset", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("projection", "topic", "partition"),
+)
+
+# Everything at or below ``trimmed_upto`` has been removed from task_changes; an SSE
+# client resuming from there gets ``event: reset``.
+change_retention = Table(
+    "change_retention",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("trimmed_upto", BigInteger, nullable=False),
+    Column("trimmed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("id = 1", name="change_retention_single_row"),
 )
 
 dead_letters = Table(

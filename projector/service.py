@@ -121,11 +121,23 @@ class Projector:
     async def _on_revoked(self, tps: list[TP]) -> None:
         self._assigned -= set(tps)
 
+    async def trim(self) -> int:
+        assert self._pool is not None
+        s = self.settings
+        async with self._pool.acquire() as conn:
+            return await store.trim_changes(conn, schema=self.schema,
+                                            max_age_s=s.changes_retention_s,
+                                            max_rows=s.changes_retention_rows)
+
     async def run(self, *, until_idle: bool = False, idle_ms: int = 1000) -> None:
         """Apply batches until stopped (or, with ``until_idle``, until the log is drained)."""
         assert self._consumer is not None
         idle_since = time.monotonic()
+        next_trim = time.monotonic() + self.settings.changes_trim_interval_s
         while not self._stopping.is_set():
+            if time.monotonic() >= next_trim:
+                await self.trim()
+                next_trim = time.monotonic() + self.settings.changes_trim_interval_s
             records = await self._consumer.poll(
                 timeout_ms=100, max_records=self.settings.projector_batch_max
             )

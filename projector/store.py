@@ -134,6 +134,28 @@ async def load_states(
     return {r["task_id"]: TaskState.model_validate(dict(r)) for r in rows}
 
 
+async def trim_changes(conn: asyncpg.Connection, *, schema: str, max_age_s: float,
+                       max_rows: int) -> int:
+    """Trim the change feed by age and by size; returns the new watermark."""
+    async with conn.transaction():
+        top = await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM {schema}.task_changes")
+        by_size = top - max_rows
+        by_age = await conn.fetchval(
+            f"SELECT coalesce(max(position), 0) FROM {schema}.task_changes "
+            "WHERE recorded_at < now() - make_interval(secs => $1)", max_age_s)
+        cutoff = max(by_size, by_age)
+        current = await conn.fetchval(
+            f"SELECT trimmed_upto FROM {schema}.change_retention WHERE id = 1 FOR UPDATE")
+        if current is None or cutoff <= current:
+            return int(current or 0)
+        # Raise the watermark first (same transaction): a reader that sees the rows gone
+        # also sees the watermark that explains it.
+        await conn.execute(f"UPDATE {schema}.change_retention SET trimmed_upto = $1, "
+                           "trimmed_at = now() WHERE id = 1", cutoff)
+        await conn.execute(f"DELETE FROM {schema}.task_changes WHERE position <= $1", cutoff)
+        return int(cutoff)
+
+
 async def write_batch(
     conn: asyncpg.Connection,
     *,

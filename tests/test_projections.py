@@ -37,17 +37,18 @@ def cli(env: Env, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return res
 
 
-async def produce_tasks(env: Env, n: int, *, type_: str = "noop") -> list[uuid.UUID]:
+async def produce_tasks(env: Env, n: int, *, type_: str = "noop", chunk: int = 500,
+                        pause_s: float = 0.05) -> list[uuid.UUID]:
     producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=30)
     await producer.start()
     ids = [uuid.uuid4() for _ in range(n)]
     try:
-        for i in range(0, n, 500):
+        for i in range(0, n, chunk):
             await producer.append([
                 new_event(TaskCreated(title=f"t{j}", type=type_, payload={"message": "x"}),
                           task_id=ids[j], source=constants.API_SOURCE)
-                for j in range(i, min(n, i + 500))])
-            await asyncio.sleep(0.05)
+                for j in range(i, min(n, i + chunk))])
+            await asyncio.sleep(pause_s)
     finally:
         await producer.stop()
     return ids

@@ -43,6 +43,7 @@
     selected: null,       // task_id shown in the detail panel
     source: null,         // the EventSource
     streams: 0,           // EventSources opened (the browser's own reconnects do not count)
+    resets: 0,            // times retention trimmed changes we missed, and we reloaded
     connected: false,
     types: [],
   };
@@ -390,12 +391,25 @@
     if (TERMINAL.has(c.status) || c.type === "task.created") refreshStatsSoon();
   }
 
+  // Retention trimmed changes we had not seen: read everything again from here on.
+  function onReset(ev) {
+    const pos = Number(ev.lastEventId);
+    state.resets += 1;
+    if (pos > state.lastId) state.lastId = pos;
+    state.buffer = [];
+    loadPage(true);
+    refreshDead();
+    refreshStats();
+    if (state.selected) refreshDetail();
+  }
+
   function connect() {
     if (state.source) state.source.close();
     const es = new EventSource(`/events?after=${state.lastId}`);
     state.source = es;
     state.streams += 1;
     for (const t of EVENT_TYPES) es.addEventListener(t, onChange);
+    es.addEventListener("reset", onReset);
     es.onopen = () => setConn("live", "live");
     es.onerror = () => {
       if (state.source !== es) return;
@@ -501,9 +515,18 @@
   }
 
   async function select(id, focus) {
+    const panel = $("detail");
+    if (panel.hidden || panel.dataset.taskId !== id) {
+      // Never show another task's (or an old) state while this one loads.
+      delete panel.dataset.taskId;
+      delete panel.dataset.status;
+      $("detail-title").textContent = "Loading…";
+      $("d-timeline").replaceChildren();
+      delete $("d-timeline").dataset.taskId;
+    }
     state.selected = id;
     markSelected();
-    $("detail").hidden = false;
+    panel.hidden = false;
     $("d-action-status").textContent = "";
     await refreshDetail();
     if (focus) $("detail-title").focus();
@@ -518,18 +541,30 @@
     if (row) row.tr.querySelector("button").focus();
   }
 
-  function renderTimeline(items) {
-    $("d-timeline").replaceChildren(...items.map((ev) => {
-      const pos = ev.position ? `p${ev.position.partition}:${ev.position.offset}` : "";
-      return el("li", {class: "event", dataset: {type: ev.type}},
-        el("div", {class: "event-head"},
-          el("span", {class: "event-type", text: ev.type}),
-          el("span", {class: "event-attempt", text: `attempt ${ev.attempt ?? 0}`}),
-          el("time", {datetime: ev.time, title: ev.time, text: ev.time})),
-        el("details", {},
-          el("summary", {}, "JSON ", el("span", {class: "mono muted", text: pos})),
-          el("pre", {text: JSON.stringify(ev, null, 2)})));
-    }));
+  function timelineItem(ev) {
+    const pos = ev.position ? `p${ev.position.partition}:${ev.position.offset}` : "";
+    return el("li", {class: "event", dataset: {type: ev.type, eventId: ev.id}},
+      el("div", {class: "event-head"},
+        el("span", {class: "event-type", text: ev.type}),
+        el("span", {class: "event-attempt", text: `attempt ${ev.attempt ?? 0}`}),
+        el("time", {datetime: ev.time, title: ev.time, text: ev.time})),
+      el("details", {},
+        el("summary", {}, "JSON ", el("span", {class: "mono muted", text: pos})),
+        el("pre", {text: JSON.stringify(ev, null, 2)})));
+  }
+
+  // The history only grows, so new events are appended and what is there stays (an open
+  // JSON view stays open while the task moves on).
+  function renderTimeline(taskId, items) {
+    const list = $("d-timeline");
+    const shown = [...list.children];
+    const same = list.dataset.taskId === taskId && shown.length <= items.length &&
+      shown.every((li, i) => li.dataset.eventId === items[i].id);
+    if (!same) {
+      list.replaceChildren();
+      list.dataset.taskId = taskId;
+    }
+    list.append(...items.slice(same ? shown.length : 0).map(timelineItem));
   }
 
   const refreshDetail = serial(async () => {
@@ -538,7 +573,10 @@
     let t;
     let h;
     try {
-      [t, h] = await Promise.all([api(`/tasks/${id}`), api(`/tasks/${id}/events`)]);
+      // History first, then the state: the state is then at least as new as the history
+      // shown with it, and the change that makes them differ triggers another refresh.
+      h = await api(`/tasks/${id}/events`);
+      t = await api(`/tasks/${id}`);
     } catch {
       $("d-action-status").textContent = "API unreachable; the panel will refresh when it is back.";
       return;
@@ -570,7 +608,7 @@
     $("d-payload").textContent = JSON.stringify(task.payload, null, 2);
     $("d-cancel").disabled = TERMINAL.has(task.status);
     $("d-retry").disabled = task.status !== "FAILED";
-    if (h.ok) renderTimeline(h.data.items || []);
+    if (h.ok) renderTimeline(id, h.data.items || []);
   });
   const refreshDetailSoon = debounce(refreshDetail, 100);
 

@@ -1,0 +1,331 @@
+"""One bench run: the scenarios in order, the figures they yield, the JSON they leave."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from bench import fanout as fanout_mod
+from bench import taskflow_runner as tf
+from bench.peers import Peer
+from bench.procs import LOGS, Redis
+from bench.report import machine, table, write_json
+from bench.stats import PEERS, Figure, say
+from bench.world import TEMPLATE, Lab, db_url
+from events.db import asyncpg_dsn
+from events.settings import get_settings
+
+SCENARIOS = ("submit", "e2e", "latency", "projector", "fanout")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does; the same N for TaskFlow and the peers."""
+
+    submit_n: int = 10_000
+    batch: int = 1000  # tasks per POST /tasks:batch (the API's maximum)
+    concurrency: int = 64  # connections of the single-POST client
+    batch_concurrency: int = 4
+    e2e_n: int = 20_000
+    latency_rate: float = 200.0  # tasks/s
+    latency_s: float = 10.0
+    projector_tasks: int = 20_000  # x3 events: the live apply measurement
+    rebuild_tasks: int = 333_334  # x3 events: 1,000,002 events
+    fanout_subscribers: int = 1000
+    fanout_changes_per_s: float = 100.0
+    fanout_s: float = 10.0
+
+
+QUICK = Sizes(submit_n=1000, e2e_n=2000, latency_s=2.0, projector_tasks=2000,
+              rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0)
+# For a test that only asserts the bench runs and prints its table.
+SMOKE = Sizes(submit_n=200, batch=100, e2e_n=300, latency_s=1.0, projector_tasks=300,
+              rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0)
+
+
+class Run:
+    """One bench run: the figures and raw details it collects, scenario by scenario."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        sizes = SMOKE if args.smoke else QUICK if args.quick else Sizes()
+        if args.n:
+            sizes = Sizes(**{**asdict(sizes), "e2e_n": args.n})
+        if args.subscribers:
+            sizes = Sizes(**{**asdict(sizes), "fanout_subscribers": args.subscribers})
+        self.sizes = sizes
+        self.started = datetime.now(UTC)
+        self.stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
+        self.run_id = self.started.strftime("%Y%m%d%H%M%S")
+        self.log_dir = LOGS / self.stamp
+        self.lab = Lab(get_settings(), self.run_id, self.log_dir)
+        self.redis: Redis | None = None
+        self.peers: list[Peer] = []
+        self.figures: list[Figure] = []
+        self.details: dict[str, dict[str, Any]] = {}
+        self.errors: list[str] = []
+
+    # ------------------------------------------------------------------ plumbing
+    def figure(self, scenario: str, metric: str, unit: str, better: str,
+               comparable: bool = True) -> Figure:
+        f = Figure(scenario, metric, unit, "higher" if better == "higher" else "lower",
+                   comparable=comparable)
+        self.figures.append(f)
+        return f
+
+    def detail(self, scenario: str, system: str, value: Any) -> None:
+        self.details.setdefault(scenario, {})[system] = value
+
+    def failed(self, scenario: str, system: str, exc: Exception) -> None:
+        msg = f"{scenario}/{system} failed: {exc}"
+        self.errors.append(msg)
+        self.detail(scenario, system, {"error": str(exc)})
+        say(msg)
+
+    def for_peers(self, scenario: str, step: Callable[[Peer], dict[str, Any]],
+                  worker: bool, split: bool = False) -> dict[str, dict[str, Any]]:
+        """Run ``step`` for each peer; with ``split`` its result is {scenario: details}."""
+        out: dict[str, dict[str, Any]] = {}
+        for peer in self.peers:
+            try:
+                if worker:
+                    peer.start_worker()
+                out[peer.name] = step(peer)
+                for key, value in (out[peer.name].items() if split
+                                   else [(scenario, out[peer.name])]):
+                    self.detail(key, peer.name, value)
+            except Exception as exc:
+                self.failed(scenario, peer.name, exc)
+            finally:
+                peer.stop_worker()
+        return out
+
+    # ----------------------------------------------------------------- scenarios
+    async def submit(self) -> None:
+        z = self.sizes
+        w = await self.lab.world("submit")
+        res: dict[str, Any] = {}
+        try:
+            await w.start_api(workers=self.args.api_workers)
+            res = await tf.submit(w, n=z.submit_n, concurrency=z.concurrency, batch=z.batch,
+                                  batch_concurrency=z.batch_concurrency)
+            self.detail("submit", "taskflow", res)
+        except Exception as exc:
+            self.failed("submit", "taskflow", exc)
+        finally:
+            w.stop()
+        peers = self.for_peers("submit", lambda p: p.submit(z.submit_n), worker=False)
+        single = self.figure("submit", "single submit", "tasks/s", "higher")
+        batch = self.figure("submit", "batch submit", "tasks/s", "higher")
+        if "single" in res:
+            single.values["taskflow"] = res["single"]["per_s"]
+        if "batch" in res:
+            if res["batch"].get("available"):
+                batch.values["taskflow"] = res["batch"]["per_s"]
+            else:
+                batch.values["taskflow"] = None
+                batch.notes["taskflow"] = (f"POST /tasks:batch answered "
+                                           f"{res['batch']['status']}: not available")
+        for name, r in peers.items():
+            single.values[name] = batch.values[name] = r["per_s"]
+        if peers:
+            batch.notes["peers"] = "batch submit is compared with the peers' single enqueue rate"
+
+    async def live(self) -> None:
+        """Scenarios 2 and 3 share one world: API, worker(s) and projector running."""
+        z = self.sizes
+        want = set(self.args.scenarios)
+        timeout = max(120.0, z.e2e_n / 50)
+        w = await self.lab.world("live")
+        res: dict[str, Any] = {}
+        try:
+            await w.start_all(api_workers=self.args.api_workers, workers=self.args.workers)
+            if "e2e" in want:
+                try:
+                    res["single"] = await tf.e2e(w, n=z.e2e_n, concurrency=z.concurrency,
+                                                 batch=1, timeout_s=timeout,
+                                                 label="single POSTs")
+                    probe = await tf.probe_batch(w)
+                    if tf.batch_available(probe):
+                        res["batch"] = await tf.e2e(w, n=z.e2e_n, concurrency=z.batch_concurrency,
+                                                    batch=z.batch, timeout_s=timeout,
+                                                    label="batch submit")
+                    else:
+                        res["batch"] = {"available": False, "status": probe.status}
+                    self.detail("e2e", "taskflow", res)
+                except Exception as exc:
+                    self.failed("e2e", "taskflow", exc)
+            if "latency" in want:
+                try:
+                    res["latency"] = await tf.latency(w, rate=z.latency_rate, seconds=z.latency_s)
+                    self.detail("latency", "taskflow", res["latency"])
+                except Exception as exc:
+                    self.failed("latency", "taskflow", exc)
+        except Exception as exc:
+            self.failed("live", "taskflow", exc)
+        finally:
+            w.stop()
+
+        def peer_step(p: Peer) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            if "e2e" in want:
+                out["e2e"] = p.e2e(z.e2e_n, timeout)
+            if "latency" in want:
+                out["latency"] = p.latency(z.latency_rate, z.latency_s)
+            return out
+
+        peers = self.for_peers("live", peer_step, worker=True, split=True)
+        if "e2e" in want:
+            single = self.figure("e2e", f"throughput, {z.e2e_n:,} tasks, single POSTs",
+                                 "tasks/s", "higher")
+            batch = self.figure("e2e", f"throughput, {z.e2e_n:,} tasks, batch submit",
+                                "tasks/s", "higher")
+            if "single" in res:
+                single.values["taskflow"] = res["single"]["per_s"]
+            if "batch" in res:
+                batch.values["taskflow"] = res["batch"].get("per_s")
+                if not res["batch"].get("available", True):
+                    batch.notes["taskflow"] = (f"POST /tasks:batch answered "
+                                               f"{res['batch']['status']}: not available")
+            for name, r in peers.items():
+                single.values[name] = batch.values[name] = r["e2e"]["per_s"]
+        if "latency" in want:
+            rate = f"{z.latency_rate:.0f}/s"
+            p50 = self.figure("latency", f"p50 submit → terminal at {rate}", "ms", "lower")
+            p99 = self.figure("latency", f"p99 submit → terminal at {rate}", "ms", "lower")
+            if "latency" in res:
+                p50.values["taskflow"] = res["latency"]["p50_ms"]
+                p99.values["taskflow"] = res["latency"]["p99_ms"]
+            for name, r in peers.items():
+                p50.values[name] = r["latency"]["p50_ms"]
+                p99.values[name] = r["latency"]["p99_ms"]
+
+    async def projector(self) -> None:
+        z = self.sizes
+        out: dict[str, Any] = {}
+        for key, tasks in (("live", z.projector_tasks), ("rebuild", z.rebuild_tasks)):
+            w = await self.lab.world(f"proj_{key}")
+            try:
+                out[key] = await tf.projector(w, tasks=tasks, label=f"{tasks * 3:,} events",
+                                              rebuild=key == "rebuild")
+            except Exception as exc:
+                self.failed(f"projector_{key}", "taskflow", exc)
+            finally:
+                w.stop()
+        self.detail("projector", "taskflow", out)
+        live = self.figure("projector", "live apply rate", "events/s", "higher",
+                           comparable=False)
+        if "live" in out:
+            live.values["taskflow"] = out["live"]["catchup"]["steady_events_per_s"]
+        n = z.rebuild_tasks * 3
+        secs = self.figure("projector", f"rebuild of {n:,} events", "s", "lower",
+                           comparable=False)
+        rate = self.figure("projector", f"rebuild of {n:,} events", "events/s", "higher",
+                           comparable=False)
+        if "rebuild" in out:
+            r = out["rebuild"]["rebuild"]
+            secs.values["taskflow"] = r["seconds"]
+            rate.values["taskflow"] = r["events_per_s"]
+            secs.notes["taskflow"] = f"rebuild = {r['method']}"
+
+    async def fanout(self) -> None:
+        z = self.sizes
+        w = await self.lab.world("fanout")
+        try:
+            await w.start_all(workers=self.args.workers)  # one API process, by definition
+            api = next(p for p in w.procs if "-api" in p.name)
+            res = await fanout_mod.fanout(w, api.pid, subscribers=z.fanout_subscribers,
+                                          changes_per_s=z.fanout_changes_per_s,
+                                          seconds=z.fanout_s)
+            self.detail("fanout", "taskflow", res)
+        except Exception as exc:
+            self.failed("fanout", "taskflow", exc)
+            return
+        finally:
+            w.stop()
+        label = f"{z.fanout_subscribers:,} subscribers"
+        for metric, unit, better, value in (
+            (f"SSE deliveries, {label}", "events/s", "higher", res["delivered_per_s"]),
+            (f"SSE delivery p50, {label}", "ms", "lower", res["latency_from_event_time"]["p50_ms"]),
+            (f"SSE delivery p99, {label}", "ms", "lower", res["latency_from_event_time"]["p99_ms"]),
+            (f"SSE missed events (gaps), {label}", "events", "lower", res["missed"]),
+            (f"SSE not delivered {res['drain_seconds']:.0f} s after the flow, {label}",
+             "events", "lower", res["undelivered_after_drain"]),
+        ):
+            self.figure("fanout", metric, unit, better, comparable=False).values["taskflow"] = \
+                value
+
+    # ---------------------------------------------------------------------- main
+    async def run(self) -> int:
+        a = self.args
+        kind = " (smoke)" if a.smoke else " (quick)" if a.quick else ""
+        say(f"run {self.stamp}{kind}: {', '.join(a.scenarios)}; "
+            f"logs in {self.log_dir}")
+        t0 = time.monotonic()
+        await self.lab.prepare()
+        pg = await self._postgres_version()
+        need_peers = not a.no_peers and bool({"submit", "e2e", "latency"} & set(a.scenarios))
+        try:
+            if need_peers:
+                self.redis = Redis().start(self.log_dir)
+                self.peers = [Peer(name, self.redis, self.log_dir) for name in PEERS]
+            if "submit" in a.scenarios:
+                await self.submit()
+            if {"e2e", "latency"} & set(a.scenarios):
+                await self.live()
+            if "projector" in a.scenarios:
+                await self.projector()
+            if "fanout" in a.scenarios:
+                await self.fanout()
+        finally:
+            for p in self.peers:
+                p.stop_worker()
+            if self.redis is not None:
+                self.redis.stop()
+            await self.lab.close(keep=a.keep)
+        finished = datetime.now(UTC)
+        doc = {
+            "run": self.stamp, "quick": a.quick, "smoke": a.smoke, "scenarios": a.scenarios,
+            "command": "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'"
+                                       if sys.argv[1:] else ""),
+            "started_at": self.started.isoformat(), "finished_at": finished.isoformat(),
+            "duration_s": round(time.monotonic() - t0, 1),
+            "sizes": asdict(self.sizes),
+            "options": {"api_workers": a.api_workers, "workers": a.workers,
+                        "peers": [p.name for p in self.peers]},
+            "machine": machine(pg),
+            "figures": [f.as_json() for f in self.figures],
+            "details": self.details, "errors": self.errors,
+        }
+        suffix = "-smoke" if a.smoke else "-quick" if a.quick else ""
+        path = write_json(doc, self.stamp + suffix, a.results_dir)
+        m = doc["machine"]
+        print(f"\nTaskFlow benchmark {self.stamp}{kind}: "
+              f"{m['cpu_count']} cores ({m['cpu_model']}), Python {m['python']}, "
+              f"Kafka {m['kafka']}, {pg}, Celery {m['celery']}, Dramatiq {m['dramatiq']}, "
+              f"{m['redis_server']}\n")
+        print(table(self.figures))
+        print(f"\nJSON: {path}  ({doc['duration_s']:.0f} s)")
+        for e in self.errors:
+            print(f"error: {e}", file=sys.stderr)
+        return 1 if self.errors else 0
+
+    async def _postgres_version(self) -> str | None:
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(asyncpg_dsn(db_url(self.lab.settings.database_url,
+                                                            TEMPLATE)))
+            try:
+                return f"PostgreSQL {await conn.fetchval('SHOW server_version')}"
+            finally:
+                await conn.close()
+        return None
+
+
