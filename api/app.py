@@ -8,9 +8,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import dashboard, metrics, problems
+from api.auth import KeyRing
 from api.feed import ChangeFeed
+from api.limits import RequestGuard
 from api.routes import router
 from events.db import make_engine
 from events.errors import LogUnavailable
@@ -35,6 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except LogUnavailable as exc:
             # Start anyway: reads keep working, writes answer 503 until Kafka is back.
             log.warning("kafka unavailable at start-up: %r", exc)
+        app.state.keys = KeyRing(app.state.engine, rate_per_s=settings.rate_limit_per_s,
+                                 burst=settings.rate_limit_burst)
+        if not settings.auth:
+            log.warning("TASKFLOW_AUTH is off: the API is open and unscoped (local development)")
         app.state.feed = ChangeFeed(settings.database_url, queue_max=settings.sse_queue_max)
         await app.state.feed.start()
         try:
@@ -66,6 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 time.perf_counter() - start)
         return response
 
+    # Outermost first: CORS answers preflights; the guard refuses bad bodies before parsing.
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
+                       max_json_depth=settings.max_json_depth)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Location", "Retry-After"])
     app.include_router(router)
     app.include_router(dashboard.router)
     return app

@@ -69,8 +69,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        headers = ({"Retry-After": str(exc.extra["retry_after"])}
+                   if "retry_after" in exc.extra else None)
         return problem_response(exc.status, exc.title, exc.detail, kind=exc.kind,
-                                instance=request.url.path, **exc.extra)
+                                instance=request.url.path, headers=headers, **exc.extra)
 
     @app.exception_handler(LogUnavailable)
     async def _log_down(request: Request, exc: LogUnavailable) -> JSONResponse:
@@ -82,7 +84,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""),
+            {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+             "msg": e.get("msg", ""),
              "type": e.get("type", "")}
             for e in exc.errors()
         ]

@@ -48,9 +48,25 @@ async def list_tasks(
     limit: int,
     cursor: str | None,
     descending: bool = True,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    search: str | None = None,
+    tenant: object = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Keyset pagination on (created_at, task_id): stable while tasks are being added."""
+    """Keyset pagination on (created_at, task_id): stable while tasks are being added.
+
+    ``tenant`` is a tenant name, or any other object (not a str/None) for no filter.
+    """
     q = select(*_TASK_COLS)
+    if tenant is None or isinstance(tenant, str):
+        q = q.where(tasks.c.tenant.is_(None) if tenant is None else tasks.c.tenant == tenant)
+    if created_after is not None:
+        q = q.where(tasks.c.created_at >= created_after)
+    if created_before is not None:
+        q = q.where(tasks.c.created_at < created_before)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        q = q.where(tasks.c.title.ilike(f"%{escaped}%", escape="\\"))
     if status:
         q = q.where(tasks.c.status == status)
     if type_:
@@ -96,10 +112,12 @@ async def checkpoint(engine: AsyncEngine, *, projection: str, topic: str,
 
 
 async def checkpoints(engine: AsyncEngine, *, projection: str, topic: str) -> dict[int, int]:
-    q = select(projector_offsets.c.partition, projector_offsets.c.offset).where(
+    """Next offset the projection needs per partition (past idle transaction markers)."""
+    q = select(projector_offsets.c.partition, projector_offsets.c.offset,
+               projector_offsets.c.consumed_upto).where(
         projector_offsets.c.projection == projection, projector_offsets.c.topic == topic)
     async with engine.connect() as conn:
-        return {int(p): int(o) for p, o in (await conn.execute(q)).all()}
+        return {int(p): max(int(o) + 1, int(c or 0)) for p, o, c in (await conn.execute(q)).all()}
 
 
 async def changes_after(engine: AsyncEngine, *, after: int, limit: int) -> list[dict[str, Any]]:

@@ -17,10 +17,20 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from api import metrics, queries
+from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import Change, Filter, Reset, SubscriberDropped
 from api.problems import PROBLEM, Conflict, Invalid, NotFound, Problem, Unavailable
-from api.schemas import EventPage, PositionOut, TaskAccepted, TaskIn, TaskOut, TaskPage
+from api.schemas import (
+    BatchAccepted,
+    BatchIn,
+    EventPage,
+    PositionOut,
+    TaskAccepted,
+    TaskIn,
+    TaskOut,
+    TaskPage,
+)
 from events import constants
 from events.codec import decode
 from events.db import current_revision, migration_head
@@ -43,13 +53,44 @@ router = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in [(404, "No such task"), (409, "Not allowed in the task's state"),
-                       (422, "Invalid input"), (503, "The event log did not acknowledge")]
+    for code, desc in [(400, "Bad request"), (401, "Missing or invalid API key"),
+                       (404, "No such task"), (409, "Not allowed in the task's state"),
+                       (413, "Body too large"), (415, "Body is not JSON"),
+                       (422, "Invalid input"), (429, "Rate limit exceeded"),
+                       (503, "The event log did not acknowledge")]
 }
 
 
 class BadRequest(Problem):
     pass
+
+
+IDEMPOTENCY_NS = uuid.UUID("6f1c3e52-7d0a-4b8e-9a4f-1d2c3b4a5e6f")  # namespace for uuid5 ids
+_ANY = object()  # list_tasks: no tenant filter
+MinPosition = Annotated[str | None, Query(
+    pattern=r"^\d+:\d+$", description="PARTITION:OFFSET from a write's response: wait "
+    "(bounded) until the projection has applied it", examples=["3:41"])]
+
+
+def _visible(owner: str | None, tenant: Tenant) -> bool:
+    """Another tenant's task is not found, not forbidden: its existence is not leaked."""
+    return not tenant.scoped or owner == tenant.name
+
+
+async def _reach(db: DbDep, settings: Settings, min_position: str | None) -> None:
+    """Read-your-writes across API instances: wait until the projection has applied it."""
+    if min_position is None:
+        return
+    p, o = (int(x) for x in min_position.split(":"))
+    deadline = time.monotonic() + settings.read_wait_s
+    while True:
+        cps = await queries.checkpoints(db, projection=settings.projection, topic=settings.topic)
+        if cps.get(p, 0) > o:
+            return
+        if time.monotonic() >= deadline:
+            raise Unavailable(f"the projection has not reached {min_position} yet",
+                              retry_after=1)
+        await asyncio.sleep(0.01)
 
 
 async def _wait_for_task(db: DbDep, task_id: uuid.UUID, wait_s: float) -> dict[str, Any] | None:
@@ -62,27 +103,87 @@ async def _wait_for_task(db: DbDep, task_id: uuid.UUID, wait_s: float) -> dict[s
         await asyncio.sleep(0.02)
 
 
-@router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"],
-             responses={k: v for k, v in _ERRORS.items() if k in (422, 503)})
-async def submit_task(body: TaskIn, producer: LogDep, settings: SettingsDep,
-                      response: Response) -> TaskAccepted:
-    """Accept a task: append ``task.created`` to the log and answer once Kafka acknowledged."""
+def _check_type(body: TaskIn, settings: Settings, loc: list[str | int]) -> None:
     if body.type not in settings.task_type_list:
         raise Invalid(f"unknown task type {body.type!r}",
-                      errors=[{"loc": ["body", "type"], "msg": "unknown task type",
+                      errors=[{"loc": [*loc, "type"], "msg": "unknown task type",
                                "type": "enum", "allowed": settings.task_type_list}])
-    task_id = uuid.uuid4()
-    ev = new_event(
+
+
+def _created(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> Any:
+    return new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
                     priority=body.priority, max_attempts=body.max_attempts,
                     timeout_s=body.timeout_s),
-        task_id=task_id, source=constants.API_SOURCE,
+        task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
     )
-    [pos] = await producer.append([ev])
+
+
+_SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
+_key_locks: dict[uuid.UUID, asyncio.Lock] = {}
+
+
+@router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"],
+             responses={k: v for k, v in _ERRORS.items() if k in (401, 413, 415, 422, 429, 503)})
+async def submit_task(
+    body: TaskIn, producer: LogDep, db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="Same key + same body returns the same task; a different body is 422.")]
+    = None,
+) -> TaskAccepted:
+    """Accept a task: append ``task.created`` to the log and answer once Kafka acknowledged."""
+    _check_type(body, settings, ["body"])
+    if idempotency_key is None:
+        task_id = uuid.uuid4()
+    else:
+        # Derived id: the same (tenant, key) always names the same task, with no key store.
+        task_id = uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}")
+    lock = _key_locks.setdefault(task_id, asyncio.Lock())
+    async with lock:
+        try:
+            if idempotency_key is not None:
+                existing = await queries.get_task(db, task_id=task_id)
+                if existing is not None:
+                    if {k: existing[k] for k in _SPEC} != body.model_dump(include=set(_SPEC)):
+                        raise Invalid("Idempotency-Key was already used with a different body",
+                                      errors=[{"loc": ["header", "Idempotency-Key"],
+                                               "msg": "reused with a different body",
+                                               "type": "idempotency"}])
+                    first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
+                    pos = first.get("position", {"partition": 0, "offset": 0})
+                    response.status_code = 200
+                    response.headers["Location"] = f"/tasks/{task_id}"
+                    response.headers["Idempotent-Replayed"] = "true"
+                    return TaskAccepted(task_id=task_id, status=TaskStatus(existing["status"]),
+                                        position=PositionOut(**pos))
+            [p] = await producer.append([_created(body, task_id, tenant)])
+        finally:
+            if not lock.locked() or len(_key_locks) > 10_000:
+                _key_locks.pop(task_id, None)
     metrics.SUBMITTED.labels(body.type).inc()
     response.headers["Location"] = f"/tasks/{task_id}"
     return TaskAccepted(task_id=task_id, status=TaskStatus.PENDING,
-                        position=PositionOut(partition=pos.partition, offset=pos.offset))
+                        position=PositionOut(partition=p.partition, offset=p.offset))
+
+
+@router.post("/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"],
+             responses={k: v for k, v in _ERRORS.items() if k in (401, 413, 415, 422, 429, 503)})
+async def submit_batch(body: BatchIn, producer: LogDep, settings: SettingsDep,
+                       tenant: TenantDep) -> BatchAccepted:
+    """Up to 1,000 tasks in one round trip: all valid or none accepted, one Kafka flush."""
+    for i, t in enumerate(body.tasks):
+        _check_type(t, settings, ["body", "tasks", i])
+    ids = [uuid.uuid4() for _ in body.tasks]
+    positions = await producer.append([_created(t, i, tenant) for t, i in zip(body.tasks, ids,
+                                                                             strict=True)])
+    for t in body.tasks:
+        metrics.SUBMITTED.labels(t.type).inc()
+    return BatchAccepted(items=[
+        TaskAccepted(task_id=i, status=TaskStatus.PENDING,
+                     position=PositionOut(partition=p.partition, offset=p.offset))
+        for i, p in zip(ids, positions, strict=True)])
 
 
 def _parse_as_of(value: str) -> datetime | tuple[int, int]:
@@ -107,12 +208,14 @@ def _parse_as_of(value: str) -> datetime | tuple[int, int]:
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"],
             responses={404: _ERRORS[404], 422: _ERRORS[422]})
 async def get_task(
-    task_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+    task_id: uuid.UUID, db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    min_position: MinPosition = None,
     as_of: Annotated[str | None, Query(
         max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the state then",
         examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
 ) -> dict[str, Any]:
     """The task's current state, from the projection; or, with ``as_of``, as it was then."""
+    await _reach(db, settings, min_position)
     if as_of is not None:
         point = _parse_as_of(as_of)
         history = await queries.task_history(db, task_id=task_id)
@@ -126,29 +229,50 @@ async def get_task(
                 break
             upto.append(decode(orjson.dumps({k: v for k, v in item.items() if k != "position"})))
         state = fold(upto)
-        if state is None:
+        if state is None or not _visible(state.tenant, tenant):
             raise NotFound(f"task {task_id} did not exist at {as_of}")
         return state.model_dump()
     row = await _wait_for_task(db, task_id, settings.read_wait_s)
-    if row is None:
+    if row is None or not _visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     return row
 
 
-@router.get("/tasks", response_model=TaskPage, tags=["tasks"])
+@router.get("/tasks", response_model=TaskPage, tags=["tasks"],
+            responses={k: v for k, v in _ERRORS.items() if k in (400, 401, 422, 429)})
 async def list_tasks(
-    db: DbDep,
+    db: DbDep, settings: SettingsDep, tenant: TenantDep,
     status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    created_after: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
+    created_before: Annotated[datetime | None, Query(description="RFC 3339, exclusive")]
+    = None,
+    q: Annotated[str | None, Query(max_length=200, description="search in titles")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    min_position: MinPosition = None,
 ) -> TaskPage:
-    """Tasks by creation time, newest first, with an opaque keyset cursor."""
+    """Tasks by creation time (newest first by default), with an opaque keyset cursor.
+
+    Keyset pagination on (created_at, task_id) is stable while tasks are being added: a
+    page never repeats or skips a task. ``limit`` is capped at ``TASKFLOW_LIST_LIMIT_MAX``.
+    """
+    await _reach(db, settings, min_position)
+    for name, value in (("created_after", created_after), ("created_before", created_before)):
+        if value is not None and value.tzinfo is None:
+            raise Invalid(f"{name} needs a time zone offset",
+                          errors=[{"loc": ["query", name], "msg": "no offset", "type": "value"}])
+    if q is not None and "\x00" in q:
+        raise Invalid("q must not contain NUL",
+                      errors=[{"loc": ["query", "q"], "msg": "NUL", "type": "value"}])
     try:
         rows, nxt = await queries.list_tasks(
-            db, status=status.value if status else None, type_=type, limit=limit,
-            cursor=cursor, descending=order == "desc")
+            db, status=status.value if status else None, type_=type,
+            limit=min(limit, settings.list_limit_max), cursor=cursor,
+            descending=order == "desc", created_after=created_after,
+            created_before=created_before, search=q,
+            tenant=tenant.name if tenant.scoped else _ANY)
     except queries.BadCursor:
         raise BadRequest("cursor is not valid") from None
     return TaskPage(items=[TaskOut.model_validate(r) for r in rows], next_cursor=nxt)
@@ -156,9 +280,12 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage, tags=["tasks"],
             responses={404: _ERRORS[404]})
-async def task_events(task_id: uuid.UUID, db: DbDep, settings: SettingsDep) -> EventPage:
+async def task_events(task_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+                      tenant: TenantDep) -> EventPage:
     """The task's full history in log order, each CloudEvent with its position."""
     items = await queries.task_history(db, task_id=task_id)
+    if items and not _visible(items[0].get("tenant"), tenant):
+        raise NotFound(f"no task {task_id}")
     if not items and await _wait_for_task(db, task_id, settings.read_wait_s) is None:
         raise NotFound(f"no task {task_id}")
     if not items:
@@ -167,9 +294,9 @@ async def task_events(task_id: uuid.UUID, db: DbDep, settings: SettingsDep) -> E
 
 
 async def _emit(producer: LogDep, db: DbDep, settings: SettingsDep, task_id: uuid.UUID,
-                kind: str) -> dict[str, Any]:
+                kind: str, tenant: Tenant) -> dict[str, Any]:
     row = await _wait_for_task(db, task_id, settings.read_wait_s)
-    if row is None:
+    if row is None or not _visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     status = TaskStatus(row["status"])
     if kind == "cancel":
@@ -194,23 +321,24 @@ async def _emit(producer: LogDep, db: DbDep, settings: SettingsDep, task_id: uui
 @router.post("/tasks/{task_id}/cancel", status_code=202, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (404, 409, 503)})
 async def cancel_task(task_id: uuid.UUID, producer: LogDep, db: DbDep,
-                      settings: SettingsDep) -> dict[str, Any]:
+                      settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     """Request cancellation: a pending task never starts, a running one is stopped."""
-    return await _emit(producer, db, settings, task_id, "cancel")
+    return await _emit(producer, db, settings, task_id, "cancel", tenant)
 
 
 @router.post("/tasks/{task_id}/retry", status_code=202, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (404, 409, 503)})
 async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep,
-                     settings: SettingsDep) -> dict[str, Any]:
+                     settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     """Redrive a FAILED (dead-lettered) task: it runs again as a new attempt."""
-    return await _emit(producer, db, settings, task_id, "retry")
+    return await _emit(producer, db, settings, task_id, "retry", tenant)
 
 
 @router.get("/events", tags=["stream"], response_class=EventSourceResponse)
 async def stream(
     feed: FeedDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     task_id: Annotated[list[uuid.UUID] | None, Query()] = None,
     status: Annotated[list[TaskStatus] | None, Query()] = None,
     type: Annotated[list[EventType] | None, Query()] = None,
@@ -233,6 +361,7 @@ async def stream(
         task_ids=frozenset(task_id or ()),
         statuses=frozenset(s.value for s in status or ()),
         types=frozenset(t.value for t in type or ()),
+        tenant=tenant.name, any_tenant=not tenant.scoped,
     )
 
     async def events() -> AsyncIterator[ServerSentEvent]:
@@ -275,12 +404,12 @@ def _sse(c: Change | Reset) -> ServerSentEvent:
 @router.get("/tasks/{task_id}/stream", tags=["stream"], response_class=EventSourceResponse,
             responses={404: _ERRORS[404]})
 async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
-                      settings: SettingsDep) -> EventSourceResponse:
+                      settings: SettingsDep, tenant: TenantDep) -> EventSourceResponse:
     """One task: a ``snapshot`` event with its state, then its changes; ends after terminal."""
     snap = await queries.task_snapshot(db, task_id=task_id)
     if snap is None and await _wait_for_task(db, task_id, settings.read_wait_s) is not None:
         snap = await queries.task_snapshot(db, task_id=task_id)
-    if snap is None:
+    if snap is None or not _visible(snap[0]["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     row, position = snap
 
@@ -317,7 +446,7 @@ async def projector_lag(request: Request, settings: Settings, db: DbDep) -> dict
     """Events in the log not yet applied by the live projection, per partition."""
     ends = await log_ends(request.app, settings)
     cps = await queries.checkpoints(db, projection=settings.projection, topic=settings.topic)
-    lag = {p: max(0, end - (cps.get(p, -1) + 1)) for p, end in ends.items()}
+    lag = {p: max(0, end - cps.get(p, 0)) for p, end in ends.items()}
     for p, n in lag.items():
         metrics.PROJECTOR_LAG.labels(str(p)).set(n)
     return lag

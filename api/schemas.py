@@ -89,3 +89,15 @@ class EventPage(BaseModel):
         "position": {"partition": 3, "offset": 41}}]}]})
 
     items: list[dict[str, Any]]
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"tasks": [{"title": "one", "payload": {"message": "a"}},
+                   {"title": "two", "type": "sleep", "payload": {"seconds": 1}}]}]})
+
+    tasks: list[TaskIn] = Field(min_length=1, max_length=1000)
+
+
+class BatchAccepted(BaseModel):
+    items: list[TaskAccepted]

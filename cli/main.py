@@ -267,6 +267,40 @@ def projections_dead_letters(
     print(f"{len(rows)} parked record(s)", file=sys.stderr)
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (TASKFLOW_AUTH=true).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="the tenant this key acts for")]) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from cli.keys import create
+
+    if not tenant.strip():
+        raise typer.BadParameter("tenant must not be empty")
+    print(asyncio.run(create(get_settings(), tenant)))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its id")]) -> None:
+    """Revoke a key (takes effect within a few seconds on every API process)."""
+    from cli.keys import revoke
+
+    if not asyncio.run(revoke(get_settings(), key)):
+        print("no such active key", file=sys.stderr)
+        raise typer.Exit(1)
+    print("revoked", file=sys.stderr)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (ids and tenants; secrets are never stored)."""
+    from cli.keys import listing
+
+    for r in asyncio.run(listing(get_settings())):
+        print(orjson.dumps(r, default=str).decode())
+
+
 @app.command()
 def run() -> None:
     """Run API, worker and projector together (Ctrl-C stops them)."""

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     changes_retention_rows: int = Field(default=1_000_000, ge=1)
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
+    # Security and limits of the HTTP API.
+    auth: bool = False  # require an API key (`taskflow keys create --tenant T`)
+    rate_limit_per_s: float = Field(default=0.0, ge=0)  # per key and API process; 0 = off
+    rate_limit_burst: int = Field(default=50, ge=1)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_json_depth: int = Field(default=32, ge=2)
+    cors_origins: str = ""  # comma-separated; empty = no CORS headers
+    list_limit_max: int = Field(default=500, ge=1)
     # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in
     # sync with the handlers your workers register.
     task_types: str = "echo,sleep,fail,flaky,compute,noop"

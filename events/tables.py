@@ -58,6 +58,7 @@ tasks = Table(
     Column("last_offset", BigInteger, nullable=False),
     Index("tasks_status_created", "status", "created_at", "task_id"),
     Index("tasks_created", "created_at", "task_id"),
+    Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
 )
 
 task_events = Table(
@@ -102,7 +103,21 @@ projector_offsets = Table(
     Column("partition", Integer, nullable=False),
     Column("offset", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The consumer's position when it was last idle: past Kafka's transaction markers,
+    # which take offsets but carry no event. Used to report lag, never to seek.
+    Column("consumed_upto", BigInteger, nullable=True),
     PrimaryKeyConstraint("projection", "topic", "partition"),
+)
+
+# API keys: ``tfk_<key_id>_<secret>``; only a SHA-256 of the secret is stored.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
 # Everything at or below ``trimmed_upto`` has been removed from task_changes; an SSE

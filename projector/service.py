@@ -71,6 +71,7 @@ class Projector:
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _assigned: set[TP] = field(default_factory=set, repr=False)
+    _idle_reported: bool = field(default=False, repr=False)
 
     def __repr__(self) -> str:
         return (f"Projector({self.settings.projection!r} ◆ {self.events_applied} events ◆ "
@@ -144,9 +145,27 @@ class Projector:
             if records:
                 await self.apply_records(records)
                 idle_since = time.monotonic()
+                self._idle_reported = False
+            elif not self._idle_reported and self._assigned:
+                await self._report_consumed()
             elif until_idle and (time.monotonic() - idle_since) * 1000 > idle_ms:
                 if self._caught_up():
                     return
+
+    async def _report_consumed(self) -> None:
+        """When idle, record the consumer positions so lag can ignore transaction markers."""
+        assert self._consumer is not None and self._pool is not None
+        positions = {}
+        for tp in list(self._assigned):
+            hw = self._consumer.highwater(tp)
+            pos = await self._consumer.position(tp)
+            if hw is not None and pos >= hw:
+                positions[tp[1]] = pos
+        if positions:
+            async with self._pool.acquire() as conn:
+                await store.record_consumed(conn, schema=self.schema, projection=self.projection,
+                                            topic=self.settings.topic, positions=positions)
+        self._idle_reported = True
 
     def _caught_up(self) -> bool:
         assert self._consumer is not None

@@ -134,6 +134,16 @@ async def load_states(
     return {r["task_id"]: TaskState.model_validate(dict(r)) for r in rows}
 
 
+async def record_consumed(conn: asyncpg.Connection, *, schema: str, projection: str,
+                          topic: str, positions: dict[int, int]) -> None:
+    await conn.execute(
+        f"UPDATE {schema}.projector_offsets AS o SET consumed_upto = v.pos "
+        "FROM unnest($3::int4[], $4::int8[]) AS v(part, pos) "
+        "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.part "
+        "AND o.consumed_upto IS DISTINCT FROM v.pos",
+        projection, topic, list(positions), list(positions.values()))
+
+
 async def trim_changes(conn: asyncpg.Connection, *, schema: str, max_age_s: float,
                        max_rows: int) -> int:
     """Trim the change feed by age and by size; returns the new watermark."""
