@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
+import orjson
 
 from events.codec import decode
 from events.db import asyncpg_dsn
@@ -32,7 +33,8 @@ log = logging.getLogger("taskflow.projector")
 def summarize(state: TaskState) -> str | None:
     """A short, human-sized line for SSE: the result or the error, cut at 200 chars."""
     if state.status is TaskStatus.DONE and state.result is not None:
-        text = state.result if isinstance(state.result, str) else repr(state.result)
+        text = (state.result if isinstance(state.result, str)
+                else orjson.dumps(state.result).decode())
     elif state.error:
         text = state.error
     elif state.progress_message:
