@@ -385,3 +385,11 @@ async def log_ends(holder: Any, settings: Any) -> dict[int, int]:
     except (TimeoutError, KafkaError, OSError) as exc:
         raise LogUnavailable(f"cannot read log ends: {exc!r}") from None
     return {p: end for p, (_, end) in bounds.items()}
+
+
+def partition_for(task_id: uuid.UUID, partitions: int) -> int:
+    """The partition Kafka's default partitioner puts a task's events in (murmur2 of key)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    all_parts = list(range(partitions))
+    return int(DefaultPartitioner()(_key(task_id), all_parts, all_parts))

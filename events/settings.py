@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=constants.RETRY_BASE_S, ge=0)
     retry_cap_s: float = Field(default=constants.RETRY_CAP_S, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Comma-separated modules the worker imports at start-up; they register handlers
+    # with ``@handler("name")`` (from worker.handlers).
+    handler_modules: str = ""
+    worker_metrics_port: int = Field(default=0, ge=0)  # 0 = no metrics endpoint
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)

@@ -24,10 +24,16 @@ class HandlerError(Exception):
 
 
 class TaskContext(Protocol):
+    """What a handler gets besides its payload."""
+
     task_id: str
     attempt: int
 
-    def progress(self, percent: int, message: str | None = None) -> None: ...
+    def progress(self, percent: int, message: str | None = None) -> None:
+        """Report 0-100 progress; the worker turns it into rate-limited task.progress."""
+
+    def is_cancelled(self) -> bool:
+        """True once cancellation was requested (check it in long synchronous loops)."""
 
 
 AsyncHandler = Callable[[dict[str, Any], TaskContext], Awaitable[Any]]

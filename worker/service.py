@@ -24,6 +24,7 @@ How the guarantees are kept:
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import random
@@ -53,7 +54,8 @@ from events.models import (
     new_event,
 )
 from events.settings import Settings
-from worker.handlers import REGISTRY, HandlerError
+from worker import metrics as wmetrics
+from worker.handlers import REGISTRY, AsyncHandler, HandlerError
 
 log = logging.getLogger("taskflow.worker")
 
@@ -79,7 +81,11 @@ class _Ctx:
     lane: Lane
     tid: uuid.UUID
     tenant: str | None
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     _last: float = 0.0
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled.is_set()
 
     def progress(self, percent: int, message: str | None = None) -> None:
         percent = max(0, min(100, int(percent)))
@@ -104,6 +110,7 @@ class Lane:
     open: dict[uuid.UUID, int] = field(default_factory=dict)  # task -> trigger offset
     base: dict[uuid.UUID, int] = field(default_factory=dict)  # attempt at last redrive
     running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
+    ctxs: dict[uuid.UUID, _Ctx] = field(default_factory=dict)
     cancel_reason: dict[uuid.UUID, str] = field(default_factory=dict)
     outbox: list[CloudEvent] = field(default_factory=list)
     raw: list[RawMessage] = field(default_factory=list)
@@ -209,6 +216,10 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         s = self.settings
+        for name in filter(None, (m.strip() for m in s.handler_modules.split(","))):
+            importlib.import_module(name)  # registers the module's @handler functions
+        if s.worker_metrics_port:
+            wmetrics.serve(s.worker_metrics_port)
         self._sem = asyncio.Semaphore(s.worker_concurrency)
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
@@ -392,7 +403,10 @@ class Worker:
             task = lane.running.get(tid)
             if task is not None:
                 lane.cancel_reason[tid] = "cancel"
-                task.cancel()
+                ctx = lane.ctxs.get(tid)
+                if ctx is not None:
+                    ctx.cancelled.set()  # the signal a thread-run handler can check
+                task.cancel()  # an async handler stops at its next await
             elif tid in lane.open and tid not in lane.resolved and not lane.recovering:
                 self._cancel_now(lane, tid, state)
         elif ev.type in _TRIGGERS and not lane.recovering:
@@ -445,6 +459,19 @@ class Worker:
         fn = REGISTRY.get(state.type)
         timeout = state.timeout_s or s.default_timeout_s
         ctx = _Ctx(task_id=str(tid), attempt=attempt, lane=lane, tid=tid, tenant=state.tenant)
+        lane.ctxs[tid] = ctx
+        wmetrics.IN_FLIGHT.inc()
+        t0 = time.monotonic()
+        try:
+            await self._run_handler(lane, tid, state, attempt, ctx, fn, timeout)
+        finally:
+            lane.ctxs.pop(tid, None)
+            wmetrics.IN_FLIGHT.dec()
+            wmetrics.DURATION.labels(state.type).observe(time.monotonic() - t0)
+
+    async def _run_handler(self, lane: Lane, tid: uuid.UUID, state: TaskState, attempt: int,
+                           ctx: _Ctx, fn: AsyncHandler | None, timeout: float) -> None:
+        s = self.settings
         error: str
         reason: FailureReason = "error"
         retryable = True
@@ -463,6 +490,7 @@ class Worker:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
                 self.done += 1
+                wmetrics.FINISHED.labels(state.type, "DONE").inc()
                 lane.stage(self.event(TaskDone(result=result), tid, attempt, state.tenant),
                            resolve=tid)
                 return
@@ -471,6 +499,7 @@ class Worker:
         if retryable and used < max_attempts:
             delay = backoff(used, base_s=s.retry_base_s, cap_s=s.retry_cap_s)
             self.retries += 1
+            wmetrics.FINISHED.labels(state.type, "RETRYING").inc()
             not_before = datetime.now(UTC) + timedelta(seconds=delay)
             lane.stage(self.event(
                 TaskRetryScheduled(error=error, reason=reason,
@@ -478,6 +507,7 @@ class Worker:
                 tid, attempt, state.tenant))  # still open: the retry is read back and run
             return
         self.failed += 1
+        wmetrics.FINISHED.labels(state.type, "FAILED").inc()
         lane.stage(
             self.event(TaskFailed(error=error, reason=reason), tid, attempt,
                        state.tenant),

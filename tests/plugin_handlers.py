@@ -1,0 +1,21 @@
+"""A user's handler module, loaded by the worker through TASKFLOW_HANDLER_MODULES."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.handlers import TaskContext, handler
+
+
+@handler("spin")
+def spin(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """A synchronous (thread) handler that stops when cancellation is signalled."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ctx.is_cancelled():
+            Path(payload["marker"]).write_text(f"{ctx.task_id} saw the cancel")
+            return "stopped"
+        time.sleep(0.02)
+    return "spun"
