@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import dashboard, metrics, problems
 from api.auth import KeyRing
@@ -21,6 +22,34 @@ from events.log import EventProducer
 from events.settings import Settings, get_settings
 
 log = logging.getLogger("taskflow.api")
+
+
+class _Observe:
+    """Request metrics, as plain ASGI.
+
+    ``@app.middleware("http")`` (Starlette's ``BaseHTTPMiddleware``) runs every request in
+    a task group with memory streams; on POST /tasks that cost more CPU than the route.
+    The duration ends at the response's start, as it did there (an SSE stream is not
+    counted for as long as it stays open).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics.observe_request(scope["method"], path, message["status"],
+                                        time.perf_counter() - start)
+            await send(message)
+
+        await self.app(scope, receive, observed)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,17 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
 
-    @app.middleware("http")
-    async def _observe(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.observe_request(request.method, path, response.status_code,
-                                time.perf_counter() - start)
-        return response
-
+    app.add_middleware(_Observe)
     # Outermost first: CORS answers preflights; the guard refuses bad bodies before parsing.
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
                        max_json_depth=settings.max_json_depth)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from events.constants import CHANGES_CHANNEL
 from events.db import asyncpg_dsn
@@ -42,6 +43,7 @@ class Change:
     progress: int
     summary: str | None
     time: datetime
+    sse: bytes = b""  # the SSE frame, encoded once and shared by every subscriber
 
     def data(self) -> dict[str, Any]:
         return {"task_id": str(self.task_id), "status": self.status, "type": self.type,
@@ -88,8 +90,12 @@ class Subscriber:
 
 
 def _row(r: asyncpg.Record) -> Change:
-    return Change(r["position"], r["task_id"], r["tenant"], r["type"], r["status"],
-                  r["attempt"], r["progress"], r["summary"], r["time"])
+    c = Change(r["position"], r["task_id"], r["tenant"], r["type"], r["status"],
+               r["attempt"], r["progress"], r["summary"], r["time"])
+    frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        c.position, c.type.encode(), orjson.dumps(c.data()))
+    return Change(c.position, c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress,
+                  c.summary, c.time, frame)
 
 
 @dataclass
@@ -193,8 +199,12 @@ class ChangeFeed:
                 "SELECT trimmed_upto FROM change_retention WHERE id = 1")
         return int(v or 0)
 
-    async def subscribe(self, flt: Filter, after: int | None) -> AsyncIterator[Change | Reset]:
+    async def subscribe(self, flt: Filter,
+                        after: int | None) -> AsyncIterator[list[Change | Reset]]:
         """Every matching change after ``after`` exactly once, in order, then live ones.
+
+        Changes come in batches: everything a subscriber has pending goes out in one write,
+        so a subscriber that is behind catches up in few, large writes.
 
         The subscriber joins the live fan-out first and only then reads the backlog up to
         the position the feed had reached when it joined, so nothing falls between the
@@ -210,24 +220,32 @@ class ChangeFeed:
                 # Checked after each read: retention may trim while we page.
                 watermark = await self.trimmed_upto()
                 if watermark > cursor:
-                    yield Reset(trimmed_upto=watermark, position=joined_at)
+                    yield [Reset(trimmed_upto=watermark, position=joined_at)]
                     cursor = joined_at
                     break
                 if not page:
                     break
-                for c in page:
-                    cursor = c.position
-                    if flt.match(c):
-                        yield c
+                cursor = page[-1].position
+                matched: list[Change | Reset] = [c for c in page if flt.match(c)]
+                if matched:
+                    yield matched
             while True:
                 if sub.dropped:
                     raise SubscriberDropped()
-                live = await sub.queue.get()
-                if live is None:
-                    return
-                if live.position <= cursor:
-                    continue
-                cursor = live.position
-                yield live
+                batch: list[Change | Reset] = []
+                item = await sub.queue.get()
+                while True:
+                    if item is None:
+                        if batch:
+                            yield batch
+                        return
+                    if item.position > cursor:
+                        cursor = item.position
+                        batch.append(item)
+                    if sub.queue.empty() or len(batch) >= PAGE:
+                        break
+                    item = sub.queue.get_nowait()
+                if batch:
+                    yield batch
         finally:
             self.subscribers.discard(sub)

@@ -364,12 +364,12 @@ async def stream(
         tenant=tenant.name, any_tenant=not tenant.scoped,
     )
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+    async def events() -> AsyncIterator[ServerSentEvent | bytes]:
         metrics.SSE_SUBSCRIBERS.inc()
         try:
             yield ServerSentEvent(comment="taskflow change stream", retry=constants.SSE_RETRY_MS)
-            async for c in feed.subscribe(flt, start):
-                yield _sse(c)
+            async for batch in feed.subscribe(flt, start):
+                yield b"".join(_frame(c) for c in batch)
         except SubscriberDropped:
             metrics.SSE_DROPPED.inc()
             return
@@ -388,6 +388,10 @@ class _Stream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:
             metrics.SSE_DROPPED.inc()
+
+
+def _frame(c: Change | Reset) -> bytes:
+    return c.sse if isinstance(c, Change) else _sse(c).encode()
 
 
 def _sse(c: Change | Reset) -> ServerSentEvent:
@@ -413,17 +417,22 @@ async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
         raise NotFound(f"no task {task_id}")
     row, position = snap
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+    async def events() -> AsyncIterator[ServerSentEvent | bytes]:
         metrics.SSE_SUBSCRIBERS.inc()
         try:
             yield ServerSentEvent(id=str(position), event="snapshot", retry=constants.SSE_RETRY_MS,
                                   data=TaskOut.model_validate(row).model_dump_json())
             if TaskStatus(row["status"]) in TERMINAL:
                 return
-            async for c in feed.subscribe(Filter(task_ids=frozenset({task_id})), position):
-                yield _sse(c)
-                if isinstance(c, Change) and c.status in _TERMINAL_NAMES:
-                    return
+            flt = Filter(task_ids=frozenset({task_id}))
+            async for batch in feed.subscribe(flt, position):
+                out = []
+                for c in batch:
+                    out.append(_frame(c))
+                    if isinstance(c, Change) and c.status in _TERMINAL_NAMES:
+                        yield b"".join(out)
+                        return
+                yield b"".join(out)
         except SubscriberDropped:
             metrics.SSE_DROPPED.inc()
         finally:

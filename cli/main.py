@@ -92,8 +92,11 @@ def api(
 
     s = get_settings()
     setup_logging(s.log_level)
+    # uvloop and httptools explicitly: uvicorn's "auto" silently falls back to asyncio and
+    # h11 (about 40% slower on POST /tasks) when they are missing; this fails loudly.
     opts: dict[str, object] = {"workers": workers, "log_level": s.log_level,
-                               "access_log": False, "timeout_graceful_shutdown": 5}
+                               "access_log": False, "timeout_graceful_shutdown": 5,
+                               "loop": "uvloop", "http": "httptools"}
     if s.api_socket_sndbuf:
         # Accepted sockets inherit SO_SNDBUF from the listening socket.
         import socket

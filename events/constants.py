@@ -20,6 +20,8 @@ PRODUCE_TIMEOUT_S: Final = 5.0  # seconds the API waits for acks=all before 503
 PROJECTOR_BATCH_MAX: Final = 1000  # events per projector transaction
 PROJECTOR_BATCH_WAIT_MS: Final = 20  # ms a projector waits to fill a batch
 WORKER_CONCURRENCY: Final = 8  # tasks in flight per worker process
+TXN_RETRY_BACKOFF_MS: Final = 10  # ms before a transactional request is retried
+TXN_CONFLICT_BACKOFF_S: Final = 0.005  # s before retrying a txn refused as concurrent
 DEFAULT_TIMEOUT_S: Final = 300.0  # seconds a handler may run
 DEFAULT_MAX_ATTEMPTS: Final = 3
 RETRY_BASE_S: Final = 1.0  # seconds, first retry delay before jitter

@@ -17,10 +17,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
+from aiokafka.producer import sender as _aiokafka_sender
 
+from events import constants
 from events.codec import encode
 from events.errors import LogUnavailable, ProducerFencedOff
 from events.models import CloudEvent, Position
+
+# A transaction that starts right after the previous one commits is refused with
+# CONCURRENT_TRANSACTIONS until the broker has written the commit markers (KAFKA-5477),
+# usually within a millisecond or two. aiokafka then retries after a fixed 20 ms (its own
+# override of the backoff for this case); each worker lane commits back to back under load,
+# so that wait was a floor on end-to-end latency.
+_aiokafka_sender.BACKOFF_OVERRIDE = constants.TXN_CONFLICT_BACKOFF_S
 
 TP = tuple[str, int]  # (topic, partition)
 AssignedCallback = Callable[[list[TP]], Awaitable[dict[TP, int]]]  # returns offsets to seek
@@ -155,6 +164,9 @@ class TransactionalProducer:
             enable_idempotence=True,
             acks="all",
             linger_ms=1,
+            # The same KAFKA-5477 window hits AddOffsetsToTxn and EndTxn, which retry
+            # after this backoff (default 100 ms: one transaction in ten took > 100 ms).
+            retry_backoff_ms=constants.TXN_RETRY_BACKOFF_MS,
             request_timeout_ms=int(timeout_s * 1000),
         )
 

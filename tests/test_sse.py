@@ -123,7 +123,7 @@ async def test_trimmed_position_gets_reset_event(env: Env) -> None:
     mark = await wait_until(trimmed, timeout=60, what="retention to trim")
     async with SSEReader(env.base_url + "/events",
                          headers={"Last-Event-ID": "1"}) as sse:
-        await wait_until(lambda: _n(sse, 1), timeout=20)
+        await wait_until(lambda: _n(sse, 1), timeout=20, what=f"reset; got {sse.events}")
         async with httpx.AsyncClient(base_url=env.base_url) as c:
             r = await c.post("/tasks", json={"title": "after reset", "payload": {"message": "m"}})
             tid = r.json()["task_id"]
@@ -134,11 +134,17 @@ async def test_trimmed_position_gets_reset_event(env: Env) -> None:
     assert body["trimmed_upto"] >= mark and int(first["id"]) == body["position"]
     live = _ev(sse)[1:]
     assert live and all(_data(e)["task_id"] == tid for e in live)  # continues live after it
-    # A client inside the retained range gets no reset.
-    keep = (await positions(env))[0]
+    # A client inside the retained range gets no reset (well inside: trimming goes on).
+    await wait_until(lambda: _done_task(env, tid), timeout=20)
+    keep = (await positions(env))[-4]
     async with SSEReader(env.base_url + "/events", headers={"Last-Event-ID": str(keep)}) as ok:
         await wait_until(lambda: _n(ok, 3), timeout=20)
     assert all(e["event"] != "reset" for e in _ev(ok))
+
+
+async def _done_task(env: Env, tid: str) -> bool:
+    return await count(env, f"SELECT count(*) FROM tasks WHERE task_id = '{tid}' "
+                            "AND status = 'DONE'") == 1
 
 
 async def test_per_task_stream_starts_with_snapshot_and_ends_after_terminal(env: Env) -> None:
