@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response
@@ -80,11 +82,15 @@ class RequestGuard:
                 return
             if json_depth(body) > self.max_depth:
                 await self._problem(scope, send, 422, "Unprocessable content", "validation",
-                                    f"JSON is nested deeper than {self.max_depth} levels")
+                                    f"JSON is nested deeper than {self.max_depth} levels",
+                                    errors=[{"loc": ["body"], "msg": "nested too deeply",
+                                             "type": "json_depth"}])
                 return
             if b"\\u0000" in body or b"\x00" in body:
                 await self._problem(scope, send, 422, "Unprocessable content", "validation",
-                                    "JSON must not contain NUL characters")
+                                    "JSON must not contain NUL characters",
+                                    errors=[{"loc": ["body"], "msg": "contains NUL",
+                                             "type": "nul_character"}])
                 return
         replayed = False
 
@@ -99,9 +105,9 @@ class RequestGuard:
 
     @staticmethod
     async def _problem(scope: Scope, send: Send, status: int, title: str, kind: str,
-                       detail: str) -> None:
+                       detail: str, **extra: Any) -> None:
         resp = problem_response(status, title, detail, kind=kind,
-                                instance=scope.get("path", ""))
+                                instance=scope.get("path", ""), **extra)
         await resp(scope, _no_receive, send)
 
 

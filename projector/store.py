@@ -100,17 +100,20 @@ async def lock_checkpoints(
     The row lock makes two projectors that briefly both think they own a partition (a
     zombie during a rebalance) take turns; each then skips what the other applied.
     """
-    await conn.execute(
-        f"INSERT INTO {schema}.projector_offsets (projection, topic, partition, \"offset\") "
-        "SELECT $1, $2, p, -1 FROM unnest($3::int4[]) AS p ON CONFLICT DO NOTHING",
-        projection, topic, partitions,
-    )
-    rows = await conn.fetch(
-        f"SELECT partition, \"offset\" FROM {schema}.projector_offsets "
-        "WHERE projection = $1 AND topic = $2 AND partition = ANY($3::int4[]) "
-        "ORDER BY partition FOR UPDATE",
-        projection, topic, partitions,
-    )
+    select = (f"SELECT partition, \"offset\" FROM {schema}.projector_offsets "
+              "WHERE projection = $1 AND topic = $2 AND partition = ANY($3::int4[]) "
+              "ORDER BY partition FOR UPDATE")
+    rows = await conn.fetch(select, projection, topic, partitions)
+    if len(rows) < len(partitions):
+        # A partition's first batch: create its row (-1, nothing applied), then lock it.
+        # Only then, so that every later batch costs one round trip here, not two.
+        await conn.execute(
+            f"INSERT INTO {schema}.projector_offsets (projection, topic, partition, "
+            "\"offset\") SELECT $1, $2, p, -1 FROM unnest($3::int4[]) AS p "
+            "ON CONFLICT DO NOTHING",
+            projection, topic, partitions,
+        )
+        rows = await conn.fetch(select, projection, topic, partitions)
     return {r["partition"]: r["offset"] for r in rows}
 
 
@@ -216,23 +219,28 @@ async def write_batch(
             "raw, error) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             [(projection, topic, p.partition, p.offset, p.key, p.raw, p.error) for p in parked],
         )
-    last: int | None = None
-    if changes:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", CHANGES_LOCK_KEY)
-        await conn.copy_records_to_table(
-            "task_changes",
-            schema_name=schema,
-            columns=["task_id", "tenant", "type", "status", "attempt", "progress", "summary",
-                     "time", "partition", "offset"],
-            records=[(c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress, c.summary,
-                      c.time, c.partition, c.offset) for c in changes],
-        )
-        last = await conn.fetchval(f"SELECT max(position) FROM {schema}.task_changes")
-        await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(last))
-    await conn.execute(
-        f"UPDATE {schema}.projector_offsets AS o SET \"offset\" = v.off, updated_at = now() "
-        "FROM unnest($3::int4[], $4::int8[]) AS v(part, off) "
-        "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.part",
-        projection, topic, list(checkpoints), list(checkpoints.values()),
+    update = (f"UPDATE {schema}.projector_offsets AS o SET \"offset\" = v.off, "
+              "updated_at = now() FROM unnest($3::int4[], $4::int8[]) AS v(part, off) "
+              "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.part")
+    args = (projection, topic, list(checkpoints), list(checkpoints.values()))
+    if not changes:
+        await conn.execute(update, *args)
+        return None
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", CHANGES_LOCK_KEY)
+    await conn.copy_records_to_table(
+        "task_changes",
+        schema_name=schema,
+        columns=["task_id", "tenant", "type", "status", "attempt", "progress", "summary",
+                 "time", "partition", "offset"],
+        records=[(c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress, c.summary,
+                  c.time, c.partition, c.offset) for c in changes],
     )
-    return last
+    # Checkpoint, last position and wake-up in one round trip (the advisory lock is held
+    # until commit, so this is a round trip less under it). A data-modifying CTE runs
+    # whether or not the query reads it; max(position) sees the COPY above.
+    last = await conn.fetchval(
+        f"WITH cp AS ({update}), top AS (SELECT max(position) AS p FROM {schema}.task_changes) "
+        "SELECT p, pg_notify($5, p::text) FROM top",
+        *args, CHANGES_CHANNEL,
+    )
+    return int(last)
