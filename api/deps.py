@@ -12,22 +12,22 @@ from events.log import EventProducer
 from events.settings import Settings
 
 
-def _engine(request: Request) -> AsyncEngine:
+async def _engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
 
-def _producer(request: Request) -> EventProducer:
+async def _producer(request: Request) -> EventProducer:
     producer: EventProducer = request.app.state.producer
     return producer
 
 
-def _feed(request: Request) -> ChangeFeed:
+async def _feed(request: Request) -> ChangeFeed:
     feed: ChangeFeed = request.app.state.feed
     return feed
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

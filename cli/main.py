@@ -9,6 +9,7 @@ from typing import Annotated
 
 import orjson
 import typer
+import uvloop
 
 from cli.services import run_all, serve, setup_logging
 from events.settings import get_settings
@@ -122,7 +123,7 @@ def worker(
 
     s = get_settings()
     setup_logging(s.log_level)
-    asyncio.run(serve(Worker(s), burst=burst))
+    uvloop.run(serve(Worker(s), burst=burst))
 
 
 @app.command()
@@ -134,7 +135,7 @@ def projector(
 
     s = get_settings()
     setup_logging(s.log_level)
-    asyncio.run(serve(Projector(s), burst=burst))
+    uvloop.run(serve(Projector(s), burst=burst))
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
