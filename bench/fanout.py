@@ -55,7 +55,7 @@ class _Sub(asyncio.Protocol):
             for line in lines:
                 if line.startswith(b"id: "):
                     self.count += 1
-                    self.last = int(line[4:])
+                    self.last = int(line[4:].strip())
                     self.received.append((self.last, now))
         else:
             # "\nid: " is five bytes, so a four-byte tail never holds a whole match.
@@ -63,9 +63,8 @@ class _Sub(asyncio.Protocol):
             self._tail = buf[-4:]
             end = len(buf)
             while (i := buf.rfind(b"\nid: ", 0, end)) >= 0:
-                j = buf.find(b"\r", i + 5)
-                if j < 0:
-                    j = buf.find(b"\n", i + 5)
+                ends = [k for k in (buf.find(b"\r", i + 5), buf.find(b"\n", i + 5)) if k >= 0]
+                j = min(ends) if ends else -1  # frames may end lines with \n or \r\n
                 if j >= 0:
                     self.last = int(buf[i + 5:j])
                     break
