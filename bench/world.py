@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -68,7 +69,7 @@ class World:
             "TASKFLOW_KAFKA_BOOTSTRAP": self.bootstrap,
             "TASKFLOW_WORKER_GROUP": f"{self.topic}.worker",
             "TASKFLOW_API_PORT": str(self.api_port),
-            "TASKFLOW_LOG_LEVEL": "warning",
+            "TASKFLOW_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
             **self.extra_env,
         }
 

@@ -185,6 +185,41 @@ async def test_rebalance_between_workers_never_doubles_a_terminal(env: Env) -> N
         assert terminals(logged[t]) == ["task.done"], [e.type for e in logged[t]]
 
 
+async def test_workers_joining_under_load_lose_no_task(env: Env) -> None:
+    """Three workers join one by one while tasks pour in: each rebalance moves partitions
+    to a consumer whose fetches start before its lanes are seeked. Every task must still
+    run, and end exactly once."""
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    tids: set[str] = set()
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=60) as c:
+        async def pour() -> None:
+            i = 0
+            while not stop.is_set():
+                r = await c.post("/tasks:batch", json={"tasks": [
+                    {"title": f"j{i}-{k}", "type": "noop", "payload": {}} for k in range(25)]})
+                assert r.status_code == 202, r.text
+                tids.update(t["task_id"] for t in r.json()["items"])
+                i += 1
+                await asyncio.sleep(0.01)
+
+        pourer = asyncio.create_task(pour())
+        for _ in range(3):
+            await asyncio.sleep(2)
+            env.proc("worker")
+        await asyncio.sleep(4)
+        stop.set()
+        await pourer
+        await wait_until(lambda: all_terminal_in_log(env, tids), timeout=120,
+                         what="every task terminal in the log")
+    logged = await by_task(env)
+    assert len(tids) > 1000
+    for t in tids:
+        assert terminals(logged[t]) == ["task.done"], [e.type for e in logged[t]]
+
+
 async def test_retries_back_off_then_succeed_and_exhaustion_dead_letters(env: Env) -> None:
     env.proc("projector")
     env.proc("worker", TASKFLOW_RETRY_BASE_S="0.2", TASKFLOW_RETRY_CAP_S="1")

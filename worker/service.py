@@ -254,6 +254,8 @@ class Worker:
         await self._drain(list(self.lanes), self.settings.shutdown_grace_s)
         if self._consumer is not None:
             await self._consumer.stop()
+        # A rebalance that was under way may have opened lanes after the drain above.
+        await self._drain(list(self.lanes), 0)
         log.info("shutdown %r", self)
 
     async def _drain(self, tps: list[TP], grace_s: float) -> None:
@@ -325,7 +327,12 @@ class Worker:
             records = await self._consumer.poll(timeout_ms=100, max_records=500)
             for r in records:
                 lane = self.lanes.get((r.topic, r.partition))
-                if lane is not None and lane.failure is None:
+                # A lane exists before its seek is in place (the rebalance callback
+                # awaits between creating it and returning the seeks), and meanwhile the
+                # consumer may hand over records from its own fetch position. Folding
+                # those would move the lane past records it never saw; after the seek
+                # they arrive again, from the lane's position.
+                if lane is not None and lane.ready and lane.failure is None:
                     self._on_record(lane, r)
             for lane in list(self.lanes.values()):
                 if not lane.ready:  # still inside the rebalance callback
