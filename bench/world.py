@@ -60,6 +60,7 @@ class World:
     api_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    kafka_pid: int | None = None  # the local broker, whose CPU counts too
 
     @property
     def env(self) -> dict[str, str]:
@@ -130,6 +131,8 @@ class World:
         out = {p.name.removeprefix(self.name + "-"): cpu_seconds(p.pid)
                for p in self.procs if p.alive()}
         out["bench-client"] = time.process_time()
+        if self.kafka_pid is not None:
+            out["kafka"] = cpu_seconds(self.kafka_pid)
         return out
 
     @staticmethod
@@ -180,7 +183,7 @@ class Lab:
         await ensure_topic(self.settings.kafka_bootstrap, topic, PARTITIONS)
         w = World(name=name, topic=topic, database_url=url,
                   bootstrap=self.settings.kafka_bootstrap, log_dir=self.log_dir,
-                  extra_env=dict(extra_env))
+                  extra_env=dict(extra_env), kafka_pid=_kafka_pid(self.settings))
         self.worlds.append(w)
         return w
 
@@ -195,6 +198,15 @@ class Lab:
         with contextlib.suppress(Exception):
             await drop_database(db_url(self.settings.database_url, TEMPLATE))
         await delete_topics(self.settings.kafka_bootstrap, [w.topic for w in self.worlds])
+
+
+def _kafka_pid(settings: Settings) -> int | None:
+    from cli.stack import Stack
+
+    try:
+        return int((Stack(settings).kafka_dir / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None  # a broker the bench did not start: its CPU is not measured
 
 
 async def delete_topics(bootstrap: str, topics: list[str]) -> None:
