@@ -444,7 +444,10 @@ class Worker:
             if state.not_before is not None:
                 # The loop's monotonic timer may fire a hair early against the wall
                 # clock the event time uses, so wait until the wall clock agrees.
-                while (delay := (state.not_before - datetime.now(UTC)).total_seconds()) > 0:
+                for _ in range(10):
+                    delay = (state.not_before - datetime.now(UTC)).total_seconds()
+                    if delay <= 0:
+                        break
                     await asyncio.sleep(delay + 0.001)
             async with self._sem:
                 await self._attempt(lane, tid, state, attempt)
