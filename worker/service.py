@@ -289,28 +289,31 @@ class Worker:
         where the previous owner's last transaction left it.
         """
         assert self._consumer is not None
-        seeks: dict[TP, int] = {}
-        firsts = await self._consumer.beginning_offsets(tps)
-        for tp in tps:
-            if tp in self.lanes:
-                continue
+        consumer = self._consumer
+        firsts = await consumer.beginning_offsets(tps)
+
+        async def open_lane(tp: TP) -> tuple[TP, int]:
             producer = TransactionalProducer(
                 bootstrap=self.settings.kafka_bootstrap,
                 transactional_id=f"{self.settings.worker_group}.{tp[0]}.{tp[1]}",
                 timeout_s=self.settings.produce_timeout_s,
             )
             await producer.start()  # init_transactions fences any previous owner
-            committed = await self._consumer.committed(tp)
+            committed = await consumer.committed(tp)
             position = committed if committed is not None else firsts[tp]
             # Read the end only now: the fencing above aborted the previous owner's open
             # transaction, so the last stable offset is no longer held back by it.
-            end = (await self._consumer.end_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
             lane = Lane(worker=self, tp=tp, producer=producer, recovery_end=end,
                         position=position)
-            seeks[tp] = position
             lane.committer = asyncio.create_task(lane.run_committer())
             self.lanes[tp] = lane
             log.info("partition %d: resuming at %d, recovery reads to %d", tp[1], position, end)
+            return tp, position
+
+        # Partitions open side by side: each init_transactions is a few broker round trips.
+        opened = await asyncio.gather(*(open_lane(tp) for tp in tps if tp not in self.lanes))
+        seeks = dict(opened)
         log.info("assigned %s", sorted(p for _, p in tps))
         return seeks
 
