@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -121,6 +122,10 @@ def _created(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> Any:
 
 _SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
 _key_locks: dict[uuid.UUID, asyncio.Lock] = {}
+# Keyed tasks this process appended recently, for retries that come before the projector
+# has applied the first task.created: (spec, position of that task.created).
+_recent_keyed: OrderedDict[uuid.UUID, tuple[dict[str, Any], PositionOut]] = OrderedDict()
+RECENT_KEYED_MAX = 10_000
 
 
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"],
@@ -143,22 +148,34 @@ async def submit_task(
     lock = _key_locks.setdefault(task_id, asyncio.Lock())
     async with lock:
         try:
+            spec = body.model_dump(include=set(_SPEC))
             if idempotency_key is not None:
                 existing = await queries.get_task(db, task_id=task_id)
-                if existing is not None:
-                    if {k: existing[k] for k in _SPEC} != body.model_dump(include=set(_SPEC)):
+                recent = _recent_keyed.get(task_id)
+                if existing is not None or recent is not None:
+                    known = recent[0] if recent else {k: existing[k] for k in _SPEC if existing}
+                    if known != spec:
                         raise Invalid("Idempotency-Key was already used with a different body",
                                       errors=[{"loc": ["header", "Idempotency-Key"],
                                                "msg": "reused with a different body",
                                                "type": "idempotency"}])
-                    first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
-                    pos = first.get("position", {"partition": 0, "offset": 0})
+                    if recent is not None:
+                        position = recent[1]
+                    else:
+                        first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
+                        position = PositionOut(**first.get("position",
+                                                           {"partition": 0, "offset": 0}))
                     response.status_code = 200
                     response.headers["Location"] = f"/tasks/{task_id}"
                     response.headers["Idempotent-Replayed"] = "true"
-                    return TaskAccepted(task_id=task_id, status=TaskStatus(existing["status"]),
-                                        position=PositionOut(**pos))
+                    status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+                    return TaskAccepted(task_id=task_id, status=status, position=position)
             [p] = await producer.append([_created(body, task_id, tenant)])
+            if idempotency_key is not None:
+                _recent_keyed[task_id] = (spec, PositionOut(partition=p.partition,
+                                                            offset=p.offset))
+                while len(_recent_keyed) > RECENT_KEYED_MAX:
+                    _recent_keyed.popitem(last=False)
         finally:
             if not lock.locked() or len(_key_locks) > 10_000:
                 _key_locks.pop(task_id, None)

@@ -62,6 +62,24 @@ async def test_idempotency_key_same_body_same_task_different_body_422(env: Env) 
     assert await created_events(env, tid) == 1
 
 
+async def test_idempotent_retry_before_projection_appends_nothing(env: Env) -> None:
+    await env.api()  # no projector: the read model never learns of the first submit
+    body = {"title": "pay invoice 9", "payload": {"message": "x"}}
+    h = {"Idempotency-Key": "invoice-9"}
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        first = await c.post("/tasks", json=body, headers=h)
+        assert first.status_code == 202, first.text
+        again = await c.post("/tasks", json=body, headers=h)
+        assert again.status_code == 200, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["task_id"] == first.json()["task_id"]
+        assert again.json()["position"] == first.json()["position"]
+        assert again.json()["status"] == "PENDING"
+        clash = await c.post("/tasks", json={**body, "title": "other"}, headers=h)
+        problem(clash, 422)
+    assert await created_events(env, first.json()["task_id"]) == 1
+
+
 async def _exists(c: httpx.AsyncClient, tid: str) -> bool:
     return (await c.get(f"/tasks/{tid}")).status_code == 200
 

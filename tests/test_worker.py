@@ -220,6 +220,35 @@ async def test_workers_joining_under_load_lose_no_task(env: Env) -> None:
         assert terminals(logged[t]) == ["task.done"], [e.type for e in logged[t]]
 
 
+async def test_late_duplicate_created_never_runs_a_finished_task_again(env: Env) -> None:
+    """An idempotent submit retried through another API process before the projector saw
+    the first can append a second task.created for the same id, after the task ended."""
+    env.proc("worker")
+    tid = uuid.uuid4()
+    marker = uuid.uuid4()
+    while partition_for(marker, 6) != partition_for(tid, 6):
+        marker = uuid.uuid4()
+    created = TaskCreated(title="once", payload={"message": "m"})
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    try:
+        await producer.append([new_event(created, task_id=tid, source="test")])
+        await wait_until(lambda: all_terminal_in_log(env, {str(tid)}), timeout=60,
+                         what="the task done")
+        await producer.append([new_event(created, task_id=tid, source="test")])
+        # The marker comes after the duplicate in the same partition: once it is done,
+        # the worker has read past the duplicate.
+        await producer.append([new_event(created, task_id=marker, source="test")])
+    finally:
+        await producer.stop()
+    await wait_until(lambda: all_terminal_in_log(env, {str(marker)}), timeout=60,
+                     what="the marker done")
+    await asyncio.sleep(1)  # a wrongly restarted task would write within this time
+    evs = (await by_task(env))[str(tid)]
+    assert [e.type.value for e in evs] == ["task.created", "task.processing", "task.done",
+                                           "task.created"]
+
+
 async def test_retries_back_off_then_succeed_and_exhaustion_dead_letters(env: Env) -> None:
     env.proc("projector")
     env.proc("worker", TASKFLOW_RETRY_BASE_S="0.2", TASKFLOW_RETRY_CAP_S="1")

@@ -31,6 +31,7 @@ import random
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -62,6 +63,7 @@ log = logging.getLogger("taskflow.worker")
 PROGRESS_MIN_INTERVAL_S = 0.5  # seconds between two task.progress events of one task
 REVOKE_GRACE_S = 5.0  # seconds in-flight tasks get to finish when their partition moves
 _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
+FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
 
 
 def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
@@ -112,6 +114,9 @@ class Lane:
     running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
     ctxs: dict[uuid.UUID, _Ctx] = field(default_factory=dict)
     cancel_reason: dict[uuid.UUID, str] = field(default_factory=dict)
+    # Tasks this lane saw end, so a late duplicate task.created (an idempotent submit
+    # retried before the first was projected) cannot start a finished task again.
+    finished: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
     outbox: list[CloudEvent] = field(default_factory=list)
     raw: list[RawMessage] = field(default_factory=list)
     resolved: set[uuid.UUID] = field(default_factory=set)
@@ -189,6 +194,7 @@ class Worker:
     parked: int = 0
     committed_events: int = 0
     redelivered: int = 0
+    duplicates: int = 0
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _sem: asyncio.Semaphore | None = field(default=None, repr=False)
@@ -392,6 +398,9 @@ class Worker:
             lane.dirty.set()
             return
         tid = ev.subject
+        if ev.type is EventType.CREATED and tid in lane.finished:
+            self.duplicates += 1  # the fold ignores it too: the first task.created wins
+            return
         state = apply(lane.states.get(tid), ev)
         lane.states[tid] = state
         if ev.type is EventType.REDRIVEN:
@@ -409,6 +418,9 @@ class Worker:
             if tid not in lane.running:
                 lane.states.pop(tid, None)  # nothing more to do for it
                 lane.base.pop(tid, None)
+                lane.finished[tid] = None
+                if len(lane.finished) > FINISHED_MEMORY:
+                    lane.finished.popitem(last=False)
         if ev.type is EventType.CANCEL_REQUESTED:
             task = lane.running.get(tid)
             if task is not None:
