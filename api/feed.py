@@ -3,8 +3,10 @@
 A single connection LISTENs on ``taskflow_changes``. A notification is only a wake-up:
 the feed then re-reads ``task_changes`` after the last position it delivered, so a lost
 or coalesced notification costs latency, never a change (it also polls once a second).
-Each subscriber has a bounded queue; one that falls behind is dropped and can resume
-with ``Last-Event-ID`` without loss.
+Each subscriber has a bounded buffer (``queue_max`` changes); one that falls behind is
+dropped and can resume with ``Last-Event-ID`` without loss. A read's changes reach each
+subscriber as one append and one wake-up, and the subscriber sends everything it has
+pending in one write, so the cost per subscriber follows reads, not changes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class Filter:
     tenant: str | None = None
     any_tenant: bool = True
 
+    @property
+    def everything(self) -> bool:
+        """True when every change matches (no filter, any tenant): no per-change test."""
+        return (not self.task_ids and not self.statuses and not self.types
+                and self.any_tenant)
+
     def match(self, c: Change) -> bool:
         return ((not self.task_ids or c.task_id in self.task_ids)
                 and (not self.statuses or c.status in self.statuses)
@@ -84,9 +92,14 @@ class SubscriberDropped(Exception):
 
 @dataclass(eq=False)
 class Subscriber:
+    """A subscriber's pending changes: appended a batch at a time, taken all at once."""
+
     filter: Filter
-    queue: asyncio.Queue[Change | None]
+    everything: bool = False
+    pending: list[Change] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: bool = False
+    closed: bool = False
 
 
 def _row(r: asyncpg.Record) -> Change:
@@ -133,7 +146,8 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for sub in list(self.subscribers):
-            sub.queue.put_nowait(None) if not sub.queue.full() else None
+            sub.closed = True
+            sub.wake.set()
         if self._conn is not None:
             await self._conn.close()
 
@@ -164,23 +178,29 @@ class ChangeFeed:
                 rows = await self._conn.fetch(_SELECT, self.last, PAGE)
             if not rows:
                 return
-            for r in rows:
-                self._publish(_row(r))
+            self._publish([_row(r) for r in rows])
             if len(rows) < PAGE:
                 return
 
-    def _publish(self, c: Change) -> None:
-        self.last = c.position
+    def _publish(self, changes: list[Change]) -> None:
+        """Hand one read's changes to every subscriber: one append and one wake-up each,
+        however many changes the read brought."""
+        self.last = changes[-1].position
         for sub in list(self.subscribers):
-            if sub.dropped or not sub.filter.match(c):
+            if sub.dropped:
                 continue
-            try:
-                sub.queue.put_nowait(c)
-                self.delivered += 1
-            except asyncio.QueueFull:
-                sub.dropped = True
+            matched = changes if sub.everything else [c for c in changes if sub.filter.match(c)]
+            if not matched:
+                continue
+            if len(sub.pending) + len(matched) > self.queue_max:
+                sub.dropped = True  # too far behind: it resumes with Last-Event-ID
                 self.dropped += 1
                 self.subscribers.discard(sub)
+                sub.wake.set()
+                continue
+            sub.pending.extend(matched)
+            self.delivered += len(matched)
+            sub.wake.set()
 
     async def backlog(self, after: int, upto: int) -> list[Change]:
         """Changes in (after, upto], read on the feed's own connection."""
@@ -210,7 +230,7 @@ class ChangeFeed:
         the position the feed had reached when it joined, so nothing falls between the
         two and nothing is sent twice.
         """
-        sub = Subscriber(flt, asyncio.Queue(maxsize=self.queue_max))
+        sub = Subscriber(flt, everything=flt.everything)
         self.subscribers.add(sub)
         try:
             joined_at = self.last
@@ -230,22 +250,17 @@ class ChangeFeed:
                 if matched:
                     yield matched
             while True:
+                await sub.wake.wait()
+                sub.wake.clear()
                 if sub.dropped:
                     raise SubscriberDropped()
-                batch: list[Change | Reset] = []
-                item = await sub.queue.get()
-                while True:
-                    if item is None:
-                        if batch:
-                            yield batch
-                        return
-                    if item.position > cursor:
-                        cursor = item.position
-                        batch.append(item)
-                    if sub.queue.empty() or len(batch) >= PAGE:
-                        break
-                    item = sub.queue.get_nowait()
+                taken, sub.pending = sub.pending, []
+                # Changes at or below the cursor were already sent from the backlog.
+                batch: list[Change | Reset] = [c for c in taken if c.position > cursor]
                 if batch:
+                    cursor = batch[-1].position
                     yield batch
+                if sub.closed:
+                    return
         finally:
             self.subscribers.discard(sub)
