@@ -8,6 +8,11 @@ after ``start`` exactly once. One subscriber in ``sample_every`` also records
 ``(position, receipt time)``; the bench joins those with ``task_changes`` afterwards, to
 get the delivery latency from the change's ``time`` (the event's time) and from
 ``recorded_at`` (the projector's transaction) without parsing JSON in the client.
+
+Two figures build on the same measurement: ``sweep`` runs it at a few change rates and
+keeps the highest delivery rate whose p99 stays under a limit with nothing missed, and
+``idle_memory`` connects many subscribers with no changes flowing and divides the API
+process's RSS growth by their number.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import multiprocessing as mp
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.http import Connection
@@ -39,6 +45,7 @@ class _Sub(asyncio.Protocol):
     count: int = 0
     last: int = 0  # the highest position seen: counts below it that are short are gaps
     lost: bool = False
+    opened: bool = False  # the response has begun: the server has taken this subscriber
     received: list[tuple[int, float]] = field(default_factory=list)
     _tail: bytes = b""
 
@@ -47,6 +54,7 @@ class _Sub(asyncio.Protocol):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
+        self.opened = True
         buf = self._tail + data
         if self.sample:
             now = time.time()
@@ -78,24 +86,29 @@ def _factory(sub: _Sub) -> Callable[[], _Sub]:
     return lambda: sub
 
 
-def _client(port: int, path: str, n: int, sample_every: int, connected: Any, counted: Any,
-            stop: Any, out: Any) -> None:
+def _client(port: int, path: str, n: int, sample_every: int, connected: Any, opened: Any,
+            counted: Any, stop: Any, out: Any) -> None:
     """One client process: ``n`` subscribers until ``stop`` is set; results to ``out``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, n + 256))
     if want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    asyncio.run(_client_main(port, path, n, sample_every, connected, counted, stop, out))
+    asyncio.run(_client_main(port, path, n, sample_every, connected, opened, counted, stop,
+                             out))
 
 
 async def _client_main(port: int, path: str, n: int, sample_every: int, connected: Any,
-                       counted: Any, stop: Any, out: Any) -> None:
+                       opened: Any, counted: Any, stop: Any, out: Any) -> None:
     loop = asyncio.get_running_loop()
     req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
            "Accept: text/event-stream\r\n\r\n").encode()
     subs: list[_Sub] = []
     transports: list[asyncio.BaseTransport] = []
-    for start in range(0, n, 50):  # in steps, so the accept backlog never overflows
+    for start in range(0, n, 50):  # in steps, so the accept backlog never overflows:
+        # no more than 250 connections of this process wait for their response to begin.
+        while len(subs) - sum(s.opened for s in subs) > 200 and not stop.is_set():
+            opened.value = sum(s.opened for s in subs)
+            await asyncio.sleep(0.01)
         batch = [_Sub(req, sample=(start + i) % sample_every == 0)
                  for i in range(min(50, n - start))]
         made = await asyncio.gather(*(loop.create_connection(_factory(s), "127.0.0.1", port)
@@ -104,6 +117,7 @@ async def _client_main(port: int, path: str, n: int, sample_every: int, connecte
         subs.extend(batch)
         connected.value = len(subs)
     while not stop.is_set():
+        opened.value = sum(s.opened for s in subs)
         counted.value = sum(s.count for s in subs)
         await asyncio.sleep(0.1)
     counted.value = sum(s.count for s in subs)
@@ -114,47 +128,85 @@ async def _client_main(port: int, path: str, n: int, sample_every: int, connecte
              "received": [r for s in subs if s.sample for r in s.received]})
 
 
+class _Clients:
+    """``subscribers`` SSE subscribers on ``path``, spread over ``processes`` clients."""
+
+    def __init__(self, port: int, path: str, subscribers: int, *, processes: int = 2,
+                 sample_every: int = 10) -> None:
+        ctx = mp.get_context("spawn")
+        self.subscribers = subscribers
+        self.stop = ctx.Event()
+        self.out: Any = ctx.Queue()
+        shares = [subscribers // processes + (1 if i < subscribers % processes else 0)
+                  for i in range(processes)]
+        self.connected = [ctx.Value("i", 0) for _ in shares]
+        self.opened = [ctx.Value("i", 0) for _ in shares]
+        self.counted = [ctx.Value("q", 0) for _ in shares]
+        self.procs = [ctx.Process(target=_client, daemon=True,
+                                  args=(port, path, k, sample_every, self.connected[i],
+                                        self.opened[i], self.counted[i], self.stop, self.out))
+                      for i, k in enumerate(shares) if k]
+
+    def start(self) -> None:
+        for p in self.procs:
+            p.start()
+
+    def count(self) -> int:
+        """``id:`` lines received so far, all subscribers together."""
+        return sum(v.value for v in self.counted)
+
+    async def wait_opened(self, label: str, timeout: float = 120) -> float:
+        """Wait until every subscriber's response has begun; the seconds it took."""
+        t0 = time.monotonic()
+        with bar(label, self.subscribers, unit="sub") as pb:
+            while (c := sum(v.value for v in self.opened)) < self.subscribers:
+                pb.update(c - pb.n)
+                if not all(p.is_alive() for p in self.procs) or \
+                        time.monotonic() - t0 > timeout:
+                    tcp = sum(v.value for v in self.connected)
+                    raise BenchError(f"only {c} of {self.subscribers} subscribers got an answer "
+                                     f"({tcp} connected)")
+                await asyncio.sleep(0.1)
+            pb.update(self.subscribers - pb.n)
+        return time.monotonic() - t0
+
+    def results(self) -> list[dict[str, Any]]:
+        """Close every subscriber and collect what each client process saw."""
+        self.stop.set()
+        return [self.out.get(timeout=60) for _ in self.procs]
+
+    def close(self) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
 async def fanout(world: World, api_pid: int, *, subscribers: int, changes_per_s: float,
                  seconds: float, processes: int = 2, sample_every: int = 10,
-                 drain_s: float = 15) -> dict[str, Any]:
+                 drain_s: float = 15, label: str = "fanout") -> dict[str, Any]:
     """Connect ``subscribers`` to one API process, let ``changes_per_s`` flow for
     ``seconds``, and measure deliveries/s, latency, missed events and the server's cost."""
     db = await world.connect()
     try:
         after = int(await db.fetchval("SELECT coalesce(max(position), 0) FROM task_changes"))
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
-        out: Any = ctx.Queue()
-        shares = [subscribers // processes + (1 if i < subscribers % processes else 0)
-                  for i in range(processes)]
-        connected = [ctx.Value("i", 0) for _ in shares]
-        counted = [ctx.Value("q", 0) for _ in shares]
+        clients = _Clients(world.api_port, f"/events?after={after}", subscribers,
+                           processes=processes, sample_every=sample_every)
         rss_idle = rss_mib(api_pid)
-        procs = [ctx.Process(target=_client, daemon=True,
-                             args=(world.api_port, f"/events?after={after}", k, sample_every,
-                                   connected[i], counted[i], stop, out))
-                 for i, k in enumerate(shares) if k]
-        for p in procs:
-            p.start()
+        clients.start()
         try:
-            with bar(f"fanout   connect {subscribers}", subscribers, unit="sub") as pb:
-                deadline = time.monotonic() + 120
-                while (c := sum(v.value for v in connected)) < subscribers:
-                    pb.update(c - pb.n)
-                    if not all(p.is_alive() for p in procs) or time.monotonic() > deadline:
-                        raise BenchError(f"only {c} of {subscribers} subscribers connected")
-                    await asyncio.sleep(0.1)
-                pb.update(subscribers - pb.n)
+            await clients.wait_opened(f"{label:<8} connect {subscribers}")
             await asyncio.sleep(1)  # let the server settle its new generators
             rss_connected = rss_mib(api_pid)
             flow = await _flow(world, api_pid, rate=changes_per_s / 3, seconds=seconds,
-                               counted=counted, subscribers=subscribers)
+                               clients=clients, label=label)
             count_sql = "SELECT count(*) FROM task_changes WHERE position > $1"
-            with bar("fanout   drain", None, unit="ev") as pb:
+            with bar(f"{label:<8} drain", None, unit="ev") as pb:
                 deadline = time.monotonic() + drain_s
                 last, still = -1, time.monotonic()
                 # The last tasks are still finishing: the target grows until none is open.
-                while (got := sum(v.value for v in counted)) < (
+                while (got := clients.count()) < (
                         target := int(await db.fetchval(count_sql, after)) * subscribers) \
                         or await db.fetchval(OPEN_SQL):
                     pb.total = target
@@ -166,14 +218,9 @@ async def fanout(world: World, api_pid: int, *, subscribers: int, changes_per_s:
                     await asyncio.sleep(0.1)
                 pb.update(got - pb.n)
             rss_end = rss_mib(api_pid)
-            stop.set()
-            results = [out.get(timeout=60) for _ in procs]
+            results = clients.results()
         finally:
-            stop.set()
-            for p in procs:
-                p.join(10)
-                if p.is_alive():
-                    p.kill()
+            clients.close()
         rows = await db.fetch(
             "SELECT position, extract(epoch FROM time)::float8 AS t, "
             "extract(epoch FROM recorded_at)::float8 AS r FROM task_changes "
@@ -185,6 +232,17 @@ async def fanout(world: World, api_pid: int, *, subscribers: int, changes_per_s:
     expected = len(positions)
     from_event = [t - made[p][0] for res in results for p, t in res["received"] if p in made]
     from_commit = [t - made[p][1] for res in results for p, t in res["received"] if p in made]
+    # Per change: when the first sampled subscriber got it, and how long until the last
+    # one did; the first is the way to the feed, the spread its round over subscribers.
+    firsts: dict[int, float] = {}
+    lastr: dict[int, float] = {}
+    for res in results:
+        for p, t in res["received"]:
+            if p in made:
+                firsts[p] = min(t, firsts.get(p, t))
+                lastr[p] = max(t, lastr.get(p, t))
+    first_from_commit = [t - made[p][1] for p, t in firsts.items()]
+    spread = [lastr[p] - t for p, t in firsts.items()]
     counts = [c for res in results for c in res["counts"]]
     lasts = [x for res in results for x in res["lasts"]]
     # Short of the positions up to the last one seen: a gap. Beyond it: not delivered yet
@@ -193,7 +251,7 @@ async def fanout(world: World, api_pid: int, *, subscribers: int, changes_per_s:
     missed = sum(max(0, u - c) for u, c in zip(upto, counts, strict=True))
     undelivered = sum(expected - u for u in upto)
     return {
-        "subscribers": subscribers, "client_processes": len(procs),
+        "subscribers": subscribers, "client_processes": len(clients.procs),
         "changes_per_s_target": changes_per_s, "changes": expected,
         "changes_per_s": flow["changes_per_s"], "seconds": seconds,
         "deliveries_offered_per_s": flow["changes_per_s"] * subscribers,
@@ -204,6 +262,8 @@ async def fanout(world: World, api_pid: int, *, subscribers: int, changes_per_s:
         "subscribers_dropped": sum(res["lost"] for res in results),
         "latency_from_event_time": summary_ms(from_event),
         "latency_from_projector_write": summary_ms(from_commit),
+        "first_subscriber_from_projector_write": summary_ms(first_from_commit),
+        "spread_first_to_last_subscriber": summary_ms(spread),
         "server_cpu_cores": flow["server_cpu_cores"],
         "server_rss_mib": {"before": round(rss_idle, 1), "connected": round(rss_connected, 1),
                            "end": round(rss_end, 1)},
@@ -211,8 +271,141 @@ async def fanout(world: World, api_pid: int, *, subscribers: int, changes_per_s:
     }
 
 
-async def _flow(world: World, api_pid: int, *, rate: float, seconds: float, counted: list[Any],
-                subscribers: int) -> dict[str, float]:
+async def sweep(world: World, api_pid: int, *, subscribers: int, rates: Sequence[float],
+                seconds: float, min_changes: int = 0,
+                p99_limit_ms: float = 250.0) -> dict[str, Any]:
+    """``fanout`` at each change rate in turn, on the same API process; the highest
+    deliveries/s whose p99 (from the event's time) stays under ``p99_limit_ms`` with no
+    missed, undelivered or dropped event.
+
+    Each step lasts ``seconds``, longer at a low rate so that it has ``min_changes``: a
+    p99 over a handful of changes would be the slowest one of them.
+    """
+    steps: list[dict[str, Any]] = []
+    for rate in rates:
+        r = await fanout(world, api_pid, subscribers=subscribers, changes_per_s=rate,
+                         seconds=max(seconds, min_changes / rate), label=f"sweep {rate:g}")
+        lat = r["latency_from_event_time"]
+        p99 = lat["p99_ms"]
+        clean = (r["missed"] == 0 and r["undelivered_after_drain"] == 0
+                 and r["subscribers_dropped"] == 0)
+        step = {
+            "changes_per_s_target": rate, "seconds": r["seconds"], "changes": r["changes"],
+            "changes_per_s": round(r["changes_per_s"], 1),
+            "deliveries_offered_per_s": round(r["deliveries_offered_per_s"]),
+            "delivered_per_s": round(r["delivered_per_s"]),
+            "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": p99,
+            "max_ms": lat["max_ms"], "samples": lat["count"],
+            "p99_from_projector_write_ms": r["latency_from_projector_write"]["p99_ms"],
+            "missed": r["missed"], "undelivered_after_drain": r["undelivered_after_drain"],
+            "subscribers_dropped": r["subscribers_dropped"],
+            "server_cpu_cores": round(r["server_cpu_cores"], 2),
+            "within_limit": p99 is not None and p99 < p99_limit_ms and clean,
+        }
+        steps.append(step)
+        say(f"sweep {rate:g} changes/s: {step['delivered_per_s']:,} deliveries/s, "
+            f"p99 {p99} ms, missed {step['missed']}, "
+            f"undelivered {step['undelivered_after_drain']}"
+            f"{'' if step['within_limit'] else '  (over the limit)'}")
+    best = max((s for s in steps if s["within_limit"]), key=lambda s: s["delivered_per_s"],
+               default=None)
+    return {"subscribers": subscribers, "seconds_per_step": seconds,
+            "min_changes_per_step": min_changes,
+            "p99_limit_ms": p99_limit_ms, "latency": "from the event's time",
+            "steps": steps, "best": best,
+            "max_delivered_per_s_within_limit": best["delivered_per_s"] if best else None}
+
+
+async def idle_memory(world: World, api_pid: int, *, subscribers: int, processes: int = 2,
+                      settle_s: float = 2.0) -> dict[str, Any]:
+    """The API process's RSS with no subscriber, then with ``subscribers`` idle ones
+    (no changes flowing); the growth per subscriber in KiB.
+
+    RSS is the process's own memory: the kernel's socket buffers are not in it.
+    """
+    limit = _open_files_limit(api_pid)
+    if limit is not None and limit < subscribers + 256:
+        raise BenchError(f"the API process may open only {limit} files, too few for "
+                         f"{subscribers} subscribers: raise `ulimit -n`")
+    # One subscriber first, so what the first one costs (the feed's own start, code paths
+    # run once) is in the baseline and not divided among the idle ones.
+    await _one_subscriber(world.api_port)
+    await _wait_gauge(world.api_port, 0, timeout=10)
+    await asyncio.sleep(1)
+    rss_before = rss_mib(api_pid)
+    clients = _Clients(world.api_port, "/events", subscribers, processes=processes,
+                       sample_every=subscribers + 1)
+    clients.start()
+    try:
+        connect_s = await clients.wait_opened(f"idle     connect {subscribers}", timeout=180)
+        server = await _wait_gauge(world.api_port, subscribers, timeout=30)
+        await asyncio.sleep(settle_s)
+        rss_after = rss_mib(api_pid)
+        results = clients.results()
+    finally:
+        clients.close()
+    dropped = sum(res["lost"] for res in results)
+    if dropped:
+        raise BenchError(f"{dropped} of {subscribers} idle subscribers were dropped")
+    return {"subscribers": subscribers, "client_processes": len(clients.procs),
+            "connect_seconds": round(connect_s, 1), "server_gauge": server,
+            "api_open_files_limit": limit,
+            "server_rss_mib": {"before": round(rss_before, 1), "connected": round(rss_after, 1)},
+            "kib_per_subscriber": round((rss_after - rss_before) * 1024 / subscribers, 1)}
+
+
+def _open_files_limit(pid: int) -> int | None:
+    """The soft ``RLIMIT_NOFILE`` of a running process (Linux /proc); None if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                soft = line.split()[3]
+                return None if soft == "unlimited" else int(soft)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+async def _one_subscriber(port: int) -> None:
+    """Open one ``GET /events``, read the head of its response, and hang up."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Accept: text/event-stream\r\n\r\n".encode())
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise BenchError(f"GET /events answered {head[:60]!r}")
+    finally:
+        w.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await w.wait_closed()
+
+
+async def _sse_gauge(port: int) -> float | None:
+    """``taskflow_sse_subscribers`` from the API's /metrics; None if it has none."""
+    conn = Connection("127.0.0.1", port)
+    try:
+        resp = await conn.request("GET", "/metrics")
+    finally:
+        await conn.close()
+    for line in resp.body.decode(errors="replace").splitlines():
+        if line.startswith("taskflow_sse_subscribers "):
+            return float(line.split()[1])
+    return None
+
+
+async def _wait_gauge(port: int, want: int, *, timeout: float) -> float | None:
+    """Wait until the API counts ``want`` open SSE streams (if it counts them at all)."""
+    deadline = time.monotonic() + timeout
+    while (got := await _sse_gauge(port)) is not None and got != want:
+        if time.monotonic() > deadline:
+            raise BenchError(f"the API counts {got:.0f} SSE subscribers, not {want}")
+        await asyncio.sleep(0.2)
+    return got
+
+
+async def _flow(world: World, api_pid: int, *, rate: float, seconds: float,
+                clients: _Clients, label: str) -> dict[str, float]:
     """Submit no-op tasks at ``rate`` per second (about three changes each)."""
     n = max(1, int(rate * seconds))
     pool: asyncio.Queue[Connection] = asyncio.Queue()
@@ -232,10 +425,10 @@ async def _flow(world: World, api_pid: int, *, rate: float, seconds: float, coun
     db = await world.connect()
     try:
         pos0 = int(await db.fetchval("SELECT coalesce(max(position), 0) FROM task_changes"))
-        got0 = sum(v.value for v in counted)
+        got0 = clients.count()
         cpu0 = cpu_seconds(api_pid)
         tasks: list[asyncio.Task[None]] = []
-        with bar(f"fanout   flow {rate * 3:.0f} changes/s", n) as pb:
+        with bar(f"{label:<8} flow {rate * 3:.0f} changes/s", n) as pb:
             t0 = time.perf_counter()
             for i in range(n):
                 delay = t0 + i / rate - time.perf_counter()
@@ -243,7 +436,7 @@ async def _flow(world: World, api_pid: int, *, rate: float, seconds: float, coun
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one()))
                 pb.update(1)
-                pb.set_postfix_str(f"{sum(v.value for v in counted) - got0} delivered",
+                pb.set_postfix_str(f"{clients.count() - got0} delivered",
                                    refresh=False)
             _, late = await asyncio.wait(tasks, timeout=seconds * 3 + 30)
             for t in late:
@@ -251,7 +444,7 @@ async def _flow(world: World, api_pid: int, *, rate: float, seconds: float, coun
             if late:
                 say(f"fan-out: {len(late)} submits got no answer in time")
             elapsed = time.perf_counter() - t0
-        got1 = sum(v.value for v in counted)
+        got1 = clients.count()
         cpu1 = cpu_seconds(api_pid)
         pos1 = int(await db.fetchval("SELECT coalesce(max(position), 0) FROM task_changes"))
     finally:

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,13 +42,29 @@ class Sizes:
     fanout_subscribers: int = 1000
     fanout_changes_per_s: float = 100.0
     fanout_s: float = 10.0
+    # The highest delivery rate with p99 under the limit: fanout_subscribers at each rate.
+    fanout_sweep_rates: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0)
+    fanout_sweep_s: float = 5.0  # per rate (changes/s), and at least fanout_sweep_changes
+    fanout_sweep_changes: int = 100
+    fanout_p99_limit_ms: float = 250.0
+    fanout_idle_subscribers: int = 5000  # the memory per idle subscriber
 
 
 QUICK = Sizes(submit_n=1000, e2e_n=2000, latency_s=2.0, projector_tasks=2000,
-              rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0)
+              rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0,
+              fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
+              fanout_sweep_changes=20, fanout_idle_subscribers=1000)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch=100, e2e_n=300, latency_s=1.0, projector_tasks=300,
-              rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0)
+              rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0,
+              fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
+              fanout_idle_subscribers=50)
+
+
+def _span(values: Iterable[float | None]) -> str:
+    """``low–high`` of the values that are there, for a note."""
+    got = [v for v in values if v is not None]
+    return f"{min(got):.0f}–{max(got):.0f}" if got else "n/a"
 
 
 class Run:
@@ -237,31 +253,88 @@ class Run:
             secs.notes["taskflow"] = f"rebuild = {r['method']}"
 
     async def fanout(self) -> None:
+        """One API process: the fan-out at the set rate, the rate sweep, and (on a fresh
+        API process) the memory of idle subscribers; each is reported on its own."""
         z = self.sizes
         w = await self.lab.world("fanout")
+        res: dict[str, Any] = {}
+        swept: dict[str, Any] = {}
+        idle: dict[str, Any] = {}
         try:
             await w.start_all(workers=self.args.workers)  # one API process, by definition
             api = next(p for p in w.procs if "-api" in p.name)
-            res = await fanout_mod.fanout(w, api.pid, subscribers=z.fanout_subscribers,
-                                          changes_per_s=z.fanout_changes_per_s,
-                                          seconds=z.fanout_s)
-            self.detail("fanout", "taskflow", res)
+            try:
+                res = await fanout_mod.fanout(w, api.pid, subscribers=z.fanout_subscribers,
+                                              changes_per_s=z.fanout_changes_per_s,
+                                              seconds=z.fanout_s)
+                self.detail("fanout", "taskflow", res)
+            except Exception as exc:
+                self.failed("fanout", "taskflow", exc)
+            try:
+                swept = await fanout_mod.sweep(w, api.pid, subscribers=z.fanout_subscribers,
+                                               rates=z.fanout_sweep_rates,
+                                               seconds=z.fanout_sweep_s,
+                                               min_changes=z.fanout_sweep_changes,
+                                               p99_limit_ms=z.fanout_p99_limit_ms)
+                self.detail("fanout_sweep", "taskflow", swept)
+            except Exception as exc:
+                self.failed("fanout_sweep", "taskflow", exc)
+            try:
+                # A fresh process: memory the runs above freed would otherwise be reused.
+                api = await w.restart_api(api)
+                idle = await fanout_mod.idle_memory(w, api.pid,
+                                                    subscribers=z.fanout_idle_subscribers)
+                self.detail("fanout_idle", "taskflow", idle)
+            except Exception as exc:
+                self.failed("fanout_idle", "taskflow", exc)
         except Exception as exc:
             self.failed("fanout", "taskflow", exc)
-            return
         finally:
             w.stop()
+
+        def put(metric: str, unit: str, better: str, value: float | None,
+                note: str | None = None) -> None:
+            f = self.figure("fanout", metric, unit, better, comparable=False)
+            f.values["taskflow"] = value
+            if note:
+                f.notes["taskflow"] = note
+
         label = f"{z.fanout_subscribers:,} subscribers"
-        for metric, unit, better, value in (
-            (f"SSE deliveries, {label}", "events/s", "higher", res["delivered_per_s"]),
-            (f"SSE delivery p50, {label}", "ms", "lower", res["latency_from_event_time"]["p50_ms"]),
-            (f"SSE delivery p99, {label}", "ms", "lower", res["latency_from_event_time"]["p99_ms"]),
-            (f"SSE missed events (gaps), {label}", "events", "lower", res["missed"]),
-            (f"SSE not delivered {res['drain_seconds']:.0f} s after the flow, {label}",
-             "events", "lower", res["undelivered_after_drain"]),
-        ):
-            self.figure("fanout", metric, unit, better, comparable=False).values["taskflow"] = \
-                value
+        if res:
+            for metric, unit, better, value in (
+                (f"SSE deliveries, {label}", "events/s", "higher", res["delivered_per_s"]),
+                (f"SSE delivery p50, {label}", "ms", "lower",
+                 res["latency_from_event_time"]["p50_ms"]),
+                (f"SSE delivery p99, {label}", "ms", "lower",
+                 res["latency_from_event_time"]["p99_ms"]),
+                (f"SSE missed events (gaps), {label}", "events", "lower", res["missed"]),
+                (f"SSE not delivered {res['drain_seconds']:.0f} s after the flow, {label}",
+                 "events", "lower", res["undelivered_after_drain"]),
+            ):
+                put(metric, unit, better, value)
+        if swept:
+            limit = f"{swept['p99_limit_ms']:.0f} ms"
+            best, steps = swept["best"], swept["steps"]
+            rates = ", ".join(f"{r:g}" for r in z.fanout_sweep_rates)
+            least = (f" and at least {z.fanout_sweep_changes} changes"
+                     if z.fanout_sweep_changes else "")
+            if best:
+                found = (f"the best step within p99 < {limit} and nothing missed was "
+                         f"{best['changes_per_s_target']:g} changes/s (p99 {best['p99_ms']} ms)")
+            else:
+                found = (f"no step kept p99 < {limit} with nothing missed (p99 "
+                         f"{_span(st['p99_ms'] for st in steps)} ms, p50 "
+                         f"{_span(st['p50_ms'] for st in steps)} ms)")
+            put(f"SSE max deliveries with p99 < {limit}, {label}, one API process",
+                "events/s", "higher", swept["max_delivered_per_s_within_limit"],
+                f"SSE rate sweep ({rates} changes/s, {z.fanout_sweep_s:g} s{least} each): "
+                + found)
+        if idle:
+            put(f"SSE memory per idle subscriber, {z.fanout_idle_subscribers:,} connected",
+                "KiB", "lower", idle["kib_per_subscriber"],
+                f"SSE idle memory: API RSS {idle['server_rss_mib']['before']} MiB with no "
+                f"subscriber, {idle['server_rss_mib']['connected']} MiB with "
+                f"{z.fanout_idle_subscribers:,} (kernel socket buffers not included)")
 
     # ---------------------------------------------------------------------- main
     async def run(self) -> int:

@@ -98,6 +98,11 @@ class World:
         await poll_until(up, timeout=60, what=f"the API on port {self.api_port}", interval=0.1)
         return p
 
+    async def restart_api(self, old: Proc, *, workers: int = 1) -> Proc:
+        """A fresh API process on the same port in place of ``old``."""
+        old.stop()
+        return await self.start_api(workers=workers)
+
     async def start_all(self, *, api_workers: int = 1, workers: int = 1,
                         projectors: int = 1) -> None:
         """API, worker(s) and projector(s); returns once a probe task is terminal."""
