@@ -90,6 +90,11 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     # Binary format, so that COPY (which is binary in asyncpg) can write jsonb too.
     await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
                               schema="pg_catalog", format="binary")
+    # asyncpg prepares every statement. After five executions Postgres may switch to a
+    # generic plan made when the table was small and keep it as the table grows: the
+    # state lookup (task_id = ANY($1)) then became a sequential scan comparing every row
+    # with every id, and took most of a batch's time. Plan each execution for its table.
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 async def lock_checkpoints(
@@ -196,13 +201,15 @@ async def write_batch(
     """
     if states:
         cols: list[list[Any]] = [[] for _ in _TASK_COLUMNS]
+        state_cols = list(enumerate(_TASK_COLUMNS[:-2]))
         for st, partition, offset in states.values():
-            row = st.model_dump()
-            for i, c in enumerate(_TASK_COLUMNS[:-2]):
-                v = row[c]
-                cols[i].append(v.value if c == "status" else v)
+            row = st.__dict__  # the fields, as model_dump() gives them, without copying
+            for i, c in state_cols:
+                cols[i].append(row[c])
             cols[-2].append(partition)
             cols[-1].append(offset)
+        status = _TASK_COLUMNS.index("status")
+        cols[status] = [v.value for v in cols[status]]
         await conn.execute(_UPSERT_TASKS.format(schema=schema), *cols)
     if journal:
         await conn.copy_records_to_table(
