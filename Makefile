@@ -44,7 +44,7 @@ stack-down:
 run: stack-up
 	$(BIN)/taskflow run
 
-test: stack-up
+test: stack-up bench-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
