@@ -16,6 +16,8 @@ positions they hold, so the swap neither replays nor skips anything for them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from events.log import Record
 from events.settings import Settings
 from projector import store
 from projector.replay import read_records
-from projector.service import apply_batch
+from projector.service import Decoded, apply_batch, decode_records, tune_gc
 
 COMPARED = ("status", "title", "type", "payload", "result", "error", "attempt", "progress",
             "tenant", "dead_lettered", "cancel_requested", "created_at", "finished_at")
@@ -105,36 +107,118 @@ class RebuildStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> None:
+# Indexes a rebuild needs while it folds: the upsert's conflict target, the checkpoint
+# rows' key, and everything on the small tables. The others (the journal's and the
+# read paths' indexes) are built once, in bulk, when the shadow has caught up: much
+# cheaper than maintaining them row by row through a million inserts.
+_DEFERRED_TABLES = ("tasks", "task_events")
+
+_INDEXES_SQL = """
+SELECT c.relname AS tab, i.relname AS idx, pg_get_indexdef(i.oid) AS indexdef,
+       con.conname, pg_get_constraintdef(con.oid) AS condef, x.indisprimary AS primary
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class c ON c.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_constraint con ON con.conindid = i.oid AND con.conrelid = c.oid
+    AND con.contype IN ('p', 'u', 'x')
+WHERE n.nspname = 'public' AND c.relname = ANY($1::text[])
+ORDER BY c.relname, i.relname
+"""
+
+
+async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> list[str]:
+    """Create the shadow tables; returns the index statements deferred until catch-up.
+
+    Indexes and constraints are recreated from the live ones under the same names, so
+    the swapped-in tables look exactly like the ones they replace.
+    """
+    tables = (*SWAPPED, "task_changes", "projector_offsets")
     await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
     await conn.execute(f"CREATE SCHEMA {shadow}")
-    for t in (*SWAPPED, "task_changes", "projector_offsets"):
+    for t in tables:
         await conn.execute(
-            f"CREATE TABLE {shadow}.{t} (LIKE public.{t} INCLUDING ALL)")
+            f"CREATE TABLE {shadow}.{t} (LIKE public.{t} INCLUDING ALL EXCLUDING INDEXES)")
+    deferred: list[str] = []
+    for r in await conn.fetch(_INDEXES_SQL, list(tables)):
+        if r["conname"] is not None:
+            stmt = (f"ALTER TABLE {shadow}.{r['tab']} ADD CONSTRAINT "
+                    f"{r['conname']} {r['condef']}")
+        else:
+            stmt = r["indexdef"].replace(" ON public.", f" ON {shadow}.", 1)
+        if r["tab"] in _DEFERRED_TABLES and not (r["tab"] == "tasks" and r["primary"]):
+            deferred.append(stmt)
+        else:
+            await conn.execute(stmt)
+    return deferred
 
 
 async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float], None]
-                  | None = None, batch: int = 2000) -> RebuildStats:
-    """Rebuild ``tasks``, ``task_events`` and ``dead_letters`` from offset 0 and swap them in."""
+                  | None = None, batch: int = 10_000) -> RebuildStats:
+    """Rebuild ``tasks``, ``task_events`` and ``dead_letters`` from offset 0 and swap them in.
+
+    The log is read and decoded one batch ahead of the batch being written, so Postgres
+    and this process work side by side. The shadow schema is invisible until the swap,
+    so its transactions commit without waiting for the WAL flush (a crash before the
+    swap abandons the shadow anyway); the swap itself commits synchronously, and that
+    flush covers every earlier commit.
+    """
+    tune_gc()
     shadow = f"rebuild_{int(time.time())}"
     stats = RebuildStats()
     t0 = time.monotonic()
     conn = await _connect(settings)
     live_conn = await _connect(settings)
     try:
-        await _create_shadow(conn, shadow)
-        buffered: list[Record] = []
+        deferred = await _create_shadow(conn, shadow)
+        await conn.execute("SET synchronous_commit = off")
 
-        async def flush() -> None:
-            if buffered:
+        async def flush(decoded: list[Decoded]) -> None:
+            if decoded:
                 async with conn.transaction():
-                    await apply_batch(conn, buffered, schema=shadow,
+                    await apply_batch(conn, [r for r, _, _ in decoded], schema=shadow,
                                       projection=settings.projection, topic=settings.topic,
-                                      record_changes=False)
-                stats.events += len(buffered)
-                buffered.clear()
+                                      record_changes=False, decoded=decoded)
+                stats.events += len(decoded)
 
-        # Phase 1: catch up with the live projector, never passing its checkpoints.
+        async def catch_up(mine: dict[int, int], upto: dict[int, int],
+                           total: int | None = None) -> None:
+            """Apply the log from ``mine`` + 1 to ``upto``, reading one batch ahead."""
+            queue: asyncio.Queue[list[Decoded] | None] = asyncio.Queue(maxsize=2)
+
+            async def produce() -> None:
+                buffered: list[Record] = []
+                try:
+                    async for r in read_records(bootstrap=settings.kafka_bootstrap,
+                                                topic=settings.topic,
+                                                from_position={p: o + 1 for p, o in mine.items()},
+                                                upto=upto):
+                        buffered.append(r)
+                        if len(buffered) >= batch:
+                            await queue.put(decode_records(buffered))
+                            buffered = []
+                    if buffered:
+                        await queue.put(decode_records(buffered))
+                finally:
+                    await queue.put(None)
+
+            producer = asyncio.ensure_future(produce())
+            try:
+                while (decoded := await queue.get()) is not None:
+                    await flush(decoded)
+                    if on_progress and total is not None:
+                        on_progress(stats.events, total, time.monotonic() - t0)
+                await producer  # its error, if it failed
+            finally:
+                if not producer.done():
+                    producer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await producer
+
+        # Phase 1: catch up with the live projector, never passing its checkpoints. The
+        # deferred indexes are built once it is close, then one more round catches up
+        # with what the live projector applied meanwhile.
+        indexed = False
         for _round in range(100):
             live = await store.read_checkpoints(live_conn, schema="public",
                                                 projection=settings.projection,
@@ -144,18 +228,17 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                                                 topic=settings.topic)
             behind = sum(max(0, o - mine.get(p, -1)) for p, o in live.items())
             if behind <= batch and _round > 0:
-                break
+                if indexed:
+                    break
+                for stmt in deferred:
+                    await conn.execute(stmt)
+                indexed = True
+                continue
             total = sum(o + 1 for o in live.values())
-            async for r in read_records(bootstrap=settings.kafka_bootstrap,
-                                        topic=settings.topic,
-                                        from_position={p: o + 1 for p, o in mine.items()},
-                                        upto=live):
-                buffered.append(r)
-                if len(buffered) >= batch:
-                    await flush()
-                    if on_progress:
-                        on_progress(stats.events, total, time.monotonic() - t0)
-            await flush()
+            await catch_up(mine, live, total)
+        if not indexed:
+            for stmt in deferred:
+                await conn.execute(stmt)
         # Phase 2: stop the live projector at a checkpoint, finish, swap, in one transaction.
         async with live_conn.transaction():
             await live_conn.execute(
@@ -166,14 +249,7 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
             mine = await store.read_checkpoints(conn, schema=shadow,
                                                 projection=settings.projection,
                                                 topic=settings.topic)
-            async for r in read_records(bootstrap=settings.kafka_bootstrap,
-                                        topic=settings.topic,
-                                        from_position={p: o + 1 for p, o in mine.items()},
-                                        upto=live):
-                buffered.append(r)
-                if len(buffered) >= batch:
-                    await flush()
-            await flush()
+            await catch_up(mine, live)
             for t in SWAPPED:
                 await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
             for t in SWAPPED:
