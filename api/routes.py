@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections import OrderedDict
@@ -123,9 +124,14 @@ def _created(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> Any:
 _SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
 _key_locks: dict[uuid.UUID, asyncio.Lock] = {}
 # Keyed tasks this process appended recently, for retries that come before the projector
-# has applied the first task.created: (spec, position of that task.created).
-_recent_keyed: OrderedDict[uuid.UUID, tuple[dict[str, Any], PositionOut]] = OrderedDict()
+# has applied the first task.created: (digest of its spec, position of that task.created).
+# A digest, not the spec: 10,000 payloads near the body limit would be gigabytes.
+_recent_keyed: OrderedDict[uuid.UUID, tuple[bytes, PositionOut]] = OrderedDict()
 RECENT_KEYED_MAX = 10_000
+
+
+def _digest(spec: dict[str, Any]) -> bytes:
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).digest()
 
 
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"],
@@ -153,8 +159,12 @@ async def submit_task(
                 existing = await queries.get_task(db, task_id=task_id)
                 recent = _recent_keyed.get(task_id)
                 if existing is not None or recent is not None:
-                    known = recent[0] if recent else {k: existing[k] for k in _SPEC if existing}
-                    if known != spec:
+                    if recent is not None:
+                        same = recent[0] == _digest(spec)
+                    else:
+                        assert existing is not None
+                        same = {k: existing[k] for k in _SPEC} == spec
+                    if not same:
                         raise Invalid("Idempotency-Key was already used with a different body",
                                       errors=[{"loc": ["header", "Idempotency-Key"],
                                                "msg": "reused with a different body",
@@ -172,8 +182,8 @@ async def submit_task(
                     return TaskAccepted(task_id=task_id, status=status, position=position)
             [p] = await producer.append([_created(body, task_id, tenant)])
             if idempotency_key is not None:
-                _recent_keyed[task_id] = (spec, PositionOut(partition=p.partition,
-                                                            offset=p.offset))
+                accepted_at = PositionOut(partition=p.partition, offset=p.offset)
+                _recent_keyed[task_id] = (_digest(spec), accepted_at)
                 while len(_recent_keyed) > RECENT_KEYED_MAX:
                     _recent_keyed.popitem(last=False)
         finally:
