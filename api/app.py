@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from api.routes import router
 from events.db import make_engine
 from events.errors import LogUnavailable
 from events.log import EventProducer
+from events.runtime import tune_gc
 from events.settings import Settings, get_settings
 
 log = logging.getLogger("taskflow.api")
@@ -75,11 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("TASKFLOW_AUTH is off: the API is open and unscoped (local development)")
         app.state.feed = ChangeFeed(settings.database_url, queue_max=settings.sse_queue_max)
         await app.state.feed.start()
-        # Everything built so far lives as long as the process: keep it out of the cyclic
-        # collector's way, and collect the young generation less often. With thousands of
-        # SSE subscribers a full collection otherwise stalls every stream at once.
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        tune_gc(GC_GEN0_THRESHOLD)
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -107,8 +108,7 @@ def _row(r: asyncpg.Record) -> Change:
                r["attempt"], r["progress"], r["summary"], r["time"])
     frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
         c.position, c.type.encode(), orjson.dumps(c.data()))
-    return Change(c.position, c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress,
-                  c.summary, c.time, frame)
+    return dataclasses.replace(c, sse=frame)
 
 
 @dataclass

@@ -154,8 +154,8 @@ async def submit_task(
     lock = _key_locks.setdefault(task_id, asyncio.Lock())
     async with lock:
         try:
-            spec = body.model_dump(include=set(_SPEC))
             if idempotency_key is not None:
+                spec = body.model_dump(include=set(_SPEC))
                 existing = await queries.get_task(db, task_id=task_id)
                 recent = _recent_keyed.get(task_id)
                 if existing is not None or recent is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 import uuid
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from events import runtime
 from events.codec import decode
 from events.db import asyncpg_dsn
 from events.errors import UndecodableEvent
@@ -35,17 +35,9 @@ Decoded = tuple[Record, CloudEvent | None, str | None]  # a record, its event or
 
 
 def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a projector process.
-
-    A batch allocates tens of thousands of short-lived containers (decoded events, task
-    states); with the default threshold of 700 the collector ran every few dozen events
-    and took a fifth of the projector's CPU, re-scanning the long-lived module objects
-    each time. Nothing the projector makes per batch is cyclic (reference counting frees
-    it), so freeze what start-up created and collect young objects far less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    """The projector's collector settings: a batch allocates tens of thousands of
+    short-lived containers, so young objects are collected every 50,000 allocations."""
+    runtime.tune_gc(50_000, 50, 100)
 
 
 def decode_records(records: list[Record]) -> list[Decoded]:
