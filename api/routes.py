@@ -24,6 +24,7 @@ from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import Change, Filter, Reset, SubscriberDropped
 from api.problems import PROBLEM, Conflict, Invalid, NotFound, Problem, Unavailable
 from api.schemas import (
+    TYPE_PATTERN,
     BatchAccepted,
     BatchIn,
     EventPage,
@@ -270,7 +271,7 @@ async def get_task(
 async def list_tasks(
     db: DbDep, settings: SettingsDep, tenant: TenantDep,
     status: TaskStatus | None = None,
-    type: Annotated[str | None, Query(max_length=100)] = None,
+    type: Annotated[str | None, Query(max_length=100, pattern=TYPE_PATTERN)] = None,
     created_after: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
     created_before: Annotated[datetime | None, Query(description="RFC 3339, exclusive")]
     = None,

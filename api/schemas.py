@@ -8,9 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from events.codec import has_nul
 from events.models import TaskStatus
 
 MAX_TITLE = 500
+TYPE_PATTERN = r"^[A-Za-z0-9_.:-]+$"  # a task type: what a handler is registered under
 
 
 class TaskIn(BaseModel):
@@ -22,17 +24,18 @@ class TaskIn(BaseModel):
     )
 
     title: str = Field(min_length=1, max_length=MAX_TITLE)
-    type: str = Field(default="echo", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: str = Field(default="echo", min_length=1, max_length=100, pattern=TYPE_PATTERN)
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-100, le=100)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
 
-    @field_validator("title")
+    @field_validator("title", "payload")
     @classmethod
-    def _no_nul(cls, v: str) -> str:
-        if "\x00" in v:
-            raise ValueError("must not contain NUL characters")
+    def _no_nul(cls, v: Any) -> Any:
+        # The read model is PostgreSQL, whose text and jsonb cannot hold U+0000.
+        if has_nul(v):
+            raise ValueError("must not contain NUL (U+0000) characters")
         return v
 
 

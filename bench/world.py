@@ -23,10 +23,9 @@ from sqlalchemy.engine import make_url
 
 from bench.http import Connection, HTTPError
 from bench.procs import BenchError, Proc, cpu_seconds, free_port, python
-from bench.stats import say
 from events import constants
 from events.db import asyncpg_dsn, drop_database, ensure_database, migrate
-from events.log import EventProducer, ensure_topic
+from events.log import EventProducer, delete_topics, ensure_topic
 from events.models import TaskCreated, TaskDone, TaskProcessing, new_event
 from events.settings import Settings
 
@@ -212,26 +211,6 @@ def _kafka_pid(settings: Settings) -> int | None:
         return int((Stack(settings).kafka_dir / "kafka.pid").read_text().strip())
     except (OSError, ValueError):
         return None  # a broker the bench did not start: its CPU is not measured
-
-
-async def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    """Drop the bench's own topics (a 1M-event rebuild topic is about half a gigabyte).
-
-    ``events.log`` has no delete (production never deletes the log), so this is the
-    bench's one direct use of the Kafka admin client.
-    """
-    if not topics:
-        return
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    try:
-        await admin.start()
-        await admin.delete_topics(topics, timeout_ms=30_000)
-    except Exception as exc:  # leftover topics are harmless; say so and go on
-        say(f"could not delete topics {topics}: {exc!r}")
-    finally:
-        await admin.close()
 
 
 async def fill_topic(bootstrap: str, topic: str, tasks: int,

@@ -33,6 +33,25 @@ UPCASTERS: Final[dict[tuple[EventType, int], Upcaster]] = {
 }
 
 
+NUL_ERROR: Final = "contains U+0000 (NUL), which PostgreSQL text and jsonb cannot store"
+
+
+def has_nul(value: Any) -> bool:
+    """True if any string in a JSON-like value (keys included) holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_nul(v) for v in value)
+    return False
+
+
+def scrub_nul(text: str) -> str:
+    """``text`` with each NUL replaced by U+FFFD (for messages TaskFlow writes itself)."""
+    return text.replace("\x00", "\ufffd")
+
+
 def encode(event: CloudEvent) -> bytes:
     return orjson.dumps(event.model_dump(mode="json"))
 
@@ -60,6 +79,9 @@ def decode(raw: bytes | None) -> CloudEvent:
         raise UndecodableEvent(f"not JSON: {exc}", raw) from None
     if not isinstance(doc, dict):
         raise UndecodableEvent("not a JSON object", raw)
+    # JSON can carry NUL only as an escape; the scan is a memchr, the walk is rare.
+    if b"\\u0000" in raw and has_nul(doc):
+        raise UndecodableEvent(NUL_ERROR, raw)
     try:
         etype = EventType(str(doc.get("type")))
     except ValueError:

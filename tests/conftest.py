@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
+from events import constants
 from events.db import drop_database, ensure_database, migrate
-from events.log import ensure_topic, ping
+from events.log import delete_topics, ensure_topic, ping
 from events.settings import Settings
 from tests.helpers import Env, free_port, new_name
 
@@ -63,3 +64,5 @@ async def env(base_settings: Settings, template_db: str,
     finally:
         e.stop_all()
         await drop_database(url)
+        await delete_topics(base_settings.kafka_bootstrap,
+                            [topic, topic + constants.DEAD_LETTER_TOPIC_SUFFIX])

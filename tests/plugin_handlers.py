@@ -19,3 +19,10 @@ def spin(payload: dict[str, Any], ctx: TaskContext) -> Any:
             return "stopped"
         time.sleep(0.02)
     return "spun"
+
+
+@handler("bad_result")
+def bad_result(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """Returns what the log or the read model cannot hold: a NUL, or no JSON at all."""
+    ctx.progress(50, "half\x00way")  # a NUL in a progress message is replaced, not fatal
+    return "nul\x00byte" if payload.get("kind") == "nul" else object()

@@ -32,6 +32,8 @@ def _is_problem(r: httpx.Response, status: int) -> dict[str, object]:
     {"title": "x", "timeout_s": -1},
     {"title": "x", "unexpected": True},
     {"title": "nul \u0000 byte"},
+    {"title": "x", "payload": {"k": "nul \u0000 byte"}},
+    {"title": "x", "payload": {"deep": [{"nul \u0000 key": 1}]}},
 ])
 async def test_invalid_bodies_get_422_problem(env: Env, body: dict[str, object]) -> None:
     await env.api(TASKFLOW_READ_WAIT_S="0.2")
@@ -68,3 +70,16 @@ async def test_post_answers_503_when_kafka_does_not_acknowledge(env: Env) -> Non
         assert await conn.fetchval("SELECT count(*) FROM tasks") == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/tasks?type=a%00b", "/tasks?q=a%00b", "/tasks?cursor=a%00b", "/tasks?min_position=a%00b",
+    f"/tasks/{uuid.uuid4()}?as_of=a%00b", f"/tasks/{uuid.uuid4()}?min_position=a%00b",
+])
+async def test_nul_in_a_query_parameter_gets_a_4xx_problem(env: Env, path: str) -> None:
+    """PostgreSQL refuses U+0000 in text: ``?type=`` used to reach the query as a 500."""
+    await env.api(TASKFLOW_READ_WAIT_S="0.2")
+    async with httpx.AsyncClient(base_url=env.base_url) as c:
+        r = await c.get(path)
+        assert 400 <= r.status_code < 500, r.text
+        _is_problem(r, r.status_code)

@@ -258,6 +258,10 @@ async def test_poison_records_are_parked_and_the_partition_moves_on(env: Env) ->
                                 "data": {}})
         p2 = await producer.append_raw(env.topic, key, unknown)
         ok = uuid.UUID(key.decode())
+        # Valid JSON and a valid event, but PostgreSQL cannot store U+0000 in jsonb or
+        # text: before it was parked, this record stopped the projector for good.
+        [p3] = await producer.append([new_event(TaskCreated(title="t", payload={"k": "a\x00"}),
+                                                task_id=ok, source=constants.API_SOURCE)])
         await producer.append([new_event(TaskCreated(title="after the poison"), task_id=ok,
                                          source=constants.API_SOURCE)])
     finally:
@@ -270,9 +274,10 @@ async def test_poison_records_are_parked_and_the_partition_moves_on(env: Env) ->
     out = cli(env, "projections", "dead-letters").stdout.splitlines()
     parked = [orjson.loads(x) for x in out]
     assert [(d["partition"], d["offset"]) for d in parked] == [
-        (p1.partition, p1.offset), (p2.partition, p2.offset)]
+        (p1.partition, p1.offset), (p2.partition, p2.offset), (p3.partition, p3.offset)]
     assert parked[0]["raw"] == "{not json" and "not JSON" in parked[0]["error"]
     assert "task.teleported" in parked[1]["error"]
+    assert "NUL" in parked[2]["error"]
 
 
 async def test_golden_v1_log_is_upcast_and_folded_by_the_projector(env: Env) -> None:

@@ -21,7 +21,7 @@ import orjson
 
 from events.log import EventProducer, LogReader, partition_for
 from events.models import CloudEvent, TaskCreated, new_event
-from tests.helpers import ARTIFACTS, ROOT, Env, wait_until
+from tests.helpers import ARTIFACTS, ROOT, Env, assert_read_model_is_fold_of_log, wait_until
 
 TERMINAL = {"task.done", "task.failed", "task.cancelled"}
 
@@ -154,6 +154,34 @@ async def test_plugin_handler_module_and_cooperative_cancel_signal(env: Env) -> 
     assert marker.read_text() == f"{tid} saw the cancel"
     assert 'taskflow_tasks_finished_total{status="DONE",type="echo"} 1.0' in metrics
     assert 'taskflow_task_processing_seconds_count{type="spin"} 1.0' in metrics
+
+
+async def test_a_result_the_read_model_cannot_hold_fails_the_task_not_the_worker(
+        env: Env) -> None:
+    """A handler returning a NUL (PostgreSQL refuses U+0000) or something that is not
+    JSON fails its task once, with the reason; the worker and the projector go on."""
+    types = "echo,bad_result"
+    env.proc("projector")
+    env.proc("worker", TASKFLOW_HANDLER_MODULES="tests.plugin_handlers",
+             TASKFLOW_TASK_TYPES=types)
+    await env.api(TASKFLOW_TASK_TYPES=types)
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        nul = await submit(c, {"title": "n", "type": "bad_result", "payload": {"kind": "nul"}})
+        obj = await submit(c, {"title": "o", "type": "bad_result", "payload": {"kind": "obj"}})
+        echo = await submit(c, {"title": "e", "payload": {"message": "after"}})
+        failed_nul = await wait_status(c, nul, {"FAILED", "DONE"})
+        failed_obj = await wait_status(c, obj, {"FAILED", "DONE"})
+        assert (await wait_status(c, echo, {"DONE"}))["result"] == "after"
+        progress = [e for e in await history(c, nul) if e["type"] == "task.progress"]
+    assert failed_nul["status"] == "FAILED" and "NUL" in failed_nul["error"]
+    assert failed_obj["status"] == "FAILED"
+    assert "cannot be stored as JSON" in failed_obj["error"]
+    assert progress and progress[0]["data"]["message"] == "half\ufffdway"
+    logged = await by_task(env)
+    for tid in (nul, obj):  # not retried: the same result would fail every attempt
+        assert terminals(logged[tid]) == ["task.failed"]
+        assert [e.attempt for e in logged[tid] if e.type.value == "task.processing"] == [1]
+    await assert_read_model_is_fold_of_log(env)
 
 
 def _exists(path: Path) -> Callable[[], Awaitable[bool]]:

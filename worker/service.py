@@ -34,9 +34,13 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic_core import PydanticSerializationError
 
 from events import constants
-from events.codec import decode
+from events.codec import NUL_ERROR, decode, has_nul, scrub_nul
 from events.errors import ProducerFencedOff, UndecodableEvent
 from events.fold import TaskState, apply
 from events.log import TP, GroupConsumer, RawMessage, Record, TransactionalProducer
@@ -72,6 +76,22 @@ def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
     return float(d / 2 + random.uniform(0, d / 2))
 
 
+def storable(result: Any) -> Any:
+    """``result`` as the JSON value ``task.done`` will carry, or ValueError if it has none.
+
+    Checked before anything is staged: a result that cannot be encoded would otherwise
+    fail the lane's whole transaction, and a NUL would be refused by the read model.
+    """
+    try:
+        value = TaskDone(result=result).model_dump(mode="json")["result"]
+        orjson.dumps(value)
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        raise ValueError(f"the result cannot be stored as JSON: {exc}") from None
+    if has_nul(value):
+        raise ValueError(f"the result {NUL_ERROR}")
+    return value
+
+
 class _Abandoned(Exception):
     """The task is left for another worker (shutdown or revoked partition)."""
 
@@ -94,8 +114,9 @@ class _Ctx:
         now = time.monotonic()
         if now - self._last >= PROGRESS_MIN_INTERVAL_S:
             self._last = now
+            text = scrub_nul(message) if message else message
             self.lane.stage(self.lane.worker.event(
-                TaskProgress(percent=percent, message=message), self.tid, self.attempt, self.tenant
+                TaskProgress(percent=percent, message=text), self.tid, self.attempt, self.tenant
             ))
 
 
@@ -498,7 +519,7 @@ class Worker:
     async def _run_handler(self, lane: Lane, tid: uuid.UUID, state: TaskState, attempt: int,
                            ctx: _Ctx, fn: AsyncHandler | None, timeout: float) -> None:
         s = self.settings
-        error: str
+        error: str | None = None
         reason: FailureReason = "error"
         retryable = True
         if fn is None:
@@ -515,11 +536,18 @@ class Worker:
             except Exception as exc:  # anything else may be transient: retry it
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
+                try:
+                    result = storable(result)
+                except ValueError as exc:  # the same result would fail every attempt
+                    error, retryable = str(exc), False
+            if error is None:
                 self.done += 1
                 wmetrics.FINISHED.labels(state.type, "DONE").inc()
                 lane.stage(self.event(TaskDone(result=result), tid, attempt, state.tenant),
                            resolve=tid)
                 return
+        assert error is not None
+        error = scrub_nul(error)  # exception texts may quote the payload's bytes
         max_attempts = state.max_attempts or s.default_max_attempts
         used = attempt - lane.base.get(tid, 0)
         if retryable and used < max_attempts:
