@@ -176,7 +176,7 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
         async def flush(decoded: list[Decoded]) -> None:
             if decoded:
                 async with conn.transaction():
-                    await apply_batch(conn, [r for r, _, _ in decoded], schema=shadow,
+                    await apply_batch(conn, [d[0] for d in decoded], schema=shadow,
                                       projection=settings.projection, topic=settings.topic,
                                       record_changes=False, decoded=decoded)
                 stats.events += len(decoded)

@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 
 from events import runtime
-from events.codec import decode
+from events.codec import decode_verbatim
 from events.db import asyncpg_dsn
 from events.errors import UndecodableEvent
 from events.fold import TaskState, apply
@@ -31,7 +31,8 @@ from projector import store
 
 log = logging.getLogger("taskflow.projector")
 
-Decoded = tuple[Record, CloudEvent | None, str | None]  # a record, its event or its error
+# A record; its event or its error; the event's JSON when the record's bytes are it as is.
+Decoded = tuple[Record, CloudEvent | None, str | None, bytes | None]
 
 
 def tune_gc() -> None:
@@ -45,9 +46,27 @@ def decode_records(records: list[Record]) -> list[Decoded]:
     out: list[Decoded] = []
     for r in records:
         try:
-            out.append((r, decode(r.value), None))
+            ev, verbatim = decode_verbatim(r.value)
         except UndecodableEvent as exc:
-            out.append((r, None, exc.error))
+            out.append((r, None, exc.error, None))
+        else:
+            out.append((r, ev, None, r.value if verbatim else None))
+    return out
+
+
+# Records decoded or folded between two returns to the event loop. A batch is thousands
+# of events: done in one go, its decode or fold would hold back the transaction of the
+# batch before, whose next statement waits for the loop while Postgres sits idle.
+SLICE = 500
+
+
+async def decode_slices(records: list[Record]) -> list[Decoded]:
+    """``decode_records``, a slice at a time."""
+    out: list[Decoded] = []
+    for i in range(0, len(records), SLICE):
+        if i:
+            await asyncio.sleep(0)
+        out.extend(decode_records(records[i:i + SLICE]))
     return out
 
 
@@ -90,6 +109,7 @@ class Projector:
     batches: int = 0
     parked: int = 0
     skipped: int = 0
+    redone: int = 0  # batches folded again because their checkpoints moved meanwhile
     _pool: asyncpg.Pool | None = field(default=None, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -98,7 +118,8 @@ class Projector:
 
     def __repr__(self) -> str:
         return (f"Projector({self.settings.projection!r} ◆ {self.events_applied} events ◆ "
-                f"{self.batches} batches ◆ {self.skipped} redelivered ◆ {self.parked} parked)")
+                f"{self.batches} batches ◆ {self.skipped} redelivered ◆ {self.redone} redone ◆ "
+                f"{self.parked} parked)")
 
     @property
     def projection(self) -> str:
@@ -159,21 +180,26 @@ class Projector:
         records = await self._consumer.poll(
             timeout_ms=100, max_records=self.settings.projector_batch_max
         )
-        return decode_records(records)
+        return await decode_slices(records)
 
     async def run(self, *, until_idle: bool = False, idle_ms: int = 1000) -> None:
         """Apply batches until stopped (or, with ``until_idle``, until the log is drained).
 
-        The next batch is fetched and decoded while the current one is written: the
-        database works on its transaction while this process decodes, instead of each
-        waiting for the other. The next batch is still folded and written only after the
-        current one committed, and each transaction re-checks the checkpoints it locks,
-        so redelivery (after a rebalance, say) stays a no-op.
+        A pipeline of three, so that this process and the database work side by side:
+        batch N is written (one transaction) while batch N+1 is folded in memory and
+        batch N+2 is fetched and decoded. Batch N+1's fold starts from batch N's states
+        and checkpoints before N has committed; its own transaction then locks the
+        checkpoints and checks that they are exactly the ones the fold started from. If
+        anything else moved them (a rebalance, a zombie projector) or N had to be redone,
+        the batch is folded again from what is committed. So redelivery stays a no-op and
+        nothing is applied twice or skipped.
         """
         assert self._consumer is not None
         idle_since = time.monotonic()
         next_trim = time.monotonic() + self.settings.changes_trim_interval_s
         pending: asyncio.Task[list[Decoded]] | None = None
+        writing: asyncio.Task[None] | None = None
+        prev: Folded | None = None
         try:
             while not self._stopping.is_set():
                 if time.monotonic() >= next_trim:
@@ -187,19 +213,95 @@ class Projector:
                     # Prefetch only while busy: an idle poll in flight would hold the
                     # consumer through the idle bookkeeping below.
                     pending = asyncio.ensure_future(self._next_batch())
-                    await self.apply_decoded(batch)
+                    folded = await self._fold(batch, prev)
+                    if writing is not None:
+                        await writing  # batch N must commit before N+1 is written
+                        writing = None
+                        if folded.rests_on is not None and folded.rests_on.outcome != "written":
+                            folded = await self._fold(batch, None)
+                    writing = asyncio.ensure_future(self._write(folded))
+                    prev = folded
                     idle_since = time.monotonic()
                     self._idle_reported = False
-                elif not self._idle_reported and self._assigned:
+                    continue
+                if writing is not None:
+                    await writing
+                    writing = None
+                if not self._idle_reported and self._assigned:
                     await self._report_consumed()
                 elif until_idle and (time.monotonic() - idle_since) * 1000 > idle_ms:
                     if self._caught_up():
                         return
+            if writing is not None:
+                await writing  # a clean stop finishes the batch under way
+                writing = None
         finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
+            for task in (pending, writing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _fold(self, batch: list[Decoded], prev: Folded | None) -> Folded:
+        """Fold ``batch`` on top of ``prev`` (the batch before, maybe still being written).
+
+        Tasks of ``prev`` start from its states, and its partitions from its checkpoints;
+        everything else is read from the database, checkpoints first: a write landing
+        between the two reads moves a checkpoint, which ``_write`` then notices.
+        """
+        assert self._pool is not None
+        parts = sorted({d[0].partition for d in batch})
+        known = prev.checkpoints if prev is not None else {}
+        base: dict[int, int] = {p: known[p] for p in parts if p in known}
+        ids = task_ids_of(batch)
+        states: dict[uuid.UUID, TaskState] = {}
+        if prev is not None:
+            states = {t: prev.states[t] for t in ids if t in prev.states}
+        missing = [t for t in ids if t not in states]
+        if len(base) < len(parts) or missing:
+            async with self._pool.acquire() as conn:
+                if len(base) < len(parts):
+                    cps = await store.read_checkpoints(
+                        conn, schema=self.schema, projection=self.projection,
+                        topic=self.settings.topic)
+                    base.update({p: cps.get(p, -1) for p in parts if p not in base})
+                if missing:
+                    states.update(await store.load_states(conn, schema=self.schema,
+                                                          task_ids=missing))
+        folded = await fold_batch(batch, base, states)
+        folded.rests_on = prev
+        return folded
+
+    async def _write(self, folded: Folded) -> None:
+        """Write a folded batch in one transaction, or fold it again if its ground moved."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            cps = await store.lock_checkpoints(
+                conn, schema=self.schema, projection=self.projection,
+                topic=self.settings.topic, partitions=sorted(folded.base))
+            stale = folded.rests_on is not None and folded.rests_on.outcome != "written"
+            if stale or cps != folded.base:
+                folded.outcome = "redone"
+                self.redone += 1
+                res = await apply_batch(
+                    conn, [d[0] for d in folded.decoded], schema=self.schema,
+                    projection=self.projection, topic=self.settings.topic,
+                    decoded=folded.decoded)
+            else:
+                res = folded.result()
+                res.last_position = await write_folded(
+                    conn, folded, schema=self.schema, projection=self.projection,
+                    topic=self.settings.topic)
+        if folded.outcome == "pending":
+            folded.outcome = "written"
+        folded.rests_on = None  # the chain of batches need not stay in memory
+        self._count(res)
+
+    def _count(self, res: BatchResult) -> None:
+        self.batches += 1
+        self.events_applied += res.applied
+        self.skipped += res.skipped
+        self.parked += res.parked
 
     async def _report_consumed(self) -> None:
         """When idle, record the consumer positions so lag can ignore transaction markers."""
@@ -227,14 +329,102 @@ class Projector:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             res = await apply_batch(
-                conn, [r for r, _, _ in batch], schema=self.schema,
+                conn, [d[0] for d in batch], schema=self.schema,
                 projection=self.projection, topic=self.settings.topic, decoded=batch,
             )
-        self.batches += 1
-        self.events_applied += res.applied
-        self.skipped += res.skipped
-        self.parked += res.parked
+        self._count(res)
         return res
+
+
+@dataclass
+class Folded:
+    """A batch folded in memory: the rows to write and the states it leaves behind."""
+
+    base: dict[int, int]  # checkpoints the fold started from (offsets at or below: skipped)
+    checkpoints: dict[int, int]  # checkpoints after the batch
+    states: dict[uuid.UUID, TaskState]  # every task of the batch, after it
+    touched: dict[uuid.UUID, tuple[TaskState, int, int]]
+    journal: list[store.JournalRow]
+    changes: list[store.ChangeRow]
+    parked: list[store.ParkedRow]
+    skipped: int = 0
+    decoded: list[Decoded] = field(default_factory=list)
+    # Set once written: the next batch's fold may rest on it only if it was written as is.
+    outcome: str = "pending"  # "written" | "redone" | "pending"
+    rests_on: Folded | None = None  # the batch whose states and checkpoints it started from
+
+    @property
+    def advanced(self) -> dict[int, int]:
+        return {p: o for p, o in self.checkpoints.items() if o != self.base[p]}
+
+    def result(self) -> BatchResult:
+        return BatchResult(applied=len(self.journal), skipped=self.skipped,
+                           parked=len(self.parked), changes=len(self.changes))
+
+
+async def fold_batch(decoded: list[Decoded], base: dict[int, int],
+                     states: dict[uuid.UUID, TaskState], *,
+                     record_changes: bool = True) -> Folded:
+    """Fold ``decoded`` onto ``states`` (the tasks' states at checkpoints ``base``).
+
+    No I/O: it only yields to the event loop every ``SLICE`` events. Records at or below
+    a partition's checkpoint are skipped (redelivery). ``states`` is updated in place
+    and returned in ``Folded.states``.
+    """
+    fresh: list[Decoded] = []
+    new_cps = dict(base)
+    skipped = 0
+    for item in sorted(decoded, key=lambda d: (d[0].partition, d[0].offset)):
+        r = item[0]
+        if r.offset <= new_cps[r.partition]:
+            skipped += 1  # already applied: redelivery is a no-op
+            continue
+        new_cps[r.partition] = r.offset
+        fresh.append(item)
+    touched: dict[uuid.UUID, tuple[TaskState, int, int]] = {}
+    journal: list[store.JournalRow] = []
+    changes: list[store.ChangeRow] = []
+    parked: list[store.ParkedRow] = []
+    for i, (r, ev, err, verbatim) in enumerate(fresh):
+        if i and not i % SLICE:
+            await asyncio.sleep(0)
+        if ev is None:
+            parked.append(store.ParkedRow(r.partition, r.offset, r.key, r.value, err or ""))
+            continue
+        old = states.get(ev.subject)
+        new = apply(old, ev)
+        journal.append(store.JournalRow(
+            r.partition, r.offset, ev.subject, ev.id, ev.type.value, ev.time, ev.attempt,
+            verbatim if verbatim is not None else ev.model_dump(mode="json"),
+        ))
+        if new is old or (old is not None and new.__dict__ == old.__dict__):
+            continue  # no visible change (``new == old``, without pydantic's generic __eq__)
+        states[ev.subject] = new
+        touched[ev.subject] = (new, r.partition, r.offset)
+        if record_changes:
+            changes.append(store.ChangeRow(
+                new.task_id, new.tenant, ev.type.value, new.status.value, new.attempt,
+                new.progress, summarize(new), ev.time, r.partition, r.offset,
+            ))
+    return Folded(base=dict(base), checkpoints=new_cps, states=states, touched=touched,
+                  journal=journal, changes=changes, parked=parked, skipped=skipped,
+                  decoded=decoded)
+
+
+def task_ids_of(decoded: list[Decoded]) -> set[uuid.UUID]:
+    return {d[1].subject for d in decoded if d[1] is not None}
+
+
+async def write_folded(conn: asyncpg.Connection, folded: Folded, *, schema: str,
+                       projection: str, topic: str) -> int | None:
+    """Write a folded batch inside the caller's transaction (checkpoints already locked)."""
+    if not folded.advanced:
+        return None
+    return await store.write_batch(
+        conn, schema=schema, projection=projection, topic=topic, states=folded.touched,
+        journal=folded.journal, changes=folded.changes, parked=folded.parked,
+        checkpoints=folded.advanced,
+    )
 
 
 async def apply_batch(
@@ -252,54 +442,17 @@ async def apply_batch(
     ``record_changes=False`` (rebuilds) leaves the SSE change feed alone. ``decoded``
     is ``decode_records(records)`` if the caller already has it.
     """
-    res = BatchResult()
     partitions = sorted({r.partition for r in records})
     cps = await store.lock_checkpoints(
         conn, schema=schema, projection=projection, topic=topic, partitions=partitions
     )
     if decoded is None:
         decoded = decode_records(records)
-    fresh: list[Decoded] = []
-    new_cps = dict(cps)
-    for item in sorted(decoded, key=lambda d: (d[0].partition, d[0].offset)):
-        r = item[0]
-        if r.offset <= new_cps[r.partition]:
-            res.skipped += 1  # already applied: redelivery is a no-op
-            continue
-        new_cps[r.partition] = r.offset
-        fresh.append(item)
-    task_ids = list({ev.subject for _, ev, _ in fresh if ev is not None})
+    fresh = [d for d in decoded if d[0].offset > cps[d[0].partition]]
+    task_ids = list(task_ids_of(fresh))
     states = await store.load_states(conn, schema=schema, task_ids=task_ids) if task_ids else {}
-    touched: dict[uuid.UUID, tuple[TaskState, int, int]] = {}
-    journal: list[store.JournalRow] = []
-    changes: list[store.ChangeRow] = []
-    parked: list[store.ParkedRow] = []
-    for r, ev, err in fresh:
-        if ev is None:
-            parked.append(store.ParkedRow(r.partition, r.offset, r.key, r.value, err or ""))
-            continue
-        old = states.get(ev.subject)
-        new = apply(old, ev)
-        journal.append(store.JournalRow(
-            r.partition, r.offset, ev.subject, ev.id, ev.type.value, ev.time, ev.attempt,
-            ev.model_dump(mode="json"),
-        ))
-        if new is old or (old is not None and new.__dict__ == old.__dict__):
-            continue  # no visible change (``new == old``, without pydantic's generic __eq__)
-        states[ev.subject] = new
-        touched[ev.subject] = (new, r.partition, r.offset)
-        if record_changes:
-            changes.append(store.ChangeRow(
-                new.task_id, new.tenant, ev.type.value, new.status.value, new.attempt,
-                new.progress, summarize(new), ev.time, r.partition, r.offset,
-            ))
-    res.applied = len(journal)
-    res.parked = len(parked)
-    res.changes = len(changes)
-    advanced = {p: o for p, o in new_cps.items() if o != cps[p]}
-    if advanced:
-        res.last_position = await store.write_batch(
-            conn, schema=schema, projection=projection, topic=topic, states=touched,
-            journal=journal, changes=changes, parked=parked, checkpoints=advanced,
-        )
+    folded = await fold_batch(decoded, cps, states, record_changes=record_changes)
+    res = folded.result()
+    res.last_position = await write_folded(conn, folded, schema=schema, projection=projection,
+                                           topic=topic)
     return res

@@ -52,7 +52,7 @@ class JournalRow:
     type: str
     time: datetime
     attempt: int
-    event: dict[str, Any]
+    event: dict[str, Any] | bytes  # the CloudEvent, or its JSON exactly as in the log
 
 
 @dataclass(slots=True)
@@ -79,7 +79,9 @@ class ParkedRow:
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + orjson.dumps(value)  # binary jsonb: a version byte, then the text
+    # Binary jsonb: a version byte, then the text. Bytes are JSON text already (a
+    # record's value, validated by the codec), stored without parsing them again.
+    return b"\x01" + (value if isinstance(value, bytes) else orjson.dumps(value))
 
 
 def _jsonb_decode(data: bytes) -> Any:

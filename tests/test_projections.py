@@ -16,7 +16,9 @@ import orjson
 
 from events import constants
 from events.log import EventProducer
-from events.models import TaskCreated, new_event
+from events.models import TaskCreated, TaskDone, TaskProcessing, new_event
+from events.settings import Settings
+from projector.service import Projector
 from tests.helpers import (
     ROOT,
     Env,
@@ -68,6 +70,46 @@ async def log_size(env: Env) -> int:
 
 async def projected_all(env: Env, n: int) -> bool:
     return await count(env, "SELECT count(*) FROM task_events") >= n
+
+
+async def produce_histories(env: Env, n: int, chunk: int = 500) -> None:
+    """``n`` complete no-op histories (created, processing, done), as a worker leaves them."""
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=30)
+    await producer.start()
+    try:
+        for i in range(0, n, chunk):
+            evs = []
+            for j in range(i, min(n, i + chunk)):
+                tid = uuid.uuid4()
+                evs += [new_event(TaskCreated(title=f"t{j}", type="noop"), task_id=tid,
+                                  source=constants.API_SOURCE),
+                        new_event(TaskProcessing(worker_id="w"), task_id=tid, source="w",
+                                  attempt=1),
+                        new_event(TaskDone(result=j), task_id=tid, source="w", attempt=1)]
+            await producer.append(evs)
+    finally:
+        await producer.stop()
+
+
+async def test_zombie_projector_on_every_partition_applies_nothing_twice(env: Env) -> None:
+    """Two projectors in different groups both own every partition: each batch one of
+    them folded ahead (on the other's uncommitted ground, as the pipeline does) finds
+    its checkpoints moved when it locks them, and must be folded again, not written."""
+    await produce_histories(env, 3000)
+    settings = Settings(database_url=env.database_url, topic=env.topic,
+                        kafka_bootstrap=env.bootstrap, projector_batch_max=300)
+    pair = [Projector(settings, group_id=f"{env.topic}.zombie{i}") for i in range(2)]
+    for p in pair:
+        await p.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.run(until_idle=True, idle_ms=1500)
+                                                for p in pair)), 120)
+    finally:
+        for p in pair:
+            await p.stop()
+    assert sum(p.redone for p in pair) > 0, pair  # the race this test is about happened
+    assert sum(p.events_applied for p in pair) == 9000, pair  # each event exactly once
+    await assert_read_model_is_fold_of_log(env)
 
 
 async def test_kill9_projectors_during_5000_event_stream_then_verify(env: Env) -> None:
