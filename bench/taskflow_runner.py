@@ -271,7 +271,7 @@ def rebuild_command() -> list[str] | None:
 
 
 async def projector(world: World, *, tasks: int, label: str, rebuild: bool = False,
-                    timeout_s: float = 900) -> dict[str, Any]:
+                    repeats: int = 1, timeout_s: float = 900) -> dict[str, Any]:
     """Scenario 4: fill the topic with complete no-op histories, then time the projector.
 
     ``catchup``: a fresh projector on an empty database folds the topic from offset 0.
@@ -286,7 +286,19 @@ async def projector(world: World, *, tasks: int, label: str, rebuild: bool = Fal
     out: dict[str, Any] = {"events": total, "tasks": tasks, "fill_seconds": fill_s}
     db = await world.connect()
     try:
-        out["catchup"] = await _catchup(world, db, total, label, timeout_s)
+        # On a shared two-core machine one run can be a third off; the median of
+        # ``repeats`` fresh catch-ups of the same log is the figure.
+        runs = []
+        for i in range(repeats):
+            if i:
+                world.stop()
+                await db.execute("TRUNCATE tasks, task_events, task_changes, dead_letters, "
+                                 "projector_offsets")
+            runs.append(await _catchup(world, db, total, label, timeout_s))
+        rates = sorted(r["steady_events_per_s"] for r in runs)
+        out["catchup"] = {**next(r for r in runs
+                                 if r["steady_events_per_s"] == rates[len(rates) // 2]),
+                          "runs_steady_events_per_s": [r["steady_events_per_s"] for r in runs]}
         if int(await db.fetchval("SELECT count(*) FROM tasks")) != tasks:
             raise BenchError(f"the read model does not have the {tasks} tasks of the log")
         cmd = rebuild_command() if rebuild else None

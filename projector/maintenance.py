@@ -33,7 +33,7 @@ from events.log import Record
 from events.settings import Settings
 from projector import store
 from projector.replay import read_records
-from projector.service import Decoded, apply_batch, decode_records, tune_gc
+from projector.service import Decoded, apply_batch, decode_slices, tune_gc
 
 COMPARED = ("status", "title", "type", "payload", "result", "error", "attempt", "progress",
             "tenant", "dead_lettered", "cancel_requested", "created_at", "finished_at")
@@ -195,10 +195,10 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                                                 upto=upto):
                         buffered.append(r)
                         if len(buffered) >= batch:
-                            await queue.put(decode_records(buffered))
+                            await queue.put(await decode_slices(buffered))
                             buffered = []
                     if buffered:
-                        await queue.put(decode_records(buffered))
+                        await queue.put(await decode_slices(buffered))
                 finally:
                     await queue.put(None)
 
