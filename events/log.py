@@ -202,14 +202,19 @@ class TransactionalProducer:
         offsets: dict[TP, int],
         group_id: str,
         raw: Sequence[RawMessage] = (),
+        partition: int | None = None,
     ) -> None:
         """Append ``events`` (and ``raw`` messages) and commit ``offsets`` in one transaction.
 
-        ``offsets`` are the next offsets to read, as Kafka commits them.
+        ``offsets`` are the next offsets to read, as Kafka commits them. ``partition``, if
+        given, is where every event goes (a worker lane writes a task's events where its
+        ``task.created`` is); otherwise each goes where its task id's key hashes to.
         """
         async with self._producer.transaction():
             futures = [
-                await self._producer.send(topic, encode(ev), key=_key(ev.subject)) for ev in events
+                await self._producer.send(topic, encode(ev), key=_key(ev.subject),
+                                          partition=partition)
+                for ev in events
             ]
             for m in raw:
                 futures.append(
@@ -290,7 +295,12 @@ class GroupConsumer:
             auto_offset_reset="earliest",
             isolation_level="read_committed" if read_committed else "read_uncommitted",
             max_poll_records=max_poll_records,
-            fetch_max_wait_ms=50,
+            # The broker answers a fetch once it has this much, or after this wait. With
+            # a minimum of one byte a trickle of events became a fetch per record or two,
+            # each a round of broker and client work; a few milliseconds of gathering
+            # costs less latency than that load does on a busy machine.
+            fetch_min_bytes=constants.FETCH_MIN_BYTES,
+            fetch_max_wait_ms=constants.FETCH_MAX_WAIT_MS,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # with ``@handler("name")`` (from worker.handlers).
     handler_modules: str = ""
     worker_metrics_port: int = Field(default=0, ge=0)  # 0 = no metrics endpoint
+    # How long a worker lane lets events gather before it opens a Kafka transaction. A
+    # transaction is five requests and two log writes on the broker; without the wait a
+    # quick task costs two of them (task.processing, then task.done).
+    worker_commit_linger_ms: float = Field(default=constants.WORKER_COMMIT_LINGER_MS, ge=0)
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)

@@ -82,6 +82,12 @@ def storable(result: Any) -> Any:
     Checked before anything is staged: a result that cannot be encoded would otherwise
     fail the lane's whole transaction, and a NUL would be refused by the read model.
     """
+    if result is None or (type(result) in (bool, int) and -2**63 <= result < 2**64):
+        return result  # the common cases, JSON as they are
+    if type(result) is str:
+        if "\x00" in result:
+            raise ValueError(f"the result {NUL_ERROR}")
+        return result
     try:
         value = TaskDone(result=result).model_dump(mode="json")["result"]
         orjson.dumps(value)
@@ -103,11 +109,11 @@ class _Ctx:
     lane: Lane
     tid: uuid.UUID
     tenant: str | None
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: bool = False  # set on cancel; a thread-run handler polls is_cancelled()
     _last: float = 0.0
 
     def is_cancelled(self) -> bool:
-        return self.cancelled.is_set()
+        return self.cancelled
 
     def progress(self, percent: int, message: str | None = None) -> None:
         percent = max(0, min(100, int(percent)))
@@ -175,14 +181,18 @@ class Lane:
             raw=raw,
             offsets={self.tp: offset},
             group_id=self.worker.settings.worker_group,
+            partition=self.tp[1],
         )
         self.worker.committed_events += len(events)
 
     async def run_committer(self) -> None:
         """Commit staged events in batches: one Kafka transaction per round."""
+        linger = self.worker.settings.worker_commit_linger_ms / 1000
         try:
             while True:
                 await self.dirty.wait()
+                if linger and not self.closed:
+                    await asyncio.sleep(linger)  # let a quick task's events share one
                 self.dirty.clear()
                 await self.flush()
                 if self.closed and not self.outbox and not self.raw:
@@ -448,7 +458,7 @@ class Worker:
                 lane.cancel_reason[tid] = "cancel"
                 ctx = lane.ctxs.get(tid)
                 if ctx is not None:
-                    ctx.cancelled.set()  # the signal a thread-run handler can check
+                    ctx.cancelled = True  # the signal a thread-run handler can check
                 task.cancel()  # an async handler stops at its next await
             elif tid in lane.open and tid not in lane.resolved and not lane.recovering:
                 self._cancel_now(lane, tid, state)
