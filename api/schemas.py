@@ -33,7 +33,8 @@ class TaskIn(BaseModel):
     @field_validator("title", "payload")
     @classmethod
     def _no_nul(cls, v: Any) -> Any:
-        # The read model is PostgreSQL, whose text and jsonb cannot hold U+0000.
+        # The read model is PostgreSQL, whose text and jsonb cannot hold U+0000. (Over
+        # HTTP, api.limits refuses a body with any NUL first; this guards other callers.)
         if has_nul(v):
             raise ValueError("must not contain NUL (U+0000) characters")
         return v

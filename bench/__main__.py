@@ -29,7 +29,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--no-peers", action="store_true", help="measure TaskFlow only")
-    ap.add_argument("--api-workers", type=int, default=1, help="uvicorn processes of the API")
+    ap.add_argument("--api-workers", type=int, default=2,
+                    help="uvicorn processes of the API (one per core of this 2-core machine)")
     ap.add_argument("--workers", type=int, default=1, help="TaskFlow worker processes")
     ap.add_argument("--n", type=int, help="override the end-to-end N")
     ap.add_argument("--subscribers", type=int, help="override the SSE fan-out subscribers")

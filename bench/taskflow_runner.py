@@ -79,7 +79,7 @@ async def _submit(world: World, *, n: int, batch: int, concurrency: int,
 
 
 async def submit(world: World, *, n: int, concurrency: int, batch: int,
-                 batch_concurrency: int) -> dict[str, Any]:
+                 batch_concurrency: int, batch_n: int) -> dict[str, Any]:
     """Scenario 1: the front door alone (no worker, no projector running)."""
     out: dict[str, Any] = {}
     with bar("submit   taskflow  POST /tasks", n) as pb:
@@ -95,13 +95,13 @@ async def submit(world: World, *, n: int, concurrency: int, batch: int,
         out["batch"] = {"available": False, "status": probe.status}
         say(f"POST {BATCH_PATH} answered {probe.status}: batch submit is not available")
         return out
-    with bar(f"submit   taskflow  POST {BATCH_PATH}", n) as pb:
+    with bar(f"submit   taskflow  POST {BATCH_PATH}", batch_n) as pb:
         cpu0 = world.cpu()
-        secs, rejected = await _submit(world, n=n, batch=batch, concurrency=batch_concurrency,
-                                       progress=pb.update)
+        secs, rejected = await _submit(world, n=batch_n, batch=batch,
+                                       concurrency=batch_concurrency, progress=pb.update)
         cores = world.cores(cpu0, world.cpu(), secs)
-    out["batch"] = {"available": True, "n": n, "batch": batch, "seconds": secs,
-                    "rejected": rejected, "per_s": (n - rejected) / secs,
+    out["batch"] = {"available": True, "n": batch_n, "batch": batch, "seconds": secs,
+                    "rejected": rejected, "per_s": (batch_n - rejected) / secs,
                     "client": f"{batch_concurrency} connections", "cores": cores}
     return out
 

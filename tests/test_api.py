@@ -162,6 +162,32 @@ async def _terminal(env: Env, n: int) -> bool:
     return await count(env, "SELECT count(*) FROM tasks WHERE status IN ('DONE','FAILED')") >= n
 
 
+async def test_positions_answered_for_concurrent_batches_are_where_the_events_are(
+        env: Env) -> None:
+    """A batch fills Kafka record batches itself and computes each task's position from
+    the batch's base offset; concurrent batches and single POSTs must not shift them."""
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=60) as c:
+        async def batch(k: int) -> list[dict[str, Any]]:
+            r = await c.post("/tasks:batch",
+                             json={"tasks": [{"title": f"c{k}.{i}"} for i in range(300)]})
+            assert r.status_code == 202, r.text
+            return list(r.json()["items"])
+
+        async def single(k: int) -> list[dict[str, Any]]:
+            r = await c.post("/tasks", json={"title": f"s{k}"})
+            assert r.status_code == 202, r.text
+            return [r.json()]
+
+        answered = [item for part in await asyncio.gather(
+            *(batch(k) for k in range(4)), *(single(k) for k in range(20))) for item in part]
+    logged = {(rec.partition, rec.offset): str(ev.subject) for rec, ev in await env.log_events()}
+    assert len(answered) == 1220 == len(logged)
+    for item in answered:
+        pos = (item["position"]["partition"], item["position"]["offset"])
+        assert logged[pos] == item["task_id"], (pos, item)
+
+
 async def test_batch_is_all_or_nothing_up_to_1000(env: Env) -> None:
     env.proc("projector")
     await env.api()
