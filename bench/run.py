@@ -151,6 +151,9 @@ class Run:
         batch = self.figure("submit", "batch submit", "tasks/s", "higher")
         if "single" in res:
             single.values["taskflow"] = res["single"]["per_s"]
+            single.notes["taskflow"] = (f"submit, e2e and latency: the API as "
+                                        f"{self.args.api_workers} uvicorn process(es); SSE "
+                                        "fan-out: one")
         if "batch" in res:
             if res["batch"].get("available"):
                 batch.values["taskflow"] = res["batch"]["per_s"]

@@ -22,7 +22,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from bench.http import Connection, HTTPError
-from bench.procs import BenchError, Proc, cpu_seconds, free_port, python
+from bench.procs import BenchError, Proc, cpu_seconds, free_port, group_cpu_seconds, python
 from events import constants
 from events.db import asyncpg_dsn, drop_database, ensure_database, migrate
 from events.log import EventProducer, delete_topics, ensure_topic
@@ -131,8 +131,12 @@ class World:
             await db.close()
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by each running service, and by this process."""
-        out = {p.name.removeprefix(self.name + "-"): cpu_seconds(p.pid)
+        """CPU seconds used so far by each running service, and by this process.
+
+        A service is its whole process group (each starts its own session), so an API
+        run as several uvicorn processes counts them all.
+        """
+        out = {p.name.removeprefix(self.name + "-"): group_cpu_seconds(p.pid)
                for p in self.procs if p.alive()}
         out["bench-client"] = time.process_time()
         if self.kafka_pid is not None:
