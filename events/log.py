@@ -9,6 +9,7 @@ unfinished task.
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,49 @@ _aiokafka_sender.BACKOFF_OVERRIDE = constants.TXN_CONFLICT_BACKOFF_S
 
 TP = tuple[str, int]  # (topic, partition)
 BATCHED_APPEND_MIN = 16  # from this many events, an append fills record batches itself
-_PARTITIONER = DefaultPartitioner()  # what AIOKafkaProducer.send uses by default
+_M, _MASK = 0x5BD1E995, 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``), as aiokafka computes it.
+
+    The same function as ``aiokafka.partitioner.murmur2``, twice as fast: the words
+    are unpacked in one call and the masks that cannot matter are gone. It was a fifth
+    of the API's CPU on a batch submit. ``tests/test_partitioner.py`` checks the two agree.
+    """
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    for k in struct.unpack_from(f"<{length // 4}I", data):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        base = length & ~3
+        if tail >= 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h ^= data[base]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+class KeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
+    """Kafka's default partitioning of keyed records, with the faster ``murmur2``."""
+
+    @classmethod
+    def __call__(cls, key: bytes | None, all_partitions: list[int],
+                 available: list[int]) -> int:
+        if key is None:
+            return int(super().__call__(key, all_partitions, available))
+        return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+
+
+_PARTITIONER = KeyPartitioner()
 AssignedCallback = Callable[[list[TP]], Awaitable[dict[TP, int]]]  # returns offsets to seek
 RevokedCallback = Callable[[list[TP]], Awaitable[None]]
 
@@ -128,6 +171,7 @@ class EventProducer:
             enable_idempotence=True,
             linger_ms=2,
             max_batch_size=256 * 1024,
+            partitioner=_PARTITIONER,
             request_timeout_ms=int(timeout_s * 1000),
         )
         self._batch_lock = asyncio.Lock()
