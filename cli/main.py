@@ -86,32 +86,84 @@ def migrate() -> None:
 def api(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    workers: Annotated[int, typer.Option(help="API processes (one per core is a good start)")]
+    = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
-    """Run the HTTP API (uvicorn)."""
+    """Run the HTTP API (uvicorn).
+
+    With ``--workers N`` it starts N processes, each with its own listening socket on
+    the same port (SO_REUSEPORT), so the kernel spreads connections across them. With
+    one shared socket (uvicorn's own ``--workers``) whichever process woke first took a
+    burst of new connections, and 8 client connections often all landed on one process.
+    """
     import uvicorn
 
     s = get_settings()
     setup_logging(s.log_level)
+    host, port = host or s.api_host, port or s.api_port
+    if workers > 1:
+        argv = [sys.executable, "-m", "cli.main", "api", "--host", host, "--port", str(port),
+                "--workers", "1", "--reuse-port"]
+        raise typer.Exit(supervise([argv] * workers))
     # uvloop and httptools explicitly: uvicorn's "auto" silently falls back to asyncio and
     # h11 (about 40% slower on POST /tasks) when they are missing; this fails loudly.
-    opts: dict[str, object] = {"workers": workers, "log_level": s.log_level,
-                               "access_log": False, "timeout_graceful_shutdown": 5,
-                               "loop": "uvloop", "http": "httptools"}
-    if s.api_socket_sndbuf:
-        # Accepted sockets inherit SO_SNDBUF from the listening socket.
+    opts: dict[str, object] = {"log_level": s.log_level, "access_log": False,
+                               "timeout_graceful_shutdown": 5, "loop": "uvloop",
+                               "http": "httptools"}
+    if s.api_socket_sndbuf or reuse_port:
         import socket
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.api_socket_sndbuf)
-        sock.bind((host or s.api_host, port or s.api_port))
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        uvicorn.run("api.main:app", fd=sock.fileno(), **opts)  # type: ignore[arg-type]
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if s.api_socket_sndbuf:  # accepted sockets inherit it from the listening one
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.api_socket_sndbuf)
+        sock.bind((host, port))
+        # No listen() here: uvicorn listens once the app has started. A listening
+        # SO_REUSEPORT socket gets its share of new connections at once, and the ones
+        # sent to a process still starting up would wait for it.
+        # The socket object itself, not fd=: uvicorn rebuilds an fd as an AF_UNIX socket,
+        # and asyncio then leaves Nagle on for the connections, which halved single POSTs.
+        uvicorn.Server(uvicorn.Config("api.main:app", **opts)).run(  # type: ignore[arg-type]
+            sockets=[sock])
     else:
-        uvicorn.run("api.main:app", host=host or s.api_host, port=port or s.api_port,
-                    **opts)  # type: ignore[arg-type]
+        uvicorn.run("api.main:app", host=host, port=port, **opts)  # type: ignore[arg-type]
+
+
+def supervise(argvs: list[list[str]]) -> int:
+    """Run the processes until a signal stops them all, or one of them dies.
+
+    SIGTERM and SIGINT are passed on; if a process exits on its own the others are
+    stopped too and its exit status is returned, so a service manager restarts the lot.
+    """
+    import signal
+    import subprocess
+    import time
+
+    procs = [subprocess.Popen(a) for a in argvs]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while any(p.poll() is None for p in procs):
+        dead = [p for p in procs if p.poll() is not None]
+        if dead and not stopping:
+            status = dead[0].returncode or 1
+            forward(signal.SIGTERM, None)
+        time.sleep(0.1)
+    if stopping and not status:  # asked to stop: killed by that signal is a clean end
+        return max([0] + [p.returncode for p in procs if p.returncode and p.returncode > 0])
+    return status
 
 
 @app.command()

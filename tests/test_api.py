@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, Env, wait_until
+from tests.helpers import ROOT, Env, free_port, wait_until
 from tests.test_projections import count
 
 PROBLEM = "application/problem+json"
@@ -312,3 +312,52 @@ async def test_metrics_cors_and_openapi(env: Env) -> None:
     assert "application/problem+json" in post["responses"]["422"]["content"]
     assert spec["components"]["schemas"]["TaskIn"]["examples"]
     assert "/tasks:batch" in spec["paths"]
+
+
+async def _children(pid: int) -> list[int]:
+    proc = await asyncio.create_subprocess_exec("pgrep", "-P", str(pid),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return [int(x) for x in out.split()]
+
+
+async def test_api_workers_share_the_port_and_stop_together(env: Env) -> None:
+    """``taskflow api --workers 2``: two processes, each with its own SO_REUSEPORT socket,
+    under one supervisor. SIGTERM stops them all; a child that dies takes the others
+    down, and the supervisor's exit status says so (for the service manager)."""
+    port = free_port()
+    for ending in ("sigterm", "child dies"):
+        sup = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", "api", "--workers", "2", "--port", str(port),
+            cwd=ROOT, env={**os.environ, **env.vars}, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+                async def up() -> bool:
+                    try:
+                        return (await c.get("/healthz")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                await wait_until(up, timeout=60, what="the API processes")
+                kids: list[int] = []
+
+                async def two(pid: int = sup.pid, kids: list[int] = kids) -> bool:
+                    kids[:] = await _children(pid)
+                    return len(kids) == 2
+
+                await wait_until(two, timeout=30, what="two API processes")
+                codes = {(await c.post("/tasks", json={"title": f"w{i}"})).status_code
+                         for i in range(20)}
+                assert codes == {202}
+            if ending == "sigterm":
+                sup.terminate()
+                assert await asyncio.wait_for(sup.wait(), 30) == 0
+            else:
+                os.kill(kids[0], 9)
+                assert await asyncio.wait_for(sup.wait(), 30) != 0
+            assert await _children(sup.pid) == []
+        finally:
+            if sup.returncode is None:
+                sup.kill()
+                await sup.wait()
