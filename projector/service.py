@@ -448,8 +448,7 @@ async def apply_batch(
     )
     if decoded is None:
         decoded = decode_records(records)
-    fresh = [d for d in decoded if d[0].offset > cps[d[0].partition]]
-    task_ids = list(task_ids_of(fresh))
+    task_ids = list(task_ids_of(decoded))  # fold_batch skips what the checkpoints cover
     states = await store.load_states(conn, schema=schema, task_ids=task_ids) if task_ids else {}
     folded = await fold_batch(decoded, cps, states, record_changes=record_changes)
     res = folded.result()
