@@ -192,7 +192,9 @@ class Run:
                     self.failed("e2e", "taskflow", exc)
             if "latency" in want:
                 try:
+                    before, t0 = w.cpu(), time.perf_counter()
                     res["latency"] = await tf.latency(w, rate=z.latency_rate, seconds=z.latency_s)
+                    res["latency"]["cores"] = w.cores(before, w.cpu(), time.perf_counter() - t0)
                     self.detail("latency", "taskflow", res["latency"])
                 except Exception as exc:
                     self.failed("latency", "taskflow", exc)

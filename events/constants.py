@@ -36,5 +36,6 @@ HEADER_DLT_PARTITION: Final = "taskflow.dlt.partition"
 HEADER_DLT_OFFSET: Final = "taskflow.dlt.offset"
 HEADER_DLT_ERROR: Final = "taskflow.dlt.error"
 WORKER_COMMIT_LINGER_MS: Final = 5.0  # see Settings.worker_commit_linger_ms
+WORKER_OFFSET_COMMIT_INTERVAL_MS: Final = 1000.0  # see Settings.worker_offset_commit_interval_ms
 FETCH_MIN_BYTES: Final = 64 * 1024  # a group consumer's fetch: this much, or ...
 FETCH_MAX_WAIT_MS: Final = 10  # ... this long

@@ -146,6 +146,18 @@ async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
         await admin.close()
 
 
+async def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
+    """The offsets ``group_id`` has committed on ``topic``, per partition (next to read)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        res = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {tp.partition: int(m.offset) for tp, m in res.items()
+            if tp.topic == topic and m.offset >= 0}
+
+
 async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # transaction is five requests and two log writes on the broker; without the wait a
     # quick task costs two of them (task.processing, then task.done).
     worker_commit_linger_ms: float = Field(default=constants.WORKER_COMMIT_LINGER_MS, ge=0)
+    # How often, at most, a worker lane commits its consumer-group offset (inside one of
+    # its transactions). Recovery folds the log from that offset, so a longer interval
+    # means a longer read after a crash, never a task run twice.
+    worker_offset_commit_interval_ms: float = Field(
+        default=constants.WORKER_OFFSET_COMMIT_INTERVAL_MS, ge=0)
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
-from events.log import EventProducer, LogReader, partition_for
+from events.log import EventProducer, LogReader, group_offsets, partition_for
 from events.models import CloudEvent, TaskCreated, new_event
 from tests.helpers import ARTIFACTS, ROOT, Env, assert_read_model_is_fold_of_log, wait_until
 
@@ -129,6 +129,49 @@ async def test_two_workers_500_tasks_kill9_one_exactly_one_terminal_each(env: En
         assert max(attempts) == next(e.attempt for e in evs if e.type.value == "task.done")
         rerun += len(attempts) > 1
     assert rerun >= 1, "the kill interrupted no task; the test proved nothing"
+
+
+async def test_a_lagging_group_offset_costs_a_longer_read_not_a_second_run(env: Env) -> None:
+    """Lanes commit their group offset at most every interval. A worker killed with its
+    offsets far behind its work leaves a successor that folds the log from there and
+    runs none of the finished tasks again."""
+    group = f"{env.topic}.worker"
+    env.proc("projector")
+    w = env.proc("worker", TASKFLOW_WORKER_OFFSET_COMMIT_INTERVAL_MS="600000")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=60) as c:
+        first = {await submit(c, {"title": f"a{i}", "payload": {"message": "m"}})
+                 for i in range(10)}
+        await wait_until(lambda: all_terminal_in_log(env, first), timeout=60,
+                         what="the first tasks terminal")
+        r = await c.post("/tasks:batch", json={"tasks": [
+            {"title": f"b{i}", "payload": {"message": "m"}} for i in range(60)]})
+        assert r.status_code == 202, r.text
+        second = {t["task_id"] for t in r.json()["items"]}
+        await wait_until(lambda: all_terminal_in_log(env, second), timeout=60,
+                         what="the second tasks terminal")
+        ends = {r.partition: r.offset + 1 for r, _ in await env.log_events()}
+        behind = await group_offsets(env.bootstrap, group, env.topic)
+        assert sum(ends.values()) - sum(behind.values()) >= 60 * 3, (ends, behind)
+        w.kill9()
+        env.proc("worker")  # default interval: commits within a second
+        later = {await submit(c, {"title": f"c{i}", "payload": {"message": "m"}})
+                 for i in range(5)}
+        await wait_until(lambda: all_terminal_in_log(env, later), timeout=90,
+                         what="tasks after the restart terminal")
+
+        async def caught_up() -> bool:
+            # At or past each partition's last record: a position may sit on a marker.
+            ends = {r.partition: r.offset + 1 for r, _ in await env.log_events()}
+            now = await group_offsets(env.bootstrap, group, env.topic)
+            return all(now.get(p, -1) >= end for p, end in ends.items())
+
+        await wait_until(caught_up, timeout=30, what="the successor's offsets at the log end")
+    logged = await by_task(env)
+    for t in first | second | later:
+        types = [e.type.value for e in logged[t]]
+        assert types == ["task.created", "task.processing", "task.done"], (t, types)
+    await assert_read_model_is_fold_of_log(env)
 
 
 async def test_plugin_handler_module_and_cooperative_cancel_signal(env: Env) -> None:
