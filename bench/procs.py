@@ -170,6 +170,25 @@ def group_cpu_seconds(pgid: int) -> float:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process, its live children and the children it has reaped.
+
+    Postgres: each backend is a child of the postmaster in its own process group.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid):
+            total += sum(int(f) for f in fields[11:15]) / tick  # own + reaped children
+        elif int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -22,7 +22,15 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from bench.http import Connection, HTTPError
-from bench.procs import BenchError, Proc, cpu_seconds, free_port, group_cpu_seconds, python
+from bench.procs import (
+    BenchError,
+    Proc,
+    cpu_seconds,
+    free_port,
+    group_cpu_seconds,
+    python,
+    tree_cpu_seconds,
+)
 from events import constants
 from events.db import asyncpg_dsn, drop_database, ensure_database, migrate
 from events.log import EventProducer, delete_topics, ensure_topic
@@ -60,6 +68,7 @@ class World:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     kafka_pid: int | None = None  # the local broker, whose CPU counts too
+    pg_pid: int | None = None  # the local postmaster: its backends count too
 
     @property
     def env(self) -> dict[str, str]:
@@ -141,6 +150,8 @@ class World:
         out["bench-client"] = time.process_time()
         if self.kafka_pid is not None:
             out["kafka"] = cpu_seconds(self.kafka_pid)
+        if self.pg_pid is not None:
+            out["postgres"] = tree_cpu_seconds(self.pg_pid)
         return out
 
     @staticmethod
@@ -191,7 +202,8 @@ class Lab:
         await ensure_topic(self.settings.kafka_bootstrap, topic, PARTITIONS)
         w = World(name=name, topic=topic, database_url=url,
                   bootstrap=self.settings.kafka_bootstrap, log_dir=self.log_dir,
-                  extra_env=dict(extra_env), kafka_pid=_kafka_pid(self.settings))
+                  extra_env=dict(extra_env), kafka_pid=_kafka_pid(self.settings),
+                  pg_pid=_pg_pid(self.settings))
         self.worlds.append(w)
         return w
 
@@ -215,6 +227,16 @@ def _kafka_pid(settings: Settings) -> int | None:
         return int((Stack(settings).kafka_dir / "kafka.pid").read_text().strip())
     except (OSError, ValueError):
         return None  # a broker the bench did not start: its CPU is not measured
+
+
+def _pg_pid(settings: Settings) -> int | None:
+    from cli.stack import Stack
+
+    try:
+        pidfile = Stack(settings).pg_dir / "data" / "postmaster.pid"
+        return int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # a server the bench did not start: its CPU is not measured
 
 
 async def fill_topic(bootstrap: str, topic: str, tasks: int,

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Protocol
 
+from events import runtime
 from events.settings import Settings
 
 
@@ -29,6 +30,7 @@ def setup_logging(level: str) -> None:
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    runtime.watch_gc(logging.getLogger("taskflow.gc"))
 
 
 async def serve(service: Service, *, burst: bool = False) -> None:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import gc
+import logging
+import time
+
+
+# Young collections every 50,000 allocations, full ones rarely: for services whose
+# per-batch objects are not cyclic and whose long-lived ones are many (projector, worker).
+BATCH_SERVICE_GC = (50_000, 50, 100)
 
 
 def tune_gc(*thresholds: int) -> None:
@@ -18,3 +25,27 @@ def tune_gc(*thresholds: int) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)
+
+
+_gc_started = 0.0
+SLOW_GC_S = 0.05  # a collection longer than this is logged as a warning
+
+
+def watch_gc(logger: logging.Logger) -> None:
+    """Log every garbage collection that stops the process for longer than ``SLOW_GC_S``.
+
+    A full collection walks every live object; in a process holding hundreds of thousands
+    of them it stalls everything that process does, and shows up as a latency spike.
+    """
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        global _gc_started
+        if phase == "start":
+            _gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - _gc_started
+        if took > SLOW_GC_S:
+            logger.warning("garbage collection of generation %d took %.0f ms (%d collected)",
+                           info["generation"], took * 1000, info["collected"])
+
+    gc.callbacks.append(callback)

@@ -38,7 +38,7 @@ Decoded = tuple[Record, CloudEvent | None, str | None, bytes | None]
 def tune_gc() -> None:
     """The projector's collector settings: a batch allocates tens of thousands of
     short-lived containers, so young objects are collected every 50,000 allocations."""
-    runtime.tune_gc(50_000, 50, 100)
+    runtime.tune_gc(*runtime.BATCH_SERVICE_GC)
 
 
 def decode_records(records: list[Record]) -> list[Decoded]:

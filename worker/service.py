@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from pydantic_core import PydanticSerializationError
 
-from events import constants
+from events import constants, runtime
 from events.codec import NUL_ERROR, decode, has_nul, scrub_nul
 from events.errors import ProducerFencedOff, UndecodableEvent
 from events.fold import TaskState, apply
@@ -254,6 +254,7 @@ class Worker:
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _sem: asyncio.Semaphore | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
     _fatal: BaseException | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -294,6 +295,10 @@ class Worker:
         )
         self._consumer.on_seeked = self._on_seeked
         await self._consumer.start()
+        # Lanes keep every open task and the ids of up to FINISHED_MEMORY finished ones
+        # each; with the default thresholds, full collections walking all of them stalled
+        # the worker for about 100 ms every second under load.
+        runtime.tune_gc(*runtime.BATCH_SERVICE_GC)
 
     def _on_seeked(self, tps: list[TP]) -> None:
         for tp in tps:
@@ -387,8 +392,18 @@ class Worker:
         assert self._consumer is not None
         idle_since = time.monotonic()
         paused = False
+        limit = self.settings.worker_concurrency * 8
         while not self._stopping.is_set():
-            records = await self._consumer.poll(timeout_ms=100, max_records=500)
+            timeout_ms = 100
+            if paused:
+                # Nothing can arrive while paused: wait for tasks to finish instead of
+                # for a poll that would sit out its whole timeout.
+                self._room.clear()
+                if self.in_flight > limit // 2:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), 0.1)
+                timeout_ms = 0
+            records = await self._consumer.poll(timeout_ms=timeout_ms, max_records=500)
             for r in records:
                 lane = self.lanes.get((r.topic, r.partition))
                 # A lane exists before its seek is in place (the rebalance callback
@@ -406,7 +421,6 @@ class Worker:
                 if not lane.recovering and lane.recovery_end >= 0:
                     self._finish_recovery(lane)
             backlog = self.in_flight
-            limit = self.settings.worker_concurrency * 8
             if backlog > limit and not paused:
                 self._consumer.pause(list(self.lanes))
                 paused = True
@@ -532,6 +546,7 @@ class Worker:
         finally:
             lane.running.pop(tid, None)
             lane.cancel_reason.pop(tid, None)
+            self._room.set()  # the main loop may be waiting for room to resume
 
     async def _attempt(self, lane: Lane, tid: uuid.UUID, state: TaskState, attempt: int) -> None:
         s = self.settings
