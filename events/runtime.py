@@ -6,7 +6,6 @@ import gc
 import logging
 import time
 
-
 # Young collections every 50,000 allocations, full ones rarely: for services whose
 # per-batch objects are not cyclic and whose long-lived ones are many (projector, worker).
 BATCH_SERVICE_GC = (50_000, 50, 100)
