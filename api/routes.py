@@ -476,7 +476,7 @@ _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 @router.get("/handlers", tags=["tasks"])
 async def handlers(settings: SettingsDep) -> dict[str, list[str]]:
     """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``)."""
-    return {"types": settings.task_type_list}
+    return {"types": list(settings.task_type_list)}
 
 
 async def projector_lag(request: Request, settings: Settings, db: DbDep) -> dict[int, int]:

@@ -1,0 +1,24 @@
+"""Process tuning: the slow-collection warning."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import pytest
+
+from events import runtime
+
+
+def test_a_slow_garbage_collection_is_logged(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(runtime, "SLOW_GC_S", -1.0)  # every collection counts as slow
+    before = list(gc.callbacks)
+    try:
+        runtime.watch_gc(logging.getLogger("taskflow.gc.test"))
+        with caplog.at_level(logging.WARNING, logger="taskflow.gc.test"):
+            gc.collect(1)
+    finally:
+        gc.callbacks[:] = before
+    assert any("garbage collection of generation 1 took" in r.getMessage()
+               for r in caplog.records)
