@@ -10,7 +10,9 @@ How the guarantees are kept:
 * **Commit up to the lowest unfinished task.** A lane tracks the offset of the event that
   made each open task runnable (``task.created``, ``task.retry_scheduled``,
   ``task.redriven``). It commits ``min(open offsets)`` (or its read position when nothing
-  is open), so a crash never skips a task.
+  is open), so a crash never skips a task. The offset rides along in a transaction at
+  most every ``worker_offset_commit_interval_ms``: it only decides where recovery starts
+  reading.
 * **Recovery reads ahead before running anything.** After an assignment, the records
   between the committed offset and the partition's end at assignment time may include
   terminal events written by the previous owner for tasks that come after the lowest
