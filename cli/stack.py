@@ -32,6 +32,18 @@ class StackError(RuntimeError):
     pass
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, as Kafka's own ``Uuid.randomUuid`` makes them.
+
+    Like Kafka, never one that starts with ``-``: the storage tool would read it as an
+    option (one id in 64 did, and formatting failed).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
 def _say(msg: str) -> None:
     print(f"stack: {msg}", file=sys.stderr, flush=True)
 
@@ -119,7 +131,7 @@ class Stack:
         )
         cp = f"{libs}/*"
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = new_cluster_id()
             _say(f"formatting KRaft storage in {data}")
             subprocess.run(
                 ["java", "-cp", cp, f"-Dlog4j2.configurationFile={LOG4J}",
