@@ -21,17 +21,21 @@ def tune_gc(*thresholds: int) -> None:
     default threshold of 700 the collector took a fifth of the projector's CPU and
     stalled every SSE stream of an API process at once.
     """
+    global _started
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)
+    _started = True  # from here on, a slow collection is worth a warning
 
 
 _gc_started = 0.0
+_started = False  # start-up is done (``tune_gc`` ran): its own collections are expected
 SLOW_GC_S = 0.05  # a collection longer than this is logged as a warning
 
 
 def watch_gc(logger: logging.Logger) -> None:
-    """Log every garbage collection that stops the process for longer than ``SLOW_GC_S``.
+    """Log every garbage collection after start-up that stops the process for longer than
+    ``SLOW_GC_S``.
 
     A full collection walks every live object; in a process holding hundreds of thousands
     of them it stalls everything that process does, and shows up as a latency spike.
@@ -43,7 +47,7 @@ def watch_gc(logger: logging.Logger) -> None:
             _gc_started = time.perf_counter()
             return
         took = time.perf_counter() - _gc_started
-        if took > SLOW_GC_S:
+        if took > SLOW_GC_S and _started:
             logger.warning("garbage collection of generation %d took %.0f ms (%d collected)",
                            info["generation"], took * 1000, info["collected"])
 

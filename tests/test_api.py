@@ -86,7 +86,7 @@ async def _exists(c: httpx.AsyncClient, tid: str) -> bool:
 
 async def test_read_your_writes_across_two_api_processes(env: Env) -> None:
     env.proc("projector")
-    a_port, b_port = env.api_port, env.api_port + 1
+    a_port, b_port = env.api_port, free_port()
     await env.api()
     await env.api(port=b_port)
     async with httpx.AsyncClient(timeout=30) as c:

@@ -13,6 +13,7 @@ from events import runtime
 def test_a_slow_garbage_collection_is_logged(monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(runtime, "SLOW_GC_S", -1.0)  # every collection counts as slow
+    monkeypatch.setattr(runtime, "_started", True)
     before = list(gc.callbacks)
     try:
         runtime.watch_gc(logging.getLogger("taskflow.gc.test"))
@@ -22,3 +23,17 @@ def test_a_slow_garbage_collection_is_logged(monkeypatch: pytest.MonkeyPatch,
         gc.callbacks[:] = before
     assert any("garbage collection of generation 1 took" in r.getMessage()
                for r in caplog.records)
+
+
+def test_collections_during_start_up_are_not_reported(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(runtime, "SLOW_GC_S", -1.0)
+    monkeypatch.setattr(runtime, "_started", False)
+    before = list(gc.callbacks)
+    try:
+        runtime.watch_gc(logging.getLogger("taskflow.gc.test"))
+        with caplog.at_level(logging.WARNING, logger="taskflow.gc.test"):
+            gc.collect(1)
+    finally:
+        gc.callbacks[:] = before
+    assert not caplog.records

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.helpers import ARTIFACTS, ROOT, Env, SSEReader, wait_until
+from tests.helpers import ARTIFACTS, ROOT, Env, SSEReader, free_port, wait_until
 from tests.test_projections import count, produce_tasks
 
 
@@ -177,7 +177,7 @@ async def test_per_task_stream_starts_with_snapshot_and_ends_after_terminal(env:
 
 
 async def test_one_database_reader_per_api_process(env: Env) -> None:
-    other = env.api_port + 1
+    other = free_port()
     await env.api()
     await env.api(port=other)
     readers = [SSEReader(f"http://127.0.0.1:{p}/events") for p in (env.api_port, other)

@@ -21,7 +21,14 @@ import orjson
 
 from events.log import EventProducer, LogReader, group_offsets, partition_for
 from events.models import CloudEvent, TaskCreated, new_event
-from tests.helpers import ARTIFACTS, ROOT, Env, assert_read_model_is_fold_of_log, wait_until
+from tests.helpers import (
+    ARTIFACTS,
+    ROOT,
+    Env,
+    assert_read_model_is_fold_of_log,
+    free_port,
+    wait_until,
+)
 
 TERMINAL = {"task.done", "task.failed", "task.cancelled"}
 
@@ -176,9 +183,10 @@ async def test_a_lagging_group_offset_costs_a_longer_read_not_a_second_run(env: 
 
 async def test_plugin_handler_module_and_cooperative_cancel_signal(env: Env) -> None:
     types = "echo,sleep,fail,flaky,compute,noop,spin"
+    metrics_port = free_port()
     env.proc("projector")
     env.proc("worker", TASKFLOW_HANDLER_MODULES="tests.plugin_handlers",
-             TASKFLOW_TASK_TYPES=types, TASKFLOW_WORKER_METRICS_PORT=str(env.api_port + 7))
+             TASKFLOW_TASK_TYPES=types, TASKFLOW_WORKER_METRICS_PORT=str(metrics_port))
     await env.api(TASKFLOW_TASK_TYPES=types)
     marker = ARTIFACTS / env.name / "spin.marker"
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -186,14 +194,14 @@ async def test_plugin_handler_module_and_cooperative_cancel_signal(env: Env) -> 
         tid = await submit(c, {"title": "spin", "type": "spin",
                                "payload": {"marker": str(marker)}})
         await wait_status(c, tid, {"PROCESSING"})
-        metrics = (await c.get(f"http://127.0.0.1:{env.api_port + 7}/metrics")).text
+        metrics = (await c.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
         assert "taskflow_worker_tasks_in_flight 1.0" in metrics
         assert (await c.post(f"/tasks/{tid}/cancel")).status_code == 202
         await wait_status(c, tid, {"CANCELLED"})
         await wait_until(_exists(marker), timeout=10, what="the handler to see the signal")
         echo = await submit(c, {"title": "e", "payload": {"message": "m"}})
         await wait_status(c, echo, {"DONE"})
-        metrics = (await c.get(f"http://127.0.0.1:{env.api_port + 7}/metrics")).text
+        metrics = (await c.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     assert marker.read_text() == f"{tid} saw the cancel"
     assert 'taskflow_tasks_finished_total{status="DONE",type="echo"} 1.0' in metrics
     assert 'taskflow_task_processing_seconds_count{type="spin"} 1.0' in metrics
