@@ -54,6 +54,8 @@ def decode_records(records: list[Record]) -> list[Decoded]:
     return out
 
 
+CONSUMED_REPORT_INTERVAL_S = 1.0  # seconds between two idle reports of consumer positions
+
 # Records decoded or folded between two returns to the event loop. A batch is thousands
 # of events: done in one go, its decode or fold would hold back the transaction of the
 # batch before, whose next statement waits for the loop while Postgres sits idle.
@@ -115,6 +117,7 @@ class Projector:
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _assigned: set[TP] = field(default_factory=set, repr=False)
     _idle_reported: bool = field(default=False, repr=False)
+    _next_report: float = field(default=0.0, repr=False)  # monotonic; see _report_consumed
 
     def __repr__(self) -> str:
         return (f"Projector({self.settings.projection!r} ◆ {self.events_applied} events ◆ "
@@ -227,7 +230,8 @@ class Projector:
                 if writing is not None:
                     await writing
                     writing = None
-                if not self._idle_reported and self._assigned:
+                if (not self._idle_reported and self._assigned
+                        and time.monotonic() >= self._next_report):
                     await self._report_consumed()
                 elif until_idle and (time.monotonic() - idle_since) * 1000 > idle_ms:
                     if self._caught_up():
@@ -304,8 +308,14 @@ class Projector:
         self.parked += res.parked
 
     async def _report_consumed(self) -> None:
-        """When idle, record the consumer positions so lag can ignore transaction markers."""
+        """When idle, record the consumer positions so lag can ignore transaction markers.
+
+        At most once per ``CONSUMED_REPORT_INTERVAL_S``: under a trickle of events the
+        projector goes idle between every two batches, and a write (and a WAL flush) each
+        time was a second Postgres transaction per batch.
+        """
         assert self._consumer is not None and self._pool is not None
+        self._next_report = time.monotonic() + CONSUMED_REPORT_INTERVAL_S
         positions = {}
         for tp in list(self._assigned):
             hw = self._consumer.highwater(tp)
