@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,17 +157,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds of every live process in a process group (a worker and its pool)."""
-    total = 0.0
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields after the command name) of every live process in /proc/*/stat."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            yield int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            continue  # it exited meanwhile
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds of every live process in a process group (a worker and its pool)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum((int(f[11]) + int(f[12])) / tick for _, f in _proc_stats() if int(f[2]) == pgid)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -177,15 +179,11 @@ def tree_cpu_seconds(pid: int) -> float:
     """
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid):
-            total += sum(int(f) for f in fields[11:15]) / tick  # own + reaped children
-        elif int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
+    for p, f in _proc_stats():
+        if p == pid:
+            total += sum(int(x) for x in f[11:15]) / tick  # own + reaped children
+        elif int(f[1]) == pid:
+            total += (int(f[11]) + int(f[12])) / tick
     return total
 
 

@@ -200,10 +200,13 @@ class Lab:
         await ensure_database(url, template=TEMPLATE)
         topic = f"bench.{self.run_id}.{scenario}"
         await ensure_topic(self.settings.kafka_bootstrap, topic, PARTITIONS)
+        from cli.stack import Stack
+
+        stack = Stack(self.settings)  # the local broker and server, whose CPU counts too
         w = World(name=name, topic=topic, database_url=url,
                   bootstrap=self.settings.kafka_bootstrap, log_dir=self.log_dir,
-                  extra_env=dict(extra_env), kafka_pid=_kafka_pid(self.settings),
-                  pg_pid=_pg_pid(self.settings))
+                  extra_env=dict(extra_env), kafka_pid=stack.kafka_pid(),
+                  pg_pid=stack.pg_pid())
         self.worlds.append(w)
         return w
 
@@ -218,25 +221,6 @@ class Lab:
         with contextlib.suppress(Exception):
             await drop_database(db_url(self.settings.database_url, TEMPLATE))
         await delete_topics(self.settings.kafka_bootstrap, [w.topic for w in self.worlds])
-
-
-def _kafka_pid(settings: Settings) -> int | None:
-    from cli.stack import Stack
-
-    try:
-        return int((Stack(settings).kafka_dir / "kafka.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None  # a broker the bench did not start: its CPU is not measured
-
-
-def _pg_pid(settings: Settings) -> int | None:
-    from cli.stack import Stack
-
-    try:
-        pidfile = Stack(settings).pg_dir / "data" / "postmaster.pid"
-        return int(pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None  # a server the bench did not start: its CPU is not measured
 
 
 async def fill_topic(bootstrap: str, topic: str, tasks: int,

@@ -64,10 +64,13 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def _alive(pidfile: Path) -> int | None:
+    """The pid on the pid file's first line, if that process runs."""
     try:
-        pid = int(pidfile.read_text().strip())
+        pid = int(pidfile.read_text().split()[0])
         os.kill(pid, 0)
-    except (OSError, ValueError):
+    except PermissionError:
+        return pid  # it runs, as another user (the postmaster, when not root)
+    except (OSError, ValueError, IndexError):
         return None
     return pid
 
@@ -258,9 +261,17 @@ class Stack:
         pidfile.unlink(missing_ok=True)
         _say("kafka stopped")
 
+    def kafka_pid(self) -> int | None:
+        """The broker this stack started, if it runs."""
+        return _alive(self.kafka_dir / "kafka.pid")
+
+    def pg_pid(self) -> int | None:
+        """The postmaster of this stack's cluster, if it runs."""
+        return _alive(self.pg_dir / "data" / "postmaster.pid")
+
     def status(self) -> dict[str, str]:
         s = self.settings
-        kpid = _alive(self.kafka_dir / "kafka.pid")
+        kpid = self.kafka_pid()
         k_ok = kpid is not None and _port_open(s.kafka_port)
         pg_ok = _port_open(s.pg_port) and (self.pg_dir / "data" / "postmaster.pid").exists()
         return {

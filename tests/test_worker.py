@@ -138,6 +138,11 @@ async def test_two_workers_500_tasks_kill9_one_exactly_one_terminal_each(env: En
     assert rerun >= 1, "the kill interrupted no task; the test proved nothing"
 
 
+async def _after_last_records(env: Env) -> dict[int, int]:
+    """Per partition, the offset after its last record (markers may follow it)."""
+    return {r.partition: r.offset + 1 for r, _ in await env.log_events()}
+
+
 async def test_a_lagging_group_offset_costs_a_longer_read_not_a_second_run(env: Env) -> None:
     """Lanes commit their group offset at most every interval. A worker killed with its
     offsets far behind its work leaves a successor that folds the log from there and
@@ -157,7 +162,7 @@ async def test_a_lagging_group_offset_costs_a_longer_read_not_a_second_run(env: 
         second = {t["task_id"] for t in r.json()["items"]}
         await wait_until(lambda: all_terminal_in_log(env, second), timeout=60,
                          what="the second tasks terminal")
-        ends = {r.partition: r.offset + 1 for r, _ in await env.log_events()}
+        ends = await _after_last_records(env)
         behind = await group_offsets(env.bootstrap, group, env.topic)
         assert sum(ends.values()) - sum(behind.values()) >= 60 * 3, (ends, behind)
         w.kill9()
@@ -169,7 +174,7 @@ async def test_a_lagging_group_offset_costs_a_longer_read_not_a_second_run(env: 
 
         async def caught_up() -> bool:
             # At or past each partition's last record: a position may sit on a marker.
-            ends = {r.partition: r.offset + 1 for r, _ in await env.log_events()}
+            ends = await _after_last_records(env)
             now = await group_offsets(env.bootstrap, group, env.topic)
             return all(now.get(p, -1) >= end for p, end in ends.items())
 
