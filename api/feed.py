@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ log = logging.getLogger("taskflow.api.feed")
 
 _SELECT = ("SELECT position, task_id, tenant, type, status, attempt, progress, summary, time "
            "FROM task_changes WHERE position > $1 ORDER BY position LIMIT $2")
+_TOP = "SELECT coalesce(max(position), 0) FROM task_changes"
 PAGE = 1000
 FEED_APP_NAME = "taskflow-feed"  # application_name of the one reader per API process
 
@@ -104,11 +104,13 @@ class Subscriber:
 
 
 def _row(r: asyncpg.Record) -> Change:
-    c = Change(r["position"], r["task_id"], r["tenant"], r["type"], r["status"],
-               r["attempt"], r["progress"], r["summary"], r["time"])
-    frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
-        c.position, c.type.encode(), orjson.dumps(c.data()))
-    return dataclasses.replace(c, sse=frame)
+    position, task_id, tenant, type_, status, attempt, progress, summary, time = r
+    data = orjson.dumps({"task_id": str(task_id), "status": status, "type": type_,
+                         "attempt": attempt, "progress": progress, "summary": summary,
+                         "time": time.isoformat(), "position": position})
+    frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (position, type_.encode(), data)
+    return Change(position, task_id, tenant, type_, status, attempt, progress, summary,
+                  time, frame)
 
 
 @dataclass
@@ -136,8 +138,7 @@ class ChangeFeed:
     async def start(self) -> None:
         self._conn = await self._connect()
         await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
-        self.last = int(await self._conn.fetchval("SELECT coalesce(max(position), 0) "
-                                                  "FROM task_changes"))
+        self.last = int(await self._conn.fetchval(_TOP))
         self._task = asyncio.create_task(self._pump())
 
     async def stop(self) -> None:
@@ -173,6 +174,15 @@ class ChangeFeed:
 
     async def _read_new(self) -> None:
         assert self._conn is not None
+        if not self.subscribers:
+            # Nobody to hand changes to: only move the position on, so that a subscriber
+            # who joins later reads its backlog from the right place.
+            async with self._lock:
+                top = await self._conn.fetchval(_TOP)
+            if not self.subscribers:
+                self.last = max(self.last, int(top))
+                return
+            # Someone joined during that read, at the old position: deliver from there.
         while True:
             async with self._lock:
                 rows = await self._conn.fetch(_SELECT, self.last, PAGE)

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import orjson
 
+from api.feed import ChangeFeed, Filter
+from events.constants import CHANGES_CHANNEL
 from tests.helpers import ARTIFACTS, ROOT, Env, SSEReader, free_port, wait_until
 from tests.test_projections import count, produce_tasks
 
@@ -249,3 +251,54 @@ async def test_stalled_subscriber_is_dropped_and_others_keep_receiving(env: Env)
         stalled.close()
         healthy.kill()
         healthy.wait()
+
+
+async def _append_changes(env: Env, n: int) -> list[int]:
+    """Append ``n`` rows to task_changes and wake the feed, as a projector batch does."""
+    conn = await env.db()
+    try:
+        rows = await conn.fetch(
+            "INSERT INTO task_changes (task_id, type, status, attempt, progress, time, "
+            "partition, \"offset\") SELECT gen_random_uuid(), 'task.created', 'PENDING', 0, 0, "
+            "now(), 0, g FROM generate_series(1, $1) g RETURNING position", n)
+        await conn.execute("SELECT pg_notify($1, '')", CHANGES_CHANNEL)
+        return [r["position"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_feed_without_subscribers_only_moves_its_position_and_loses_nothing(
+        env: Env) -> None:
+    """With nobody subscribed the feed reads only the newest position, not the rows. A
+    subscriber who joins while that read is in flight joined at the old position, so the
+    feed must hand it the rows it skipped, not move past them."""
+    feed = ChangeFeed(env.database_url, poll_s=30)
+    await feed.start()
+    try:
+        first = await _append_changes(env, 3)
+        await wait_until(lambda: _at(feed, first[-1]), what="feed position")
+        assert feed.delivered == 0
+        # Hold the feed's connection so that its next read is in flight, then join.
+        async with feed._lock:
+            second = await _append_changes(env, 4)
+            await asyncio.sleep(0.3)  # the feed saw no subscriber and waits for the lock
+            stream = feed.subscribe(Filter(), after=None)
+            got: list[int] = []
+            reading = asyncio.create_task(_collect(stream, got, len(second)))
+            await asyncio.sleep(0.1)  # the subscriber joined at the old position
+        await asyncio.wait_for(reading, 10)
+        assert got == second  # nothing from before it joined, nothing skipped after
+        assert feed.last == second[-1]
+    finally:
+        await feed.stop()
+
+
+async def _at(feed: ChangeFeed, position: int) -> bool:
+    return feed.last == position
+
+
+async def _collect(stream: Any, got: list[int], n: int) -> None:
+    async for batch in stream:
+        got += [c.position for c in batch]
+        if len(got) >= n:
+            return
