@@ -7,6 +7,7 @@ one terminal event, and attempts are numbered as they ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import uuid
@@ -19,8 +20,14 @@ from typing import Any
 import httpx
 import orjson
 
-from events.log import EventProducer, LogReader, group_offsets, partition_for
-from events.models import CloudEvent, TaskCreated, new_event
+from events.log import (
+    EventProducer,
+    LogReader,
+    TransactionalProducer,
+    group_offsets,
+    partition_for,
+)
+from events.models import CloudEvent, TaskCreated, TaskProgress, new_event
 from tests.helpers import (
     ARTIFACTS,
     ROOT,
@@ -564,3 +571,40 @@ def _cli(env: Env, *args: str) -> str:
                          check=False)
     assert res.returncode == 0, res.stderr.decode()
     return res.stdout.decode()
+
+
+async def test_a_lane_transaction_larger_than_a_record_batch_lands_whole_or_not_at_all(
+        env: Env) -> None:
+    """A lane writes its transaction's events as whole record batches (256 KiB each). A
+    transaction of several batches lands complete and in order in the lane's partition;
+    one that is aborted leaves nothing a read_committed reader sees."""
+    big = "x" * 2000  # ~2.3 KB events: 400 of them need four batches
+    tid = uuid.uuid4()
+    partition = partition_for(tid, 6)
+    producer = TransactionalProducer(bootstrap=env.bootstrap,
+                                     transactional_id=f"{env.topic}.big", timeout_s=30)
+    await producer.start()
+    try:
+        wanted = [new_event(TaskProgress(percent=i % 101, message=big), task_id=tid,
+                            source="taskflow/worker/test", attempt=1) for i in range(400)]
+        await producer.commit(topic=env.topic, events=wanted, offsets={},
+                              group_id=f"{env.topic}.g", partition=partition)
+
+        class Boom(Exception):
+            pass
+
+        doomed = [new_event(TaskProgress(percent=1, message=big), task_id=tid,
+                            source="taskflow/worker/doomed", attempt=1) for _ in range(300)]
+        with contextlib.suppress(Boom):
+            async with producer._producer.transaction():
+                await producer._send_batched(env.topic, partition, doomed)
+                await asyncio.sleep(0.2)
+                raise Boom()  # aborts the transaction
+        await producer.commit(topic=env.topic, events=wanted[:1], offsets={},
+                              group_id=f"{env.topic}.g", partition=partition)
+    finally:
+        await producer.stop()
+    logged = await env.log_events()
+    assert {r.partition for r, _ in logged} == {partition}
+    assert [ev.id for _, ev in logged] == [ev.id for ev in wanted] + [wanted[0].id]
+    assert not any(ev.source == "taskflow/worker/doomed" for _, ev in logged)

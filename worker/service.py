@@ -169,8 +169,16 @@ class Lane:
         self.dirty.set()
 
     def commit_offset(self) -> int:
-        pending = [o for t, o in self.open.items() if t not in self.resolved]
-        return min(pending) if pending else self.position
+        """The lowest trigger offset of a task not yet resolved, else the read position.
+
+        ``open`` only ever gains entries from records folded in offset order, so its
+        insertion order is offset order and the first unresolved entry is the lowest.
+        """
+        resolved = self.resolved
+        for t, o in self.open.items():
+            if t not in resolved:
+                return o
+        return self.position
 
     async def flush(self) -> None:
         """One Kafka transaction: the staged events, and the group offset when it is due.
@@ -577,7 +585,8 @@ class Worker:
             error, retryable = f"no handler registered for type {state.type!r}", False
         else:
             try:
-                result = await asyncio.wait_for(fn(dict(state.payload), ctx), timeout)
+                async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                    result = await fn(dict(state.payload), ctx)
             except TimeoutError:
                 error, reason = f"timed out after {timeout:g}s", "timeout"
             except asyncio.CancelledError:
