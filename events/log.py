@@ -213,7 +213,8 @@ class EventProducer:
             return [Position(partition=m.partition, offset=m.offset) for m in metas]
 
         try:
-            return await asyncio.wait_for(_send_all(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                return await _send_all()
         except TimeoutError:
             raise LogUnavailable(f"no acknowledgement within {self.timeout_s}s") from None
         except KafkaError as exc:

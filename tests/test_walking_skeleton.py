@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import httpx
 import orjson
 
+from api.schemas import TaskAccepted
 from tests.helpers import Env, SSEReader, assert_read_model_is_fold_of_log, wait_until
 
 TERMINAL_TYPES = {"task.done", "task.failed", "task.cancelled"}
@@ -28,7 +29,10 @@ async def _submit(client: httpx.AsyncClient, n: int, *, start: int = 0) -> dict[
         assert r.status_code == 202, r.text
         doc = r.json()
         assert r.headers["location"] == f"/tasks/{doc['task_id']}"
+        assert r.headers["content-type"] == "application/json"
         assert doc["status"] == "PENDING"
+        # The documented TaskAccepted, exactly (the 202 is encoded by hand).
+        assert TaskAccepted.model_validate(doc).model_dump(mode="json") == doc
         out[doc["task_id"]] = with_msg
 
     await asyncio.gather(*(one(i) for i in range(start, start + n)))
