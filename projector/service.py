@@ -354,6 +354,8 @@ class Folded:
     checkpoints: dict[int, int]  # checkpoints after the batch
     states: dict[uuid.UUID, TaskState]  # every task of the batch, after it
     touched: dict[uuid.UUID, tuple[TaskState, int, int]]
+    # Each touched task's state before the batch (None: not in the read model yet).
+    before: dict[uuid.UUID, TaskState | None]
     journal: list[store.JournalRow]
     changes: list[store.ChangeRow]
     parked: list[store.ParkedRow]
@@ -392,6 +394,7 @@ async def fold_batch(decoded: list[Decoded], base: dict[int, int],
         new_cps[r.partition] = r.offset
         fresh.append(item)
     touched: dict[uuid.UUID, tuple[TaskState, int, int]] = {}
+    before: dict[uuid.UUID, TaskState | None] = {}
     journal: list[store.JournalRow] = []
     changes: list[store.ChangeRow] = []
     parked: list[store.ParkedRow] = []
@@ -410,6 +413,8 @@ async def fold_batch(decoded: list[Decoded], base: dict[int, int],
         if new is old or (old is not None and new.__dict__ == old.__dict__):
             continue  # no visible change (``new == old``, without pydantic's generic __eq__)
         states[ev.subject] = new
+        if ev.subject not in touched:
+            before[ev.subject] = old  # untouched so far, so still as the batch found it
         touched[ev.subject] = (new, r.partition, r.offset)
         if record_changes:
             changes.append(store.ChangeRow(
@@ -417,6 +422,7 @@ async def fold_batch(decoded: list[Decoded], base: dict[int, int],
                 new.progress, summarize(new), ev.time, r.partition, r.offset,
             ))
     return Folded(base=dict(base), checkpoints=new_cps, states=states, touched=touched,
+                  before=before,
                   journal=journal, changes=changes, parked=parked, skipped=skipped,
                   decoded=decoded)
 
@@ -432,6 +438,7 @@ async def write_folded(conn: asyncpg.Connection, folded: Folded, *, schema: str,
         return None
     return await store.write_batch(
         conn, schema=schema, projection=projection, topic=topic, states=folded.touched,
+        before=folded.before,
         journal=folded.journal, changes=folded.changes, parked=folded.parked,
         checkpoints=folded.advanced,
     )

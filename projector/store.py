@@ -43,6 +43,62 @@ _UPSERT_TASKS = (
 )
 
 
+# Set when a task is created and never changed by a later event of its own. A task
+# already in the read model whose batch left these alone is written with an UPDATE of
+# the other columns: no payload sent and parsed again, a third of the values to encode.
+_DEFINITION = ("tenant", "title", "type", "payload", "priority", "max_attempts", "timeout_s",
+               "created_at")
+_CHANGING = tuple(c for c in _TASK_COLUMNS if c not in _DEFINITION)  # task_id first
+_CHANGING_TYPES = tuple(t for c, t in zip(_TASK_COLUMNS, _TASK_TYPES, strict=True)
+                        if c not in _DEFINITION)
+_UPDATE_TASKS = (
+    "UPDATE {schema}.tasks AS t SET "
+    + ", ".join(f"{c} = v.{c}" for c in _CHANGING[1:])
+    + " FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_CHANGING_TYPES))
+    + f") AS v({', '.join(_CHANGING)}) WHERE t.task_id = v.task_id"
+)
+
+
+def _unchanged_definition(old: TaskState | None, new: TaskState) -> bool:
+    if old is None:
+        return False  # not in the read model yet: insert it whole
+    o, n = old.__dict__, new.__dict__
+    return all(o[c] is n[c] or o[c] == n[c] for c in _DEFINITION)
+
+
+def _columns(rows: list[tuple[TaskState, int, int]], names: tuple[str, ...]) -> list[list[Any]]:
+    """Column arrays for ``unnest``: the named state fields, then partition, last_offset."""
+    fields = names[:-2]
+    cols: list[list[Any]] = [[] for _ in names]
+    for st, partition, offset in rows:
+        row = st.__dict__  # the fields, as model_dump() gives them, without copying
+        for i, c in enumerate(fields):
+            cols[i].append(row[c])
+        cols[-2].append(partition)
+        cols[-1].append(offset)
+    status = names.index("status")
+    cols[status] = [v.value for v in cols[status]]
+    return cols
+
+
+async def _write_tasks(conn: asyncpg.Connection, schema: str,
+                       states: dict[uuid.UUID, tuple[TaskState, int, int]],
+                       before: dict[uuid.UUID, TaskState | None]) -> None:
+    """Upsert new tasks (and any whose definition changed); update the rest narrowly."""
+    whole: list[tuple[TaskState, int, int]] = []
+    narrow: list[tuple[TaskState, int, int]] = []
+    for tid, item in states.items():
+        (narrow if _unchanged_definition(before.get(tid), item[0]) else whole).append(item)
+    if narrow:
+        status = await conn.execute(_UPDATE_TASKS.format(schema=schema),
+                                    *_columns(narrow, _CHANGING))
+        if int(status.rsplit(" ", 1)[1]) != len(narrow):
+            whole += narrow  # a row was not where its state came from: write them whole
+    if whole:
+        await conn.execute(_UPSERT_TASKS.format(schema=schema), *_columns(whole, _TASK_COLUMNS))
+
+
 @dataclass(slots=True)
 class JournalRow:
     partition: int
@@ -187,8 +243,13 @@ async def write_batch(
     changes: list[ChangeRow],
     parked: list[ParkedRow],
     checkpoints: dict[int, int],
+    before: dict[uuid.UUID, TaskState | None] | None = None,
 ) -> int | None:
     """Write one batch; the caller owns the transaction. Returns the last change position.
+
+    ``before`` holds each task's state as the batch found it, if the caller knows it: a
+    task already in the read model whose definition the batch left alone gets only its
+    changing columns updated (see ``_write_tasks``).
 
     Gap-free change feed: positions come from an identity sequence, but a sequence alone
     is not enough: with two projectors, transaction A may take position 10, B take 11,
@@ -202,17 +263,7 @@ async def write_batch(
     changes, the checkpoint update and the commit itself.
     """
     if states:
-        cols: list[list[Any]] = [[] for _ in _TASK_COLUMNS]
-        state_cols = list(enumerate(_TASK_COLUMNS[:-2]))
-        for st, partition, offset in states.values():
-            row = st.__dict__  # the fields, as model_dump() gives them, without copying
-            for i, c in state_cols:
-                cols[i].append(row[c])
-            cols[-2].append(partition)
-            cols[-1].append(offset)
-        status = _TASK_COLUMNS.index("status")
-        cols[status] = [v.value for v in cols[status]]
-        await conn.execute(_UPSERT_TASKS.format(schema=schema), *cols)
+        await _write_tasks(conn, schema, states, before or {})
     if journal:
         await conn.copy_records_to_table(
             "task_events",

@@ -15,9 +15,11 @@ import httpx
 import orjson
 
 from events import constants
+from events.fold import apply
 from events.log import EventProducer
 from events.models import TaskCreated, TaskDone, TaskProcessing, new_event
 from events.settings import Settings
+from projector import store
 from projector.service import Projector
 from tests.helpers import (
     ROOT,
@@ -95,20 +97,28 @@ async def test_zombie_projector_on_every_partition_applies_nothing_twice(env: En
     """Two projectors in different groups both own every partition: each batch one of
     them folded ahead (on the other's uncommitted ground, as the pipeline does) finds
     its checkpoints moved when it locks them, and must be folded again, not written."""
-    await produce_histories(env, 3000)
     settings = Settings(database_url=env.database_url, topic=env.topic,
                         kafka_bootstrap=env.bootstrap, projector_batch_max=300)
-    pair = [Projector(settings, group_id=f"{env.topic}.zombie{i}") for i in range(2)]
-    for p in pair:
-        await p.start()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(p.run(until_idle=True, idle_ms=1500)
-                                                for p in pair)), 120)
-    finally:
+    redone = 0
+    # The race depends on timing: on a busy machine one pair can happen to take turns
+    # cleanly. Another round on more of the log, then, until it has happened.
+    for round_ in range(4):
+        await produce_histories(env, 3000)
+        pair = [Projector(settings, group_id=f"{env.topic}.zombie{round_}.{i}")
+                for i in range(2)]
         for p in pair:
-            await p.stop()
-    assert sum(p.redone for p in pair) > 0, pair  # the race this test is about happened
-    assert sum(p.events_applied for p in pair) == 9000, pair  # each event exactly once
+            await p.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.run(until_idle=True, idle_ms=1500)
+                                                    for p in pair)), 120)
+        finally:
+            for p in pair:
+                await p.stop()
+        assert sum(p.events_applied for p in pair) == 9000, pair  # each event exactly once
+        redone += sum(p.redone for p in pair)
+        if redone:
+            break
+    assert redone > 0  # the race this test is about happened
     await assert_read_model_is_fold_of_log(env)
 
 
@@ -371,3 +381,46 @@ async def test_metrics_show_projector_lag_per_partition(env: Env) -> None:
                        if line.startswith("taskflow_projector_lag_events{"))
 
         await wait_until(caught_up, timeout=60, what="lag to reach 0")
+
+
+async def test_a_projected_task_is_updated_without_its_definition_unless_it_changed(
+        env: Env) -> None:
+    """A task already in the read model whose batch leaves its definition alone gets only
+    its changing columns written; a changed definition, or a row that is not there after
+    all, is written whole."""
+    conn = await env.db()
+    await store.init_connection(conn)
+    tid = uuid.uuid4()
+    worker = constants.WORKER_SOURCE_PREFIX + "t"
+    created = new_event(TaskCreated(title="first", payload={"n": 1}), task_id=tid,
+                        source=constants.API_SOURCE)
+    s0 = apply(None, created)
+    s1 = apply(s0, new_event(TaskProcessing(worker_id="t"), task_id=tid, source=worker,
+                             attempt=1))
+    s2 = apply(s1, new_event(TaskDone(result="ok"), task_id=tid, source=worker, attempt=1))
+
+    async def write(state: Any, before: Any, offset: int) -> dict[str, Any]:
+        async with conn.transaction():
+            await store.write_batch(conn, schema="public", projection="t", topic="t",
+                                    states={tid: (state, 0, offset)}, journal=[], changes=[],
+                                    parked=[], checkpoints={}, before={tid: before})
+        row = await conn.fetchrow("SELECT * FROM tasks WHERE task_id = $1", tid)
+        return dict(row) if row is not None else {}
+
+    try:
+        assert (await write(s0, None, 0))["title"] == "first"
+        # Tampered behind the projector's back: a narrow update does not write the title.
+        await conn.execute("UPDATE tasks SET title = 'tampered' WHERE task_id = $1", tid)
+        row = await write(s1, s0, 1)
+        assert (row["status"], row["attempt"], row["last_offset"]) == ("PROCESSING", 1, 1)
+        assert row["title"] == "tampered"
+        # A definition that did change is written whole.
+        retitled = s1.model_copy(update={"title": "second"})
+        assert (await write(retitled, s1, 2))["title"] == "second"
+        # The row is gone although the batch found the task: written whole, not lost.
+        await conn.execute("DELETE FROM tasks WHERE task_id = $1", tid)
+        row = await write(s2, s1, 3)
+        assert (row["status"], row["title"], row["payload"]) == ("DONE", "first", {"n": 1})
+        assert row["result"] == "ok"
+    finally:
+        await conn.close()
