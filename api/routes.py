@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -34,7 +34,7 @@ from api.schemas import (
     TaskOut,
     TaskPage,
 )
-from events import constants
+from events import constants, ids
 from events.codec import decode
 from events.db import current_revision, migration_head
 from events.errors import LogUnavailable
@@ -159,7 +159,7 @@ async def submit_task(
     _check_type(body, settings, ["body"])
     if idempotency_key is None:
         # A fresh random id: nothing to look up, nothing to serialise against.
-        task_id = uuid.uuid4()
+        task_id = ids.uuid4()
         [p] = await producer.append([_created(body, task_id, tenant)])
         metrics.SUBMITTED.labels(body.type).inc()
         return _accepted(task_id, p)
@@ -212,19 +212,23 @@ async def submit_task(
 @router.post("/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (401, 413, 415, 422, 429, 503)})
 async def submit_batch(body: BatchIn, producer: LogDep, settings: SettingsDep,
-                       tenant: TenantDep) -> BatchAccepted:
+                       tenant: TenantDep) -> BatchAccepted | Response:
     """Up to 1,000 tasks in one round trip: all valid or none accepted, one Kafka flush."""
     for i, t in enumerate(body.tasks):
         _check_type(t, settings, ["body", "tasks", i])
-    ids = [uuid.uuid4() for _ in body.tasks]
-    positions = await producer.append([_created(t, i, tenant) for t, i in zip(body.tasks, ids,
-                                                                             strict=True)])
-    for t in body.tasks:
-        metrics.SUBMITTED.labels(t.type).inc()
-    return BatchAccepted(items=[
-        TaskAccepted(task_id=i, status=TaskStatus.PENDING,
-                     position=PositionOut(partition=p.partition, offset=p.offset))
-        for i, p in zip(ids, positions, strict=True)])
+    task_ids = [ids.uuid4() for _ in body.tasks]
+    positions = await producer.append([_created(t, i, tenant)
+                                       for t, i in zip(body.tasks, task_ids, strict=True)])
+    for type_, n in Counter(t.type for t in body.tasks).items():
+        metrics.SUBMITTED.labels(type_).inc(n)
+    # The documented BatchAccepted, encoded directly (1,000 models validated and dumped
+    # again were a tenth of a batch's time).
+    pending = TaskStatus.PENDING.value
+    return Response(orjson.dumps({"items": [
+        {"task_id": i, "status": pending,
+         "position": {"partition": p.partition, "offset": p.offset}}
+        for i, p in zip(task_ids, positions, strict=True)]}),
+        status_code=202, media_type="application/json")
 
 
 def _parse_as_of(value: str) -> datetime | tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SerializeAsAny, create_model
 
-from events import constants
+from events import constants, ids
 
 
 class TaskStatus(StrEnum):
@@ -131,7 +131,7 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     specversion: Literal["1.0"] = constants.SPEC_VERSION
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    id: uuid.UUID = Field(default_factory=ids.uuid4)
     source: str
     type: EventType
     subject: uuid.UUID

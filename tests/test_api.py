@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.schemas import BatchAccepted
 from tests.helpers import ROOT, Env, free_port, wait_until
 from tests.test_projections import count
 
@@ -195,6 +196,9 @@ async def test_batch_is_all_or_nothing_up_to_1000(env: Env) -> None:
         ok = await c.post("/tasks:batch", json={"tasks": [{"title": f"b{i}"}
                                                           for i in range(1000)]})
         assert ok.status_code == 202
+        assert ok.headers["content-type"] == "application/json"
+        # The documented BatchAccepted, exactly (the 202 is encoded by hand).
+        assert BatchAccepted.model_validate(ok.json()).model_dump(mode="json") == ok.json()
         items = ok.json()["items"]
         assert len(items) == 1000 and len({i["task_id"] for i in items}) == 1000
         problem(await c.post("/tasks:batch", json={"tasks": [{"title": "x"}] * 1001}), 422)
