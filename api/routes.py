@@ -123,13 +123,17 @@ def _created(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> Any:
     )
 
 
+def _pending(task_id: uuid.UUID, p: Position) -> dict[str, Any]:
+    """A new task as ``TaskAccepted`` gives it in JSON, without validating and dumping a
+    model we just built."""
+    return {"task_id": task_id, "status": TaskStatus.PENDING.value,
+            "position": {"partition": p.partition, "offset": p.offset}}
+
+
 def _accepted(task_id: uuid.UUID, p: Position) -> Response:
-    """The 202 of a new task, encoded directly: the same JSON ``TaskAccepted`` gives,
-    without validating and dumping a model we just built."""
-    body = orjson.dumps({"task_id": task_id, "status": TaskStatus.PENDING.value,
-                         "position": {"partition": p.partition, "offset": p.offset}})
-    return Response(body, status_code=202, media_type="application/json",
-                    headers={"Location": f"/tasks/{task_id}"})
+    """The 202 of a new task, encoded directly."""
+    return Response(orjson.dumps(_pending(task_id, p)), status_code=202,
+                    media_type="application/json", headers={"Location": f"/tasks/{task_id}"})
 
 
 _SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
@@ -168,45 +172,41 @@ async def submit_task(
     lock = _key_locks.setdefault(task_id, asyncio.Lock())
     async with lock:
         try:
-            if idempotency_key is not None:
-                spec = body.model_dump(include=set(_SPEC))
-                existing = await queries.get_task(db, task_id=task_id)
-                recent = _recent_keyed.get(task_id)
-                if existing is not None or recent is not None:
-                    if recent is not None:
-                        same = recent[0] == _digest(spec)
-                    else:
-                        assert existing is not None
-                        same = {k: existing[k] for k in _SPEC} == spec
-                    if not same:
-                        raise Invalid("Idempotency-Key was already used with a different body",
-                                      errors=[{"loc": ["header", "Idempotency-Key"],
-                                               "msg": "reused with a different body",
-                                               "type": "idempotency"}])
-                    if recent is not None:
-                        position = recent[1]
-                    else:
-                        first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
-                        position = PositionOut(**first.get("position",
-                                                           {"partition": 0, "offset": 0}))
-                    response.status_code = 200
-                    response.headers["Location"] = f"/tasks/{task_id}"
-                    response.headers["Idempotent-Replayed"] = "true"
-                    status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
-                    return TaskAccepted(task_id=task_id, status=status, position=position)
+            spec = body.model_dump(include=set(_SPEC))
+            existing = await queries.get_task(db, task_id=task_id)
+            recent = _recent_keyed.get(task_id)
+            if existing is not None or recent is not None:
+                if recent is not None:
+                    same = recent[0] == _digest(spec)
+                else:
+                    assert existing is not None
+                    same = {k: existing[k] for k in _SPEC} == spec
+                if not same:
+                    raise Invalid("Idempotency-Key was already used with a different body",
+                                  errors=[{"loc": ["header", "Idempotency-Key"],
+                                           "msg": "reused with a different body",
+                                           "type": "idempotency"}])
+                if recent is not None:
+                    position = recent[1]
+                else:
+                    first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
+                    position = PositionOut(**first.get("position",
+                                                       {"partition": 0, "offset": 0}))
+                response.status_code = 200
+                response.headers["Location"] = f"/tasks/{task_id}"
+                response.headers["Idempotent-Replayed"] = "true"
+                status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+                return TaskAccepted(task_id=task_id, status=status, position=position)
             [p] = await producer.append([_created(body, task_id, tenant)])
-            if idempotency_key is not None:
-                accepted_at = PositionOut(partition=p.partition, offset=p.offset)
-                _recent_keyed[task_id] = (_digest(spec), accepted_at)
-                while len(_recent_keyed) > RECENT_KEYED_MAX:
-                    _recent_keyed.popitem(last=False)
+            accepted_at = PositionOut(partition=p.partition, offset=p.offset)
+            _recent_keyed[task_id] = (_digest(spec), accepted_at)
+            while len(_recent_keyed) > RECENT_KEYED_MAX:
+                _recent_keyed.popitem(last=False)
         finally:
             if not lock.locked() or len(_key_locks) > 10_000:
                 _key_locks.pop(task_id, None)
     metrics.SUBMITTED.labels(body.type).inc()
-    response.headers["Location"] = f"/tasks/{task_id}"
-    return TaskAccepted(task_id=task_id, status=TaskStatus.PENDING,
-                        position=PositionOut(partition=p.partition, offset=p.offset))
+    return _accepted(task_id, p)
 
 
 @router.post("/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"],
@@ -223,11 +223,8 @@ async def submit_batch(body: BatchIn, producer: LogDep, settings: SettingsDep,
         metrics.SUBMITTED.labels(type_).inc(n)
     # The documented BatchAccepted, encoded directly (1,000 models validated and dumped
     # again were a tenth of a batch's time).
-    pending = TaskStatus.PENDING.value
     return Response(orjson.dumps({"items": [
-        {"task_id": i, "status": pending,
-         "position": {"partition": p.partition, "offset": p.offset}}
-        for i, p in zip(task_ids, positions, strict=True)]}),
+        _pending(i, p) for i, p in zip(task_ids, positions, strict=True)]}),
         status_code=202, media_type="application/json")
 
 

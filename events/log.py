@@ -172,6 +172,31 @@ async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
         await admin.close()
 
 
+async def _send_batches(producer: AIOKafkaProducer, topic: str, partition: int,
+                        records: Sequence[tuple[bytes, bytes]],
+                        ) -> list[tuple[asyncio.Future[Any], list[int]]]:
+    """(key, value) records for one partition, queued as whole record batches.
+
+    ``send`` per record costs a coroutine, a metadata check, a partitioner call and a
+    future each. Returns each batch's acknowledgement and, in order, the offset of each
+    of its records within it.
+    """
+    out: list[tuple[asyncio.Future[Any], list[int]]] = []
+    builder = producer.create_batch()
+    offsets: list[int] = []
+    for key, value in records:
+        meta = builder.append(timestamp=None, key=key, value=value)
+        if meta is None:  # the batch is full: queue it, start the next
+            out.append((await producer.send_batch(builder, topic, partition=partition),
+                        offsets))
+            builder, offsets = producer.create_batch(), []
+            meta = builder.append(timestamp=None, key=key, value=value)
+        offsets.append(meta.offset)
+    if records:
+        out.append((await producer.send_batch(builder, topic, partition=partition), offsets))
+    return out
+
+
 class EventProducer:
     """Appends events to the log. A return means the broker acknowledged with acks=all."""
 
@@ -253,19 +278,10 @@ class EventProducer:
         sent: list[tuple[asyncio.Future[Any], int, list[tuple[int, int]]]],
     ) -> None:
         for p, members in groups.items():
-            builder = self._producer.create_batch()
-            placed: list[tuple[int, int]] = []
-            for i in members:
-                key, value = records[i]
-                meta = builder.append(timestamp=None, key=key, value=value)
-                if meta is None:  # the batch is full: queue it, start the next
-                    sent.append((await self._producer.send_batch(builder, self.topic,
-                                                                 partition=p), p, placed))
-                    builder, placed = self._producer.create_batch(), []
-                    meta = builder.append(timestamp=None, key=key, value=value)
-                placed.append((i, meta.offset))  # offset within the batch
-            sent.append((await self._producer.send_batch(builder, self.topic, partition=p),
-                         p, placed))
+            rest = iter(members)
+            for fut, offsets in await _send_batches(self._producer, self.topic, p,
+                                                    [records[i] for i in members]):
+                sent.append((fut, p, [(next(rest), rel) for rel in offsets]))
 
     async def append_raw(self, topic: str, key: bytes | None, value: bytes | None,
                          headers: Sequence[tuple[str, bytes]] = ()) -> Position:
@@ -323,8 +339,10 @@ class TransactionalProducer:
         ``task.created`` is); otherwise each goes where its task id's key hashes to.
         """
         async with self._producer.transaction():
-            if partition is not None:
-                futures = await self._send_batched(topic, partition, events)
+            if partition is not None:  # a worker lane: all to its own partition
+                futures = [fut for fut, _ in await _send_batches(
+                    self._producer, topic, partition,
+                    [(_key(ev.subject), encode(ev)) for ev in events])]
             else:
                 futures = [await self._producer.send(topic, encode(ev), key=_key(ev.subject))
                            for ev in events]
@@ -337,27 +355,6 @@ class TransactionalProducer:
                     {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
                 )
         await asyncio.gather(*futures)
-
-    async def _send_batched(self, topic: str, partition: int,
-                            events: Sequence[CloudEvent]) -> list[asyncio.Future[Any]]:
-        """Events bound for one partition, as whole record batches.
-
-        ``send`` per record costs a coroutine, a metadata check, a partitioner call and a
-        future each; a worker lane writes all of a transaction's events to its own
-        partition, so it fills batches directly.
-        """
-        futures: list[asyncio.Future[Any]] = []
-        builder = self._producer.create_batch()
-        for ev in events:
-            key, value = _key(ev.subject), encode(ev)
-            if builder.append(timestamp=None, key=key, value=value) is None:  # full
-                futures.append(await self._producer.send_batch(builder, topic,
-                                                               partition=partition))
-                builder = self._producer.create_batch()
-                builder.append(timestamp=None, key=key, value=value)
-        if events:
-            futures.append(await self._producer.send_batch(builder, topic, partition=partition))
-        return futures
 
     async def safe_commit(self, **kwargs: Any) -> None:
         try:

@@ -37,9 +37,9 @@ class Settings(BaseSettings):
     # with ``@handler("name")`` (from worker.handlers).
     handler_modules: str = ""
     worker_metrics_port: int = Field(default=0, ge=0)  # 0 = no metrics endpoint
-    # How long a worker lane lets events gather before it opens a Kafka transaction. A
-    # transaction is five requests and two log writes on the broker; without the wait a
-    # quick task costs two of them (task.processing, then task.done).
+    # How long a worker lane lets events gather before it opens a Kafka transaction (five
+    # requests and two log writes on the broker). 0 by default: a quick task finishes in
+    # the loop turn that started it, so its task.processing and task.done share one anyway.
     worker_commit_linger_ms: float = Field(default=constants.WORKER_COMMIT_LINGER_MS, ge=0)
     # How often, at most, a worker lane commits its consumer-group offset (inside one of
     # its transactions). Recovery folds the log from that offset, so a longer interval

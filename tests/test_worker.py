@@ -20,10 +20,12 @@ from typing import Any
 import httpx
 import orjson
 
+from events.codec import encode
 from events.log import (
     EventProducer,
     LogReader,
     TransactionalProducer,
+    _send_batches,
     group_offsets,
     partition_for,
 )
@@ -597,7 +599,8 @@ async def test_a_lane_transaction_larger_than_a_record_batch_lands_whole_or_not_
                             source="taskflow/worker/doomed", attempt=1) for _ in range(300)]
         with contextlib.suppress(Boom):
             async with producer._producer.transaction():
-                await producer._send_batched(env.topic, partition, doomed)
+                await _send_batches(producer._producer, env.topic, partition,
+                                    [(str(ev.subject).encode(), encode(ev)) for ev in doomed])
                 await asyncio.sleep(0.2)
                 raise Boom()  # aborts the transaction
         await producer.commit(topic=env.topic, events=wanted[:1], offsets={},
