@@ -39,3 +39,4 @@ WORKER_COMMIT_LINGER_MS: Final = 0.0  # see Settings.worker_commit_linger_ms
 WORKER_OFFSET_COMMIT_INTERVAL_MS: Final = 1000.0  # see Settings.worker_offset_commit_interval_ms
 FETCH_MIN_BYTES: Final = 64 * 1024  # a group consumer's fetch: this much, or ...
 FETCH_MAX_WAIT_MS: Final = 10  # ... this long
+FETCH_IDLE_MAX_WAIT_MS: Final = 250  # after an empty fetch: the first byte, or this long

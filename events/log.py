@@ -9,6 +9,7 @@ unfinished task.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -32,6 +33,8 @@ from events.models import CloudEvent, Position
 # override of the backoff for this case); each worker lane commits back to back under load,
 # so that wait was a floor on end-to-end latency.
 _aiokafka_sender.BACKOFF_OVERRIDE = constants.TXN_CONFLICT_BACKOFF_S
+
+log = logging.getLogger("taskflow.log")
 
 TP = tuple[str, int]  # (topic, partition)
 BATCHED_APPEND_MIN = 16  # from this many events, an append fills record batches itself
@@ -392,6 +395,55 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             self._c.on_seeked(tps)
 
 
+class _AdaptiveFetch:
+    """Gather while events flow, long-poll while idle.
+
+    A fetch that waits for ``FETCH_MIN_BYTES`` or ``FETCH_MAX_WAIT_MS`` batches a busy
+    partition, but an idle consumer then asks the broker a hundred times a second: an
+    idle worker, projector and broker spent about a quarter of this 2-core machine on
+    empty fetches. So after a fetch that brought nothing the next one asks for the
+    first byte, waiting up to ``FETCH_IDLE_MAX_WAIT_MS``: the broker answers it the
+    moment an event is committed (the first event after a lull is also delivered
+    sooner), and the fetch after that gathers again.
+
+    aiokafka has no setting for this. Its fetcher builds each request from
+    ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` after the previous one answered
+    (``_proc_fetch_request``), so wrapping that method on the instance switches the
+    next request. If a future aiokafka lacks them, the consumer keeps the fixed
+    settings and says so.
+    """
+
+    def __init__(self, fetcher: Any) -> None:
+        self.fetcher = fetcher
+        self.fetches = 0
+        self.empty = 0
+        self._proc = fetcher._proc_fetch_request
+
+    @classmethod
+    def install(cls, consumer: AIOKafkaConsumer) -> _AdaptiveFetch | None:
+        fetcher: Any = getattr(consumer, "_fetcher", None)
+        if fetcher is None or not all(hasattr(fetcher, a) for a in
+                   ("_proc_fetch_request", "_fetch_min_bytes", "_fetch_max_wait_ms")):
+            log.warning("aiokafka's fetcher changed: idle consumers poll every %d ms",
+                        constants.FETCH_MAX_WAIT_MS)
+            return None
+        adaptive = cls(fetcher)
+        fetcher._proc_fetch_request = adaptive._proc_fetch_request
+        return adaptive
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        got = bool(await self._proc(assignment, node_id, request))
+        self.fetches += 1
+        if got:
+            self.fetcher._fetch_min_bytes = constants.FETCH_MIN_BYTES
+            self.fetcher._fetch_max_wait_ms = constants.FETCH_MAX_WAIT_MS
+        else:
+            self.empty += 1
+            self.fetcher._fetch_min_bytes = 1
+            self.fetcher._fetch_max_wait_ms = constants.FETCH_IDLE_MAX_WAIT_MS
+        return got
+
+
 class GroupConsumer:
     """A consumer-group member that never auto-commits.
 
@@ -416,6 +468,7 @@ class GroupConsumer:
         self.on_assigned = on_assigned
         self.on_revoked = on_revoked
         # Called once the seeks returned by ``on_assigned`` are in place.
+        self.fetches: _AdaptiveFetch | None = None  # fetch counts, after start()
         self.on_seeked: Callable[[list[TP]], None] | None = None
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -428,7 +481,8 @@ class GroupConsumer:
             # The broker answers a fetch once it has this much, or after this wait. With
             # a minimum of one byte a trickle of events became a fetch per record or two,
             # each a round of broker and client work; a few milliseconds of gathering
-            # costs less latency than that load does on a busy machine.
+            # costs less latency than that load does on a busy machine. After an empty
+            # fetch the consumer long-polls instead (see ``_AdaptiveFetch``).
             fetch_min_bytes=constants.FETCH_MIN_BYTES,
             fetch_max_wait_ms=constants.FETCH_MAX_WAIT_MS,
             session_timeout_ms=10_000,
@@ -438,6 +492,7 @@ class GroupConsumer:
 
     async def start(self) -> None:
         await self._consumer.start()
+        self.fetches = _AdaptiveFetch.install(self._consumer)
         self._consumer.subscribe(self.topics, listener=_Listener(self))
 
     async def stop(self) -> None:

@@ -1,0 +1,96 @@
+"""The Kafka adapter's consumers, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from events import constants
+from events.log import EventProducer, GroupConsumer, _AdaptiveFetch, _key
+from events.models import TaskCreated, new_event
+from tests.helpers import Env, wait_until
+
+
+def _created() -> Any:
+    return new_event(TaskCreated(title="t", type="noop", payload={}), task_id=uuid.uuid4(),
+                     source=constants.API_SOURCE)
+
+
+async def test_an_idle_consumer_long_polls_and_gets_the_next_event_at_once(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle, a group consumer asks the broker a few times a second, not a hundred.
+
+    With the fixed gathering fetch (64 KiB or 10 ms) an idle consumer sent about 100
+    fetches a second. After an empty fetch it now waits for the first byte, so an event
+    after a lull arrives as soon as it is committed, not when a long poll times out.
+    """
+    consumer = GroupConsumer(bootstrap=env.bootstrap, topics=[env.topic],
+                             group_id=f"{env.topic}.idle")
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await consumer.start()
+    await producer.start()
+    try:
+        assert consumer.fetches is not None, "the adaptive fetch was not installed"
+
+        async def assigned() -> bool:
+            await consumer.poll(timeout_ms=100, max_records=10)
+            return len(consumer.assignment()) == 6
+
+        await wait_until(assigned, timeout=30, what="the partitions")
+        await consumer.poll(timeout_ms=500, max_records=10)
+        before, t0 = consumer.fetches.fetches, time.monotonic()
+        assert await consumer.poll(timeout_ms=2000, max_records=10) == []
+        rate = (consumer.fetches.fetches - before) / (time.monotonic() - t0)
+        assert rate <= 2 * 1000 / constants.FETCH_IDLE_MAX_WAIT_MS, f"{rate:.0f} fetches/s idle"
+
+        # A long poll that ignored the first byte would answer after its full wait: make
+        # that wait long, so that such an answer cannot pass for a prompt one.
+        monkeypatch.setattr(constants, "FETCH_IDLE_MAX_WAIT_MS", 2000)
+        delays = []
+        for _ in range(7):
+            await asyncio.sleep(0.3)  # a lull: the consumer is long-polling again
+            event = _created()
+            t0 = time.monotonic()
+            await producer.append([event])
+            got: list[Any] = []
+            while not got and time.monotonic() - t0 < 5:
+                got = await consumer.poll(timeout_ms=50, max_records=10)
+            delays.append(time.monotonic() - t0)
+            assert [r.key for r in got] == [_key(event.subject)]
+        assert statistics.median(delays) < 0.2, delays
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+class _Fetcher:
+    """Just the three attributes of aiokafka's fetcher that the adaptive fetch touches."""
+
+    def __init__(self) -> None:
+        self._fetch_min_bytes = constants.FETCH_MIN_BYTES
+        self._fetch_max_wait_ms = constants.FETCH_MAX_WAIT_MS
+        self.answers: list[bool] = []
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        return self.answers.pop(0)
+
+
+async def test_a_fetch_that_brings_events_makes_the_next_one_gather_again() -> None:
+    fetcher = _Fetcher()
+    adaptive = _AdaptiveFetch(fetcher)
+    fetcher.answers = [False, True, False]
+
+    assert await adaptive._proc_fetch_request(None, 0, None) is False
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
+        1, constants.FETCH_IDLE_MAX_WAIT_MS)
+    assert await adaptive._proc_fetch_request(None, 0, None) is True
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
+        constants.FETCH_MIN_BYTES, constants.FETCH_MAX_WAIT_MS)
+    assert await adaptive._proc_fetch_request(None, 0, None) is False
+    assert fetcher._fetch_min_bytes == 1
+    assert (adaptive.fetches, adaptive.empty) == (3, 2)
