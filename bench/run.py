@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
 import time
@@ -19,7 +20,7 @@ from bench.peers import Peer
 from bench.procs import LOGS, Redis
 from bench.report import machine, table, write_json
 from bench.stats import PEERS, Figure, say
-from bench.world import TEMPLATE, Lab, db_url
+from bench.world import TEMPLATE, Lab, World, db_url
 from events.db import asyncpg_dsn
 from events.settings import get_settings
 
@@ -40,6 +41,7 @@ class Sizes:
     e2e_n: int = 20_000
     latency_rate: float = 200.0  # tasks/s
     latency_s: float = 10.0
+    rest_s: float = 5.0  # CPU of every service at rest, measured before the latency run
     projector_tasks: int = 20_000  # x3 events: the live apply measurement
     projector_repeats: int = 3  # the live apply figure is the median of this many runs
     rebuild_tasks: int = 333_334  # x3 events: 1,000,002 events
@@ -54,18 +56,27 @@ class Sizes:
     fanout_idle_subscribers: int = 5000  # the memory per idle subscriber
 
 
-QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, latency_s=2.0,
+QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, latency_s=2.0, rest_s=2.0,
               projector_tasks=2000,
               rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0,
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=1.0,
+              rest_s=0.5,
               projector_tasks=300,
               projector_repeats=2,
               rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
               fanout_idle_subscribers=50)
+
+
+async def _at_rest(cpu: Callable[[], dict[str, float]], seconds: float) -> dict[str, float]:
+    """Cores each service uses while nothing is submitted, after a second to settle."""
+    await asyncio.sleep(1)
+    before, t0 = cpu(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    return World.cores(before, cpu(), time.perf_counter() - t0)
 
 
 def _span(values: Iterable[float | None]) -> str:
@@ -192,9 +203,11 @@ class Run:
                     self.failed("e2e", "taskflow", exc)
             if "latency" in want:
                 try:
+                    rest = await _at_rest(w.cpu, z.rest_s)
                     before, t0 = w.cpu(), time.perf_counter()
                     res["latency"] = await tf.latency(w, rate=z.latency_rate, seconds=z.latency_s)
                     res["latency"]["cores"] = w.cores(before, w.cpu(), time.perf_counter() - t0)
+                    res["latency"]["rest_cores"] = rest
                     self.detail("latency", "taskflow", res["latency"])
                 except Exception as exc:
                     self.failed("latency", "taskflow", exc)
@@ -208,7 +221,12 @@ class Run:
             if "e2e" in want:
                 out["e2e"] = p.e2e(z.e2e_n, timeout)
             if "latency" in want:
+                time.sleep(1)  # the end-to-end run's last results are settling
+                before = p.cpu()
+                time.sleep(z.rest_s)
+                rest = p.cores(before, z.rest_s)
                 out["latency"] = p.latency(z.latency_rate, z.latency_s)
+                out["latency"]["rest_cores"] = rest
             return out
 
         peers = self.for_peers("live", peer_step, worker=True, split=True)
@@ -236,6 +254,13 @@ class Run:
             for name, r in peers.items():
                 p50.values[name] = r["latency"]["p50_ms"]
                 p99.values[name] = r["latency"]["p99_ms"]
+            idle = self.figure("latency", "CPU at rest, every service (the bench's client "
+                               "left out)", "cores", "lower")
+            for name, r in [("taskflow", res.get("latency")),
+                            *((n, r["latency"]) for n, r in peers.items())]:
+                if r is not None and "rest_cores" in r:
+                    idle.values[name] = round(sum(v for k, v in r["rest_cores"].items()
+                                                  if k != "bench-client"), 3)
 
     async def projector(self) -> None:
         z = self.sizes
