@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -403,8 +404,12 @@ class _AdaptiveFetch:
     idle worker, projector and broker spent about a quarter of this 2-core machine on
     empty fetches. So after a fetch that brought nothing the next one asks for the
     first byte, waiting up to ``FETCH_IDLE_MAX_WAIT_MS``: the broker answers it the
-    moment an event is committed (the first event after a lull is also delivered
-    sooner), and the fetch after that gathers again.
+    moment an event is committed, so the first event after a lull is also delivered
+    sooner. If that answer came quickly, events are flowing and the next fetch gathers
+    again; if it took longer than a gathering wait, events are further apart than
+    gathering could batch, and the next fetch asks for the first byte too (at 20
+    tasks/s a task's ``task.done`` then reaches the projector without waiting out the
+    window that its ``task.created`` opened).
 
     aiokafka has no setting for this. Its fetcher builds each request from
     ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` after the previous one answered
@@ -432,9 +437,13 @@ class _AdaptiveFetch:
         return adaptive
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        eager = self.fetcher._fetch_min_bytes == 1
+        t0 = time.monotonic()
         got = bool(await self._proc(assignment, node_id, request))
         self.fetches += 1
         if got:
+            if eager and (time.monotonic() - t0) * 1000 >= constants.FETCH_MAX_WAIT_MS:
+                return got  # events further apart than a gathering wait: stay eager
             self.fetcher._fetch_min_bytes = constants.FETCH_MIN_BYTES
             self.fetcher._fetch_max_wait_ms = constants.FETCH_MAX_WAIT_MS
         else:

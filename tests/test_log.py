@@ -69,28 +69,45 @@ async def test_an_idle_consumer_long_polls_and_gets_the_next_event_at_once(
 
 
 class _Fetcher:
-    """Just the three attributes of aiokafka's fetcher that the adaptive fetch touches."""
+    """Just the three attributes of aiokafka's fetcher that the adaptive fetch touches.
+
+    Each answer is (brought events?, seconds the broker took to answer).
+    """
 
     def __init__(self) -> None:
         self._fetch_min_bytes = constants.FETCH_MIN_BYTES
         self._fetch_max_wait_ms = constants.FETCH_MAX_WAIT_MS
-        self.answers: list[bool] = []
+        self.answers: list[tuple[bool, float]] = []
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
-        return self.answers.pop(0)
+        got, took = self.answers.pop(0)
+        await asyncio.sleep(took)
+        return got
 
 
-async def test_a_fetch_that_brings_events_makes_the_next_one_gather_again() -> None:
+GATHER = (constants.FETCH_MIN_BYTES, constants.FETCH_MAX_WAIT_MS)
+EAGER = (1, constants.FETCH_IDLE_MAX_WAIT_MS)
+
+
+async def test_the_next_fetch_gathers_only_while_events_come_close_together() -> None:
     fetcher = _Fetcher()
     adaptive = _AdaptiveFetch(fetcher)
-    fetcher.answers = [False, True, False]
+    slow = 3 * constants.FETCH_MAX_WAIT_MS / 1000
+    fetcher.answers = [(False, 0), (True, 0), (False, 0), (True, slow), (True, 0), (True, slow)]
+
+    def mode() -> tuple[int, int]:
+        return fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms
 
     assert await adaptive._proc_fetch_request(None, 0, None) is False
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
-        1, constants.FETCH_IDLE_MAX_WAIT_MS)
+    assert mode() == EAGER  # nothing came: wait for the first byte
     assert await adaptive._proc_fetch_request(None, 0, None) is True
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
-        constants.FETCH_MIN_BYTES, constants.FETCH_MAX_WAIT_MS)
+    assert mode() == GATHER  # events were there at once: gather
     assert await adaptive._proc_fetch_request(None, 0, None) is False
-    assert fetcher._fetch_min_bytes == 1
-    assert (adaptive.fetches, adaptive.empty) == (3, 2)
+    assert mode() == EAGER
+    assert await adaptive._proc_fetch_request(None, 0, None) is True
+    assert mode() == EAGER  # the event came after longer than a gathering wait: stay eager
+    assert await adaptive._proc_fetch_request(None, 0, None) is True
+    assert mode() == GATHER
+    assert await adaptive._proc_fetch_request(None, 0, None) is True
+    assert mode() == GATHER  # a gathering fetch that brought events keeps gathering
+    assert (adaptive.fetches, adaptive.empty) == (6, 2)
