@@ -437,7 +437,8 @@ class _AdaptiveFetch:
         return adaptive
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
-        eager = self.fetcher._fetch_min_bytes == 1
+        # This request's own minimum (with several brokers, fetches to each run at once).
+        eager = getattr(request, "_min_bytes", self.fetcher._fetch_min_bytes) == 1
         t0 = time.monotonic()
         got = bool(await self._proc(assignment, node_id, request))
         self.fetches += 1
