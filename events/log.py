@@ -477,8 +477,8 @@ class GroupConsumer:
         self.topics = list(topics)
         self.on_assigned = on_assigned
         self.on_revoked = on_revoked
-        # Called once the seeks returned by ``on_assigned`` are in place.
         self.fetches: _AdaptiveFetch | None = None  # fetch counts, after start()
+        # Called once the seeks returned by ``on_assigned`` are in place.
         self.on_seeked: Callable[[list[TP]], None] | None = None
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
