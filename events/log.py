@@ -515,6 +515,15 @@ class GroupConsumer:
             out.extend(_record(m) for m in msgs)
         return out
 
+    async def keepalive(self) -> None:
+        """Count as a poll without taking any records: for a consumer holding back.
+
+        aiokafka leaves the group when ``getmany`` goes unused for ``max_poll_interval_ms``.
+        Asking for a partition that does not exist resets that clock (and raises any
+        coordination error) while every fetched record stays where it is.
+        """
+        await self._consumer.getmany(TopicPartition(self.topics[0], -1), timeout_ms=0)
+
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 

@@ -115,6 +115,50 @@ async def test_slow_task_does_not_block_100_fast_ones_in_its_partition(env: Env)
     assert max(fast_ends) < slow_end  # every fast task finished while the slow one ran
 
 
+def _bytes_read(pid: int) -> int:
+    """What a process has read from files and sockets so far (``rchar``)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
+async def test_a_backlogged_worker_reads_its_log_once(env: Env) -> None:
+    """A worker with a full backlog holds back without fetching the log again.
+
+    It used to pause its partitions, and aiokafka drops a paused partition's fetched
+    records and fetches them again on resume: a worker catching up on a burst read its
+    log about ten times over. The worker process's own bytes read are counted from
+    /proc, from after its warm-up task until 6,000 tasks submitted at once are terminal.
+    """
+    w = env.proc("worker")
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=30)
+    await producer.start()
+    try:
+        warm = uuid.uuid4()
+        await producer.append([new_event(TaskCreated(title="warm", type="noop", payload={}),
+                                         task_id=warm, source="test")])
+        await wait_until(lambda: all_terminal_in_log(env, {str(warm)}), timeout=60,
+                         what="the warm-up task terminal")
+        before = _bytes_read(w.pid)
+        tids = [uuid.uuid4() for _ in range(6000)]
+        for i in range(0, len(tids), 1000):
+            await producer.append([
+                new_event(TaskCreated(title=f"b{i + j}", type="noop", payload={}),
+                          task_id=t, source="test")
+                for j, t in enumerate(tids[i:i + 1000])])
+    finally:
+        await producer.stop()
+    await wait_until(lambda: all_terminal_in_log(env, {str(t) for t in tids}), timeout=120,
+                     what="6,000 tasks terminal", interval=1)
+    read = _bytes_read(w.pid) - before
+    records = await env.read_log()
+    logged = sum(len(r.value or b"") + len(r.key or b"")
+                 + sum(len(k) + len(v) for k, v in r.headers) for r in records)
+    assert len(records) == 3 * 6001, len(records)  # created, processing, done: no more
+    assert read < 2 * logged, f"the worker read {read:,} bytes of a {logged:,}-byte log"
+
+
 async def test_two_workers_500_tasks_kill9_one_exactly_one_terminal_each(env: Env) -> None:
     env.proc("projector")
     w = env.proc("worker", TASKFLOW_WORKER_CONCURRENCY="32")

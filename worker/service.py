@@ -401,19 +401,21 @@ class Worker:
         """Consume and run tasks until stopped (or, with ``until_idle``, until nothing is left)."""
         assert self._consumer is not None
         idle_since = time.monotonic()
-        paused = False
         limit = self.settings.worker_concurrency * 8
         while not self._stopping.is_set():
-            timeout_ms = 100
-            if paused:
-                # Nothing can arrive while paused: wait for tasks to finish instead of
-                # for a poll that would sit out its whole timeout.
+            if self.in_flight > limit:
+                # Backpressure: stop polling until half the backlog is done. Not
+                # ``consumer.pause``: aiokafka drops a paused partition's fetched records
+                # and fetches them again on resume, so a busy worker read its log about
+                # ten times over. Unpolled, the fetcher holds one response per partition.
                 self._room.clear()
-                if self.in_flight > limit // 2:
+                while self.in_flight > limit // 2 and not self._stopping.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._room.wait(), 0.1)
-                timeout_ms = 0
-            records = await self._consumer.poll(timeout_ms=timeout_ms, max_records=500)
+                    self._room.clear()
+                    await self._consumer.keepalive()
+                continue
+            records = await self._consumer.poll(timeout_ms=100, max_records=500)
             for r in records:
                 lane = self.lanes.get((r.topic, r.partition))
                 # A lane exists before its seek is in place (the rebalance callback
@@ -430,13 +432,6 @@ class Worker:
                     lane.position = max(lane.position, await self._consumer.position(lane.tp))
                 if not lane.recovering and lane.recovery_end >= 0:
                     self._finish_recovery(lane)
-            backlog = self.in_flight
-            if backlog > limit and not paused:
-                self._consumer.pause(list(self.lanes))
-                paused = True
-            elif backlog <= limit // 2 and paused:
-                self._consumer.resume(list(self.lanes))
-                paused = False
             if records or self.in_flight:
                 idle_since = time.monotonic()
             elif until_idle and (time.monotonic() - idle_since) * 1000 > idle_ms and self.lanes:
