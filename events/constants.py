@@ -18,7 +18,6 @@ CHANGES_CHANNEL: Final = "taskflow_changes"  # pg_notify channel (wake-up only)
 
 PRODUCE_TIMEOUT_S: Final = 5.0  # seconds the API waits for acks=all before 503
 PROJECTOR_BATCH_MAX: Final = 5000  # events per projector transaction, at most
-PROJECTOR_BATCH_WAIT_MS: Final = 20  # ms a projector waits to fill a batch
 WORKER_CONCURRENCY: Final = 8  # tasks in flight per worker process
 TXN_RETRY_BACKOFF_MS: Final = 10  # ms before a transactional request is retried
 TXN_CONFLICT_BACKOFF_S: Final = 0.005  # s before retrying a txn refused as concurrent

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer import sender as _aiokafka_sender
 
@@ -123,11 +123,18 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
     try:
         configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
         try:
-            await admin.create_topics(
+            resp = await admin.create_topics(
                 [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
             )
         except TopicAlreadyExistsError:
             return False
+        # aiokafka returns the broker's per-topic errors rather than raising them.
+        for _name, code, *rest in resp.topic_errors:
+            if code == TopicAlreadyExistsError.errno:
+                return False
+            if code:
+                detail = rest[0] if rest else ""
+                raise for_code(code)(f"cannot create topic {topic!r}: {detail}")
         return True
     finally:
         await admin.close()

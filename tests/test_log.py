@@ -9,9 +9,17 @@ import uuid
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from events import constants
-from events.log import EventProducer, GroupConsumer, _AdaptiveFetch, _key
+from events.log import (
+    EventProducer,
+    GroupConsumer,
+    _AdaptiveFetch,
+    _key,
+    delete_topics,
+    ensure_topic,
+)
 from events.models import TaskCreated, new_event
 from tests.helpers import Env, wait_until
 
@@ -111,3 +119,18 @@ async def test_the_next_fetch_gathers_only_while_events_come_close_together() ->
     assert await adaptive._proc_fetch_request(None, 0, None) is True
     assert mode() == GATHER  # a gathering fetch that brought events keeps gathering
     assert (adaptive.fetches, adaptive.empty) == (6, 2)
+
+
+async def test_ensure_topic_says_whether_it_created_and_raises_what_the_broker_refused(
+        env: Env) -> None:
+    """aiokafka hands back the broker's per-topic errors instead of raising them, so
+    ``taskflow stack up`` said it created the topic on every start, and a refused topic
+    (here: zero partitions) would have passed for a created one."""
+    topic = f"{env.topic}.ensure"
+    try:
+        assert await ensure_topic(env.bootstrap, topic, 2) is True
+        assert await ensure_topic(env.bootstrap, topic, 2) is False
+        with pytest.raises(KafkaError, match="cannot create topic"):
+            await ensure_topic(env.bootstrap, f"{env.topic}.none", 0)
+    finally:
+        await delete_topics(env.bootstrap, [topic])
