@@ -292,7 +292,7 @@ def projections_verify() -> None:
 @projections_app.command("rebuild")
 def projections_rebuild() -> None:
     """Replay the log into a shadow schema, catch up with the live head, swap atomically."""
-    from projector.maintenance import rebuild
+    from projector.maintenance import RebuildIncomplete, rebuild
 
     tty = sys.stderr.isatty()
 
@@ -305,7 +305,11 @@ def projections_rebuild() -> None:
         print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
-    stats = asyncio.run(rebuild(get_settings(), on_progress=show))
+    try:
+        stats = asyncio.run(rebuild(get_settings(), on_progress=show))
+    except RebuildIncomplete as exc:
+        print(f"\nrebuild: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
     print(f"\nrebuild: {stats.events} event(s) in {stats.seconds:.1f}s, swapped in",
           file=sys.stderr)
 

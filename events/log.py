@@ -122,18 +122,15 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
     await admin.start()
     try:
         configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
-        try:
-            resp = await admin.create_topics(
-                [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
-            )
-        except TopicAlreadyExistsError:
-            return False
+        resp = await admin.create_topics(
+            [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
+        )
         # aiokafka returns the broker's per-topic errors rather than raising them.
         for _name, code, *rest in resp.topic_errors:
             if code == TopicAlreadyExistsError.errno:
                 return False
             if code:
-                detail = rest[0] if rest else ""
+                detail = (rest[0] if rest else None) or f"error code {code}"
                 raise for_code(code)(f"cannot create topic {topic!r}: {detail}")
         return True
     finally:
@@ -159,15 +156,27 @@ async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
 
 
 async def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
-    """The offsets ``group_id`` has committed on ``topic``, per partition (next to read)."""
+    """The offsets ``group_id`` has committed on ``topic``, per partition (next to read).
+
+    Every partition is asked for by name: asked for all, aiokafka checks only per-partition
+    error codes, and a broker's group-level error (a coordinator still loading, say) came
+    back as an empty answer, indistinguishable from a group that committed nothing.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     await admin.start()
     try:
-        res = await admin.list_consumer_group_offsets(group_id)
+        [described] = await admin.describe_topics([topic])
+        if described["error_code"]:
+            raise for_code(described["error_code"])(f"cannot describe topic {topic!r}")
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        res = await admin.list_consumer_group_offsets(group_id, partitions=tps)
     finally:
         await admin.close()
-    return {tp.partition: int(m.offset) for tp, m in res.items()
-            if tp.topic == topic and m.offset >= 0}
+    missing = sorted(tp.partition for tp in tps if tp not in res)
+    if missing:
+        raise LogUnavailable(f"group {group_id!r}: no committed offsets answered for "
+                             f"{topic} partitions {missing}")
+    return {tp.partition: int(m.offset) for tp, m in res.items() if m.offset >= 0}
 
 
 async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
@@ -585,7 +594,10 @@ class LogReader:
         parts = self._consumer.partitions_for_topic(self.topic)
         if parts is None:
             await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self.topic) or set()
+            parts = self._consumer.partitions_for_topic(self.topic)
+        if not parts:  # not an empty log: a replay or rebuild of it would pass for one
+            await self._consumer.stop()
+            raise LogUnavailable(f"topic {self.topic!r} does not exist")
         self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
         return sorted(parts)
 

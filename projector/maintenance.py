@@ -28,6 +28,7 @@ import asyncpg
 import orjson
 
 from events.db import asyncpg_dsn
+from events.errors import TaskFlowError
 from events.fold import TaskState, apply
 from events.log import Record
 from events.settings import Settings
@@ -153,6 +154,22 @@ async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> list[str]:
     return deferred
 
 
+class RebuildIncomplete(TaskFlowError):
+    """The log ends before the live projector's checkpoints: nothing was swapped."""
+
+
+def _refuse_if_short(mine: dict[int, int], live: dict[int, int]) -> None:
+    """Swapping in a shadow that stopped short would drop events from the read model for
+    good: the live projector carries on from its own checkpoints, past what was never
+    read. That happens when the topic was recreated or truncated under the read model."""
+    short = {p: (mine.get(p, -1), o) for p, o in sorted(live.items()) if mine.get(p, -1) < o}
+    if short:
+        where = ", ".join(f"partition {p}: read to offset {m}, the read model is at {o}"
+                          for p, (m, o) in short.items())
+        raise RebuildIncomplete(f"the log ends before the read model ({where}); "
+                                "nothing was swapped")
+
+
 async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float], None]
                   | None = None, batch: int = 10_000) -> RebuildStats:
     """Rebuild ``tasks``, ``task_events`` and ``dead_letters`` from offset 0 and swap them in.
@@ -236,6 +253,11 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                 continue
             total = sum(o + 1 for o in live.values())
             await catch_up(mine, live, total)
+            after = await store.read_checkpoints(conn, schema=shadow,
+                                                 projection=settings.projection,
+                                                 topic=settings.topic)
+            if after == mine:  # a round that read nothing: the log ends short of ``live``
+                _refuse_if_short(after, live)
         if not indexed:
             for stmt in deferred:
                 await conn.execute(stmt)
@@ -250,6 +272,10 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                                                 projection=settings.projection,
                                                 topic=settings.topic)
             await catch_up(mine, live)
+            mine = await store.read_checkpoints(conn, schema=shadow,
+                                                projection=settings.projection,
+                                                topic=settings.topic)
+            _refuse_if_short(mine, live)
             for t in SWAPPED:
                 await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
             for t in SWAPPED:
@@ -258,6 +284,9 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
             stats.extra["checkpoints"] = live
         stats.swapped = True
         await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
+    except RebuildIncomplete:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
+        raise
     finally:
         await conn.close()
         await live_conn.close()

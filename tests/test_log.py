@@ -12,13 +12,16 @@ import pytest
 from aiokafka.errors import KafkaError
 
 from events import constants
+from events.errors import LogUnavailable
 from events.log import (
     EventProducer,
     GroupConsumer,
+    LogReader,
     _AdaptiveFetch,
     _key,
     delete_topics,
     ensure_topic,
+    group_offsets,
 )
 from events.models import TaskCreated, new_event
 from tests.helpers import Env, wait_until
@@ -134,3 +137,16 @@ async def test_ensure_topic_says_whether_it_created_and_raises_what_the_broker_r
             await ensure_topic(env.bootstrap, f"{env.topic}.none", 0)
     finally:
         await delete_topics(env.bootstrap, [topic])
+
+
+async def test_a_missing_topic_is_an_error_not_an_empty_log(env: Env) -> None:
+    """Reading or asking about a topic that does not exist raises. It used to pass for an
+    empty log: a replay printed nothing, a rebuild read nothing, and a group's offsets
+    came back as none committed."""
+    missing = f"{env.topic}.missing"
+    reader = LogReader(bootstrap=env.bootstrap, topic=missing)
+    with pytest.raises(LogUnavailable, match="does not exist"):
+        await reader.start()
+    with pytest.raises(KafkaError):
+        await group_offsets(env.bootstrap, "taskflow.worker", missing)
+    assert await group_offsets(env.bootstrap, f"{env.name}.nobody", env.topic) == {}

@@ -293,6 +293,45 @@ async def test_rebuild_swaps_with_no_read_downtime_and_no_sse_gap(env: Env) -> N
     assert "0 difference(s)" in cli(env, "projections", "verify").stderr
 
 
+# The rows, and the table's own identity: a swap puts another table in its place.
+TASKS_AND_TABLE = ("SELECT task_id, status, attempt, updated_at, "
+                   "'public.tasks'::regclass::oid AS oid FROM tasks ORDER BY 1")
+
+
+async def test_rebuild_refuses_to_swap_in_a_read_model_the_log_cannot_reach(env: Env) -> None:
+    """A read model ahead of its log (the topic was recreated or truncated under it) must
+    not be rebuilt into one that silently lacks events: the live projector would carry on
+    from its own checkpoints, past what the shadow never read. The rebuild exits 1, says
+    where the log ends, and leaves the read model and the schema list as they were."""
+    env.proc("projector")
+    await produce_histories(env, 40)
+    await wait_until(lambda: projected_all(env, 120), timeout=60, what="120 events applied")
+    env.stop_all()
+    conn = await env.db()
+    try:
+        partition = await conn.fetchval(
+            'SELECT partition FROM projector_offsets ORDER BY "offset" DESC LIMIT 1')
+        await conn.execute(
+            'UPDATE projector_offsets SET "offset" = "offset" + 50 WHERE partition = $1',
+            partition)
+        before = await conn.fetch(TASKS_AND_TABLE)
+    finally:
+        await conn.close()
+    res = cli(env, "projections", "rebuild", check=False)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert f"partition {partition}: read to offset" in res.stderr, res.stderr[-2000:]
+    assert "nothing was swapped" in res.stderr
+    conn = await env.db()
+    try:
+        after = await conn.fetch(TASKS_AND_TABLE)
+        shadows = await conn.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild_%'")
+    finally:
+        await conn.close()
+    assert len(before) == 40 and after == before
+    assert shadows == 0
+
+
 async def _sse_count(sse: SSEReader, n: int) -> bool:
     return sum(1 for e in sse.events if "id" in e) >= n
 

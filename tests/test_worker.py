@@ -156,7 +156,9 @@ async def test_a_backlogged_worker_reads_its_log_once(env: Env) -> None:
     logged = sum(len(r.value or b"") + len(r.key or b"")
                  + sum(len(k) + len(v) for k, v in r.headers) for r in records)
     assert len(records) == 3 * 6001, len(records)  # created, processing, done: no more
-    assert read < 2 * logged, f"the worker read {read:,} bytes of a {logged:,}-byte log"
+    # At least once (the worker runs on uvloop, whose socket reads rchar counts), and not
+    # again.
+    assert logged <= read < 2 * logged, f"the worker read {read:,} bytes of a {logged:,}-byte log"
 
 
 async def test_two_workers_500_tasks_kill9_one_exactly_one_terminal_each(env: Env) -> None:
