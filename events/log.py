@@ -427,6 +427,14 @@ class _AdaptiveFetch:
     tasks/s a task's ``task.done`` then reaches the projector without waiting out the
     window that its ``task.created`` opened).
 
+    While events flow fast (``FETCH_BUSY_BYTES_PER_MS`` and more), a gathering fetch
+    waits ``FETCH_BUSY_MAX_WAIT_MS`` instead, until the flow falls below
+    ``FETCH_CALM_BYTES_PER_MS``. Every fetch round costs the worker a Kafka transaction
+    per partition that brought tasks, and the projector a Postgres transaction: at
+    about 1,000 tasks/s from single POSTs, 30 ms rounds instead of 10 ms ones took the
+    broker's CPU per task from 300-530 to 190-240 µs and raised throughput by a
+    quarter. At 200 tasks/s and below the flow stays calm, so latency is unchanged.
+
     aiokafka has no setting for this. Its fetcher builds each request from
     ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` after the previous one answered
     (``_proc_fetch_request``), so wrapping that method on the instance switches the
@@ -438,6 +446,8 @@ class _AdaptiveFetch:
         self.fetcher = fetcher
         self.fetches = 0
         self.empty = 0
+        self.busy = False
+        self.busy_fetches = 0  # gathering fetches that found events flowing fast
         self._proc = fetcher._proc_fetch_request
 
     @classmethod
@@ -455,19 +465,40 @@ class _AdaptiveFetch:
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
         # This request's own minimum (with several brokers, fetches to each run at once).
         eager = getattr(request, "_min_bytes", self.fetcher._fetch_min_bytes) == 1
+        held = dict(getattr(self.fetcher, "_records", {}))
         t0 = time.monotonic()
         got = bool(await self._proc(assignment, node_id, request))
+        took_ms = (time.monotonic() - t0) * 1000
         self.fetches += 1
         if got:
-            if eager and (time.monotonic() - t0) * 1000 >= constants.FETCH_MAX_WAIT_MS:
-                return got  # events further apart than a gathering wait: stay eager
+            if eager:
+                if took_ms >= constants.FETCH_MAX_WAIT_MS:
+                    return got  # events further apart than a gathering wait: stay eager
+                self.busy = False  # one quick answer says nothing about the flow
+            else:
+                rate = self._new_bytes(held) / max(took_ms, 1.0)
+                self.busy = rate >= (constants.FETCH_CALM_BYTES_PER_MS if self.busy
+                                     else constants.FETCH_BUSY_BYTES_PER_MS)
+                self.busy_fetches += self.busy
             self.fetcher._fetch_min_bytes = constants.FETCH_MIN_BYTES
-            self.fetcher._fetch_max_wait_ms = constants.FETCH_MAX_WAIT_MS
+            self.fetcher._fetch_max_wait_ms = (constants.FETCH_BUSY_MAX_WAIT_MS if self.busy
+                                               else constants.FETCH_MAX_WAIT_MS)
         else:
             self.empty += 1
+            self.busy = False
             self.fetcher._fetch_min_bytes = 1
             self.fetcher._fetch_max_wait_ms = constants.FETCH_IDLE_MAX_WAIT_MS
         return got
+
+    def _new_bytes(self, held: dict[Any, Any]) -> int:
+        """Bytes of the record sets this fetch added: aiokafka keeps a partition's answer
+        as a ``FetchResult`` over the response's ``MemoryRecords`` until it is consumed."""
+        n = 0
+        for tp, result in getattr(self.fetcher, "_records", {}).items():
+            if held.get(tp) is not result:
+                records = getattr(getattr(result, "_partition_records", None), "_records", None)
+                n += records.size_in_bytes() if records is not None else 0
+        return n
 
 
 class GroupConsumer:

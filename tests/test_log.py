@@ -79,21 +79,35 @@ async def test_an_idle_consumer_long_polls_and_gets_the_next_event_at_once(
         await consumer.stop()
 
 
-class _Fetcher:
-    """Just the three attributes of aiokafka's fetcher that the adaptive fetch touches.
+class _Records:
+    def __init__(self, n: int) -> None:
+        self._records = self  # FetchResult._partition_records._records: MemoryRecords
+        self.n = n
 
-    Each answer is (brought events?, seconds the broker took to answer).
+    def size_in_bytes(self) -> int:
+        return self.n
+
+
+class _Fetcher:
+    """Just the attributes of aiokafka's fetcher that the adaptive fetch touches.
+
+    Each answer is (brought events?, seconds the broker took to answer[, bytes]); an
+    answer with bytes leaves a result holding that many, as aiokafka's fetcher does.
     """
 
     def __init__(self) -> None:
         self._fetch_min_bytes = constants.FETCH_MIN_BYTES
         self._fetch_max_wait_ms = constants.FETCH_MAX_WAIT_MS
-        self.answers: list[tuple[bool, float]] = []
+        self._records: dict[Any, Any] = {}
+        self.answers: list[tuple[Any, ...]] = []
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
-        got, took = self.answers.pop(0)
+        got, took, *size = self.answers.pop(0)
         await asyncio.sleep(took)
-        return got
+        if size:
+            self._records[("t", 0)] = type("FetchResult", (), {
+                "_partition_records": _Records(size[0])})()
+        return bool(got)
 
 
 GATHER = (constants.FETCH_MIN_BYTES, constants.FETCH_MAX_WAIT_MS)
@@ -150,3 +164,61 @@ async def test_a_missing_topic_is_an_error_not_an_empty_log(env: Env) -> None:
     with pytest.raises(KafkaError):
         await group_offsets(env.bootstrap, "taskflow.worker", missing)
     assert await group_offsets(env.bootstrap, f"{env.name}.nobody", env.topic) == {}
+
+
+async def test_a_fast_flow_gathers_longer_and_a_calm_one_goes_back() -> None:
+    """Each fetch round costs the worker a transaction per partition and the projector a
+    Postgres transaction, so while events flow fast a gathering fetch waits longer; a
+    calm flow goes back to the short wait, and a lull to the long poll."""
+    fetcher = _Fetcher()
+    adaptive = _AdaptiveFetch(fetcher)
+    wait = constants.FETCH_MAX_WAIT_MS / 1000
+    fast = int(constants.FETCH_BUSY_BYTES_PER_MS * constants.FETCH_MAX_WAIT_MS * 1.5)
+    between = int(constants.FETCH_CALM_BYTES_PER_MS * constants.FETCH_MAX_WAIT_MS * 1.5)
+    slow = int(constants.FETCH_CALM_BYTES_PER_MS * constants.FETCH_MAX_WAIT_MS * 0.3)
+    busy = (constants.FETCH_MIN_BYTES, constants.FETCH_BUSY_MAX_WAIT_MS)
+
+    def mode() -> tuple[int, int]:
+        return fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms
+
+    steps = [((True, wait, between), GATHER),  # under the fast mark: the short wait
+             ((True, wait, fast), busy),  # fast: gather longer
+             ((True, wait, between), busy),  # still above the calm mark: stay
+             ((True, wait, slow), GATHER),  # calm: back to the short wait
+             ((True, wait, fast), busy),
+             ((False, 0), EAGER),  # a lull: the long poll for the first byte
+             ((True, 0, fast * 10), GATHER)]  # a quick eager answer says nothing of the flow
+    for answer, expected in steps:
+        fetcher.answers = [answer]
+        await adaptive._proc_fetch_request(None, 0, None)
+        assert mode() == expected, (answer, mode())
+        assert adaptive.busy == (expected == busy)
+    assert adaptive.busy_fetches == 3
+
+
+async def test_a_burst_on_the_real_broker_reads_as_a_fast_flow(env: Env) -> None:
+    """The flow is measured from aiokafka's own fetch results: a burst of 3,000 events is
+    a fast flow, and a trickle afterwards is not."""
+    consumer = GroupConsumer(bootstrap=env.bootstrap, topics=[env.topic],
+                             group_id=f"{env.topic}.burst")
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await consumer.start()
+    await producer.start()
+    try:
+        assert consumer.fetches is not None
+        await producer.append([_created() for _ in range(3000)])
+        seen = 0
+        while seen < 3000:
+            seen += len(await consumer.poll(timeout_ms=500, max_records=1000))
+        assert consumer.fetches.busy_fetches > 0
+        calm = consumer.fetches.busy_fetches
+        for _ in range(20):  # 20 events a second
+            await producer.append([_created()])
+            await consumer.poll(timeout_ms=50, max_records=10)
+        await asyncio.sleep(0.3)
+        await consumer.poll(timeout_ms=300, max_records=10)
+        assert consumer.fetches.busy_fetches == calm
+        assert not consumer.fetches.busy
+    finally:
+        await producer.stop()
+        await consumer.stop()
