@@ -176,7 +176,7 @@ async def test_a_fast_flow_gathers_longer_and_a_calm_one_goes_back() -> None:
     fast = int(constants.FETCH_BUSY_BYTES_PER_MS * constants.FETCH_MAX_WAIT_MS * 1.5)
     between = int(constants.FETCH_CALM_BYTES_PER_MS * constants.FETCH_MAX_WAIT_MS * 1.5)
     slow = int(constants.FETCH_CALM_BYTES_PER_MS * constants.FETCH_MAX_WAIT_MS * 0.3)
-    busy = (constants.FETCH_MIN_BYTES, constants.FETCH_BUSY_MAX_WAIT_MS)
+    busy = (constants.FETCH_BUSY_MIN_BYTES, constants.FETCH_BUSY_MAX_WAIT_MS)
 
     def mode() -> tuple[int, int]:
         return fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms
