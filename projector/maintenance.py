@@ -53,9 +53,7 @@ class Diff:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
-    await store.init_connection(conn)
-    return conn
+    return await store.connect(asyncpg_dsn(settings.database_url))
 
 
 async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Diff], int]:

@@ -130,9 +130,7 @@ class Projector:
 
     async def start(self) -> None:
         s = self.settings
-        self._pool = await asyncpg.create_pool(
-            asyncpg_dsn(s.database_url), min_size=1, max_size=2, init=store.init_connection
-        )
+        self._pool = await store.create_pool(asyncpg_dsn(s.database_url), min_size=1, max_size=2)
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
             topics=[s.topic],

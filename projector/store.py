@@ -144,15 +144,31 @@ def _jsonb_decode(data: bytes) -> Any:
     return orjson.loads(data[1:])
 
 
+# asyncpg prepares every statement. After five executions Postgres may switch to a
+# generic plan made when the table was small and keep it as the table grows: the state
+# lookup (task_id = ANY($1)) then became a sequential scan comparing every row with every
+# id, 100-600 ms a batch once the table held 40,000 tasks. Plan each execution for its
+# table. This is a connection parameter, not a SET: a pool runs RESET ALL on every
+# release, which undid the SET after a connection's first use.
+SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     # Binary format, so that COPY (which is binary in asyncpg) can write jsonb too.
     await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
                               schema="pg_catalog", format="binary")
-    # asyncpg prepares every statement. After five executions Postgres may switch to a
-    # generic plan made when the table was small and keep it as the table grows: the
-    # state lookup (task_id = ANY($1)) then became a sequential scan comparing every row
-    # with every id, and took most of a batch's time. Plan each execution for its table.
-    await conn.execute("SET plan_cache_mode = force_custom_plan")
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """The projector's connections: the jsonb codec, and plans made per execution."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                     init=init_connection, server_settings=SERVER_SETTINGS)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+    await init_connection(conn)
+    return conn
 
 
 async def lock_checkpoints(
