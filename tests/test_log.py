@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,6 +34,24 @@ def _created() -> Any:
                      source=constants.API_SOURCE)
 
 
+@contextlib.asynccontextmanager
+async def _consumer_and_producer(env: Env, group: str) -> AsyncIterator[
+        tuple[GroupConsumer, EventProducer, _AdaptiveFetch]]:
+    """A started group consumer of the test's topic, a producer to it, and the consumer's
+    adaptive fetch (which must be installed)."""
+    consumer = GroupConsumer(bootstrap=env.bootstrap, topics=[env.topic],
+                             group_id=f"{env.topic}.{group}")
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await consumer.start()
+    await producer.start()
+    try:
+        assert consumer.fetches is not None, "the adaptive fetch was not installed"
+        yield consumer, producer, consumer.fetches
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
 async def test_an_idle_consumer_long_polls_and_gets_the_next_event_at_once(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle, a group consumer asks the broker a few times a second, not a hundred.
@@ -40,23 +60,16 @@ async def test_an_idle_consumer_long_polls_and_gets_the_next_event_at_once(
     fetches a second. After an empty fetch it now waits for the first byte, so an event
     after a lull arrives as soon as it is committed, not when a long poll times out.
     """
-    consumer = GroupConsumer(bootstrap=env.bootstrap, topics=[env.topic],
-                             group_id=f"{env.topic}.idle")
-    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
-    await consumer.start()
-    await producer.start()
-    try:
-        assert consumer.fetches is not None, "the adaptive fetch was not installed"
-
+    async with _consumer_and_producer(env, "idle") as (consumer, producer, adaptive):
         async def assigned() -> bool:
             await consumer.poll(timeout_ms=100, max_records=10)
             return len(consumer.assignment()) == 6
 
         await wait_until(assigned, timeout=30, what="the partitions")
         await consumer.poll(timeout_ms=500, max_records=10)
-        before, t0 = consumer.fetches.fetches, time.monotonic()
+        before, t0 = adaptive.fetches, time.monotonic()
         assert await consumer.poll(timeout_ms=2000, max_records=10) == []
-        rate = (consumer.fetches.fetches - before) / (time.monotonic() - t0)
+        rate = (adaptive.fetches - before) / (time.monotonic() - t0)
         assert rate <= 2 * 1000 / constants.FETCH_IDLE_MAX_WAIT_MS, f"{rate:.0f} fetches/s idle"
 
         # A long poll that ignored the first byte would answer after its full wait: make
@@ -74,9 +87,6 @@ async def test_an_idle_consumer_long_polls_and_gets_the_next_event_at_once(
             delays.append(time.monotonic() - t0)
             assert [r.key for r in got] == [_key(event.subject)]
         assert statistics.median(delays) < 0.2, delays
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
 
 class _Records:
@@ -199,26 +209,17 @@ async def test_a_fast_flow_gathers_longer_and_a_calm_one_goes_back() -> None:
 async def test_a_burst_on_the_real_broker_reads_as_a_fast_flow(env: Env) -> None:
     """The flow is measured from aiokafka's own fetch results: a burst of 3,000 events is
     a fast flow, and a trickle afterwards is not."""
-    consumer = GroupConsumer(bootstrap=env.bootstrap, topics=[env.topic],
-                             group_id=f"{env.topic}.burst")
-    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
-    await consumer.start()
-    await producer.start()
-    try:
-        assert consumer.fetches is not None
+    async with _consumer_and_producer(env, "burst") as (consumer, producer, adaptive):
         await producer.append([_created() for _ in range(3000)])
         seen = 0
         while seen < 3000:
             seen += len(await consumer.poll(timeout_ms=500, max_records=1000))
-        assert consumer.fetches.busy_fetches > 0
-        calm = consumer.fetches.busy_fetches
+        assert adaptive.busy_fetches > 0
+        calm = adaptive.busy_fetches
         for _ in range(20):  # 20 events a second
             await producer.append([_created()])
             await consumer.poll(timeout_ms=50, max_records=10)
         await asyncio.sleep(0.3)
         await consumer.poll(timeout_ms=300, max_records=10)
-        assert consumer.fetches.busy_fetches == calm
-        assert not consumer.fetches.busy
-    finally:
-        await producer.stop()
-        await consumer.stop()
+        assert adaptive.busy_fetches == calm
+        assert not adaptive.busy
