@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import dashboard, metrics, problems
 from api.auth import KeyRing
+from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
 from api.limits import RequestGuard
 from api.routes import router
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
 
+    app.add_middleware(FastSubmit)  # innermost of these: after the guard, before routing
     app.add_middleware(_Observe)
     # Outermost first: CORS answers preflights; the guard refuses bad bodies before parsing.
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,

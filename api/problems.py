@@ -64,22 +64,30 @@ _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
            429: "Too many requests", 503: "Service unavailable"}
 
 
+def for_problem(request: Request, exc: Problem) -> JSONResponse:
+    headers = ({"Retry-After": str(exc.extra["retry_after"])}
+               if "retry_after" in exc.extra else None)
+    return problem_response(exc.status, exc.title, exc.detail, kind=exc.kind,
+                            instance=request.url.path, headers=headers, **exc.extra)
+
+
+def for_log_down(request: Request, exc: LogUnavailable) -> JSONResponse:
+    return problem_response(503, "Service unavailable",
+                            f"the event log did not acknowledge the write: {exc.reason}",
+                            kind="log-unavailable", instance=request.url.path,
+                            headers={"Retry-After": "5"})
+
+
 def install(app: FastAPI) -> None:
     """Map every error, including FastAPI's own, to problem+json."""
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        headers = ({"Retry-After": str(exc.extra["retry_after"])}
-                   if "retry_after" in exc.extra else None)
-        return problem_response(exc.status, exc.title, exc.detail, kind=exc.kind,
-                                instance=request.url.path, headers=headers, **exc.extra)
+        return for_problem(request, exc)
 
     @app.exception_handler(LogUnavailable)
     async def _log_down(request: Request, exc: LogUnavailable) -> JSONResponse:
-        return problem_response(503, "Service unavailable",
-                                f"the event log did not acknowledge the write: {exc.reason}",
-                                kind="log-unavailable", instance=request.url.path,
-                                headers={"Retry-After": "5"})
+        return for_log_down(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
