@@ -99,6 +99,36 @@ async def _write_tasks(conn: asyncpg.Connection, schema: str,
         await conn.execute(_UPSERT_TASKS.format(schema=schema), *_columns(whole, _TASK_COLUMNS))
 
 
+# A batch this small goes in as one INSERT of arrays, a round trip; a bigger one by COPY,
+# which costs two (the COPY, then its data) but less of Postgres's time per row. Under a
+# trickle every batch is small, and round trips are most of its time.
+SMALL_BATCH_ROWS = 200
+_JOURNAL_COLUMNS = ("partition", "offset", "task_id", "event_id", "type", "time", "attempt",
+                    "event")
+_JOURNAL_TYPES = ("int4", "int8", "uuid", "uuid", "text", "timestamptz", "int4", "jsonb")
+_CHANGE_COLUMNS = ("task_id", "tenant", "type", "status", "attempt", "progress", "summary",
+                   "time", "partition", "offset")
+_CHANGE_TYPES = ("uuid", "text", "text", "text", "int4", "int4", "text", "timestamptz",
+                 "int4", "int8")
+
+
+def _insert_arrays(table: str, columns: tuple[str, ...], types: tuple[str, ...],
+                   first: int) -> str:
+    cols = ", ".join(f'"{c}"' for c in columns)
+    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
+    return f"INSERT INTO {{schema}}.{table} ({cols}) SELECT * FROM unnest({arrays})"
+
+
+_INSERT_JOURNAL = _insert_arrays("task_events", _JOURNAL_COLUMNS, _JOURNAL_TYPES, 1)
+# After the checkpoint update's four parameters and the channel.
+_INSERT_CHANGES = _insert_arrays("task_changes", _CHANGE_COLUMNS, _CHANGE_TYPES, 6)
+
+
+def _arrays(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column, for ``unnest``."""
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
 @dataclass(slots=True)
 class JournalRow:
     partition: int
@@ -159,10 +189,23 @@ async def init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog", format="binary")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a projector connection needs on release: nothing.
+
+    asyncpg's default runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``,
+    a round trip to Postgres per batch written. Projector connections hold no session
+    state to undo: every statement runs in a transaction that ended before the release
+    (the pool still rolls back one that did not), the advisory lock is transaction-scoped,
+    and nothing LISTENs or SETs on them.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """The projector's connections: the jsonb codec, and plans made per execution."""
+    """The projector's connections: the jsonb codec, plans made per execution, and no
+    reset query on release."""
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                     init=init_connection, server_settings=SERVER_SETTINGS)
+                                     init=init_connection, reset=_keep_session,
+                                     server_settings=SERVER_SETTINGS)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
@@ -281,14 +324,13 @@ async def write_batch(
     if states:
         await _write_tasks(conn, schema, states, before or {})
     if journal:
-        await conn.copy_records_to_table(
-            "task_events",
-            schema_name=schema,
-            columns=["partition", "offset", "task_id", "event_id", "type", "time", "attempt",
-                     "event"],
-            records=[(j.partition, j.offset, j.task_id, j.event_id, j.type, j.time, j.attempt,
-                      j.event) for j in journal],
-        )
+        rows = [(j.partition, j.offset, j.task_id, j.event_id, j.type, j.time, j.attempt,
+                 j.event) for j in journal]
+        if len(rows) <= SMALL_BATCH_ROWS:
+            await conn.execute(_INSERT_JOURNAL.format(schema=schema), *_arrays(rows, 8))
+        else:
+            await conn.copy_records_to_table("task_events", schema_name=schema,
+                                             columns=list(_JOURNAL_COLUMNS), records=rows)
     if parked:
         await conn.executemany(
             f"INSERT INTO {schema}.dead_letters (projection, topic, partition, \"offset\", key, "
@@ -303,14 +345,20 @@ async def write_batch(
         await conn.execute(update, *args)
         return None
     await conn.execute("SELECT pg_advisory_xact_lock($1)", CHANGES_LOCK_KEY)
-    await conn.copy_records_to_table(
-        "task_changes",
-        schema_name=schema,
-        columns=["task_id", "tenant", "type", "status", "attempt", "progress", "summary",
-                 "time", "partition", "offset"],
-        records=[(c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress, c.summary,
-                  c.time, c.partition, c.offset) for c in changes],
-    )
+    crows: list[tuple[Any, ...]] = [
+        (c.task_id, c.tenant, c.type, c.status, c.attempt, c.progress, c.summary, c.time,
+         c.partition, c.offset) for c in changes]
+    if len(crows) <= SMALL_BATCH_ROWS:
+        # The changes, the checkpoint, the last position and the wake-up in one round
+        # trip; the positions RETURNING gives are the highest, as the lock is held.
+        last = await conn.fetchval(
+            f"WITH ins AS ({_INSERT_CHANGES.format(schema=schema)} RETURNING position), "
+            f"cp AS ({update}) "
+            "SELECT p, pg_notify($5, p::text) FROM (SELECT max(position) AS p FROM ins) AS top",
+            *args, CHANGES_CHANNEL, *_arrays(crows, 10))
+        return int(last)
+    await conn.copy_records_to_table("task_changes", schema_name=schema,
+                                     columns=list(_CHANGE_COLUMNS), records=crows)
     # Checkpoint, last position and wake-up in one round trip (the advisory lock is held
     # until commit, so this is a round trip less under it). A data-modifying CTE runs
     # whether or not the query reads it; max(position) sees the COPY above.

@@ -8,11 +8,13 @@ import random
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from events import constants
 from events.db import asyncpg_dsn
@@ -480,3 +482,79 @@ async def test_the_projectors_connections_plan_each_execution_even_after_reuse(
                 assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
     finally:
         await pool.close()
+
+
+async def test_releasing_a_projector_connection_costs_no_round_trip(env: Env) -> None:
+    """asyncpg's default release runs a reset query, one more round trip to Postgres per
+    batch written; the projector's connections hold no session state, so they skip it.
+    (A session setting surviving the release shows no RESET ALL ran.) A transaction left
+    open is still rolled back."""
+    pool = await store.create_pool(asyncpg_dsn(env.database_url), min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET application_name = 'kept'")
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same one
+            assert await conn.fetchval("SHOW application_name") == "kept"
+            tr = conn.transaction()
+            await tr.start()
+            await conn.execute("CREATE TEMP TABLE left_open (a int)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'left_open'") == 0
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("n", [3, store.SMALL_BATCH_ROWS + 1])
+async def test_a_small_and_a_big_batch_write_the_same_journal_and_changes(
+        env: Env, n: int) -> None:
+    """Up to SMALL_BATCH_ROWS the journal and the change feed go in as INSERTs of arrays
+    (the changes with the checkpoint and the wake-up in the same statement); above, by
+    COPY. Either way: every row as given, positions after the last, one wake-up naming
+    the last position, the checkpoint moved."""
+    conn = await env.db()
+    await store.init_connection(conn)
+    listener = await env.db()
+    woken: list[str] = []
+    await listener.add_listener(constants.CHANGES_CHANNEL, lambda *a: woken.append(a[3]))
+    tids = [uuid.uuid4() for _ in range(n)]
+    when = datetime.now(UTC)
+    journal = [store.JournalRow(partition=0, offset=i, task_id=t, event_id=uuid.uuid4(),
+                                type="task.created", time=when, attempt=0,
+                                event={"subject": str(t), "n": i})
+               for i, t in enumerate(tids)]
+    changes = [store.ChangeRow(task_id=t, tenant=None if i % 2 else "acme", type="echo",
+                               status="PENDING", attempt=0, progress=0,
+                               summary=None if i % 3 else "s", time=when, partition=0,
+                               offset=i) for i, t in enumerate(tids)]
+    try:
+        await conn.execute("INSERT INTO projector_offsets (projection, topic, partition, "
+                           "\"offset\") VALUES ('t', 't', 0, -1)")
+        before = await conn.fetchval("SELECT coalesce(max(position), 0) FROM task_changes")
+        async with conn.transaction():
+            last = await store.write_batch(conn, schema="public", projection="t", topic="t",
+                                           states={}, journal=journal, changes=changes,
+                                           parked=[], checkpoints={0: n - 1})
+        got = await conn.fetch("SELECT * FROM task_changes WHERE position > $1 "
+                               "ORDER BY position", before)
+        assert [r["position"] for r in got] == list(range(before + 1, before + n + 1))
+        assert last == before + n
+        assert [(r["task_id"], r["tenant"], r["summary"], r["offset"]) for r in got] == [
+            (c.task_id, c.tenant, c.summary, c.offset) for c in changes]
+        events = await conn.fetch('SELECT task_id, event FROM task_events ORDER BY "offset"')
+        assert [(r["task_id"], r["event"]) for r in events] == [
+            (j.task_id, j.event) for j in journal]
+        assert await conn.fetchval("SELECT \"offset\" FROM projector_offsets "
+                                   "WHERE projection = 't'") == n - 1
+        await wait_until(lambda: _true(bool(woken)), timeout=5, what="the wake-up")
+        assert woken == [str(last)]
+    finally:
+        await listener.close()
+        await conn.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
