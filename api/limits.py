@@ -18,6 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.problems import problem_response
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+# The scope key under which the guard hands on the body it read and checked, so that an
+# app inside it (``api.fastpath``) need not read and replay it again.
+BODY_KEY = "taskflow.body"
 
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -93,6 +96,7 @@ class RequestGuard:
                                     errors=[{"loc": ["body"], "msg": "contains NUL",
                                              "type": "nul_character"}])
                 return
+        scope[BODY_KEY] = body
         replayed = False
 
         async def replay() -> Message:

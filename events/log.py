@@ -465,7 +465,9 @@ class _AdaptiveFetch:
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
         # This request's own minimum (with several brokers, fetches to each run at once).
         eager = getattr(request, "_min_bytes", self.fetcher._fetch_min_bytes) == 1
-        held = dict(getattr(self.fetcher, "_records", {}))
+        # The answers already held, to tell this fetch's apart; only a gathering fetch's
+        # size is read.
+        held = {} if eager else dict(getattr(self.fetcher, "_records", {}))
         t0 = time.monotonic()
         got = bool(await self._proc(assignment, node_id, request))
         took_ms = (time.monotonic() - t0) * 1000
@@ -581,12 +583,6 @@ class GroupConsumer:
         """The end offset of ``tp`` as of the last fetch (None before the first fetch)."""
         hw = self._consumer.highwater(TopicPartition(*tp))
         return int(hw) if hw is not None else None
-
-    def pause(self, tps: Iterable[TP]) -> None:
-        self._consumer.pause(*(TopicPartition(t, p) for t, p in tps))
-
-    def resume(self, tps: Iterable[TP]) -> None:
-        self._consumer.resume(*(TopicPartition(t, p) for t, p in tps))
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})

@@ -35,10 +35,19 @@ _TASK_TYPES = (
     "bool", "bool", "timestamptz", "timestamptz", "timestamptz",
     "int4", "int8",
 )
+
+
+def _insert_arrays(table: str, columns: tuple[str, ...], types: tuple[str, ...],
+                   first: int) -> str:
+    """``INSERT … SELECT * FROM unnest(…)`` of one typed array per column, from ``$first``."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
+    return f"INSERT INTO {{schema}}.{table} ({cols}) SELECT * FROM unnest({arrays})"
+
+
 _UPSERT_TASKS = (
-    f"INSERT INTO {{schema}}.tasks ({', '.join(_TASK_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TASK_TYPES))
-    + ") ON CONFLICT (task_id) DO UPDATE SET "
+    _insert_arrays("tasks", _TASK_COLUMNS, _TASK_TYPES, 1)
+    + " ON CONFLICT (task_id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _TASK_COLUMNS[1:])
 )
 
@@ -110,23 +119,14 @@ _CHANGE_COLUMNS = ("task_id", "tenant", "type", "status", "attempt", "progress",
                    "time", "partition", "offset")
 _CHANGE_TYPES = ("uuid", "text", "text", "text", "int4", "int4", "text", "timestamptz",
                  "int4", "int8")
-
-
-def _insert_arrays(table: str, columns: tuple[str, ...], types: tuple[str, ...],
-                   first: int) -> str:
-    cols = ", ".join(f'"{c}"' for c in columns)
-    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
-    return f"INSERT INTO {{schema}}.{table} ({cols}) SELECT * FROM unnest({arrays})"
-
-
 _INSERT_JOURNAL = _insert_arrays("task_events", _JOURNAL_COLUMNS, _JOURNAL_TYPES, 1)
 # After the checkpoint update's four parameters and the channel.
 _INSERT_CHANGES = _insert_arrays("task_changes", _CHANGE_COLUMNS, _CHANGE_TYPES, 6)
 
 
-def _arrays(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows as one list per column, for ``unnest``."""
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+def _arrays(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows (at least one) as one list per column, for ``unnest``."""
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 @dataclass(slots=True)
@@ -327,7 +327,7 @@ async def write_batch(
         rows = [(j.partition, j.offset, j.task_id, j.event_id, j.type, j.time, j.attempt,
                  j.event) for j in journal]
         if len(rows) <= SMALL_BATCH_ROWS:
-            await conn.execute(_INSERT_JOURNAL.format(schema=schema), *_arrays(rows, 8))
+            await conn.execute(_INSERT_JOURNAL.format(schema=schema), *_arrays(rows))
         else:
             await conn.copy_records_to_table("task_events", schema_name=schema,
                                              columns=list(_JOURNAL_COLUMNS), records=rows)
@@ -355,7 +355,7 @@ async def write_batch(
             f"WITH ins AS ({_INSERT_CHANGES.format(schema=schema)} RETURNING position), "
             f"cp AS ({update}) "
             "SELECT p, pg_notify($5, p::text) FROM (SELECT max(position) AS p FROM ins) AS top",
-            *args, CHANGES_CHANNEL, *_arrays(crows, 10))
+            *args, CHANGES_CHANNEL, *_arrays(crows))
         return int(last)
     await conn.copy_records_to_table("task_changes", schema_name=schema,
                                      columns=list(_CHANGE_COLUMNS), records=crows)

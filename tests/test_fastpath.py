@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from api import metrics
 from api.app import create_app
 from api.fastpath import FastSubmit
+from api.limits import RequestGuard
 from events.models import EventType
 from events.settings import Settings
 from tests.helpers import Env
@@ -55,12 +56,14 @@ class Below:
 async def call(app: FastAPI, below: Below, body: bytes,
                headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
                chunk: int = 0) -> tuple[int, dict[str, str], bytes]:
-    """One request through ``FastSubmit(below)`` as uvicorn would deliver it."""
+    """One request through the guard and ``FastSubmit(below)``, as uvicorn would deliver
+    it (an empty body as one empty message) and as the app stacks them."""
     scope = {"type": "http", "method": "POST", "path": "/tasks", "app": app,
              "headers": [(b"content-type", b"application/json"), *headers],
              "query_string": b"", "root_path": "", "scheme": "http",
              "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
-    parts = [body[i:i + chunk] for i in range(0, len(body), chunk)] if chunk else [body]
+    parts = ([body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]) if chunk \
+        else [body]
     incoming: list[Message] = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
                                for i, p in enumerate(parts)]
     sent: list[Message] = []
@@ -71,7 +74,10 @@ async def call(app: FastAPI, below: Below, body: bytes,
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await FastSubmit(below)(scope, receive, send)
+    settings = app.state.settings
+    guard = RequestGuard(FastSubmit(below), max_body_bytes=settings.max_body_bytes,
+                         max_json_depth=settings.max_json_depth)
+    await guard(scope, receive, send)
     start = sent[0]
     hdrs = {k.decode(): v.decode() for k, v in start.get("headers", [])}
     return start["status"], hdrs, b"".join(m.get("body", b"") for m in sent[1:])
