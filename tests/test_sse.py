@@ -122,7 +122,18 @@ async def test_trimmed_position_gets_reset_event(env: Env) -> None:
     async def trimmed() -> int:
         return await count(env, "SELECT trimmed_upto FROM change_retention")
 
+    async def all_done() -> bool:
+        return await count(env, "SELECT count(*) FROM tasks WHERE status = 'DONE'") == 20
+
     mark = await wait_until(trimmed, timeout=60, what="retention to trim")
+    # Only new changes may follow the reset: let the 20 tasks finish, and let the API's
+    # feed see the newest change (a probe resuming just before it gets it, backlog or live).
+    await wait_until(all_done, timeout=60, what="the 20 tasks to finish")
+    head = (await positions(env))[-1]
+    async with SSEReader(env.base_url + "/events",
+                         headers={"Last-Event-ID": str(head - 1)}) as probe:
+        await wait_until(lambda: _n(probe, 1), timeout=20, what="the feed to reach the head")
+    assert [int(e["id"]) for e in _ev(probe)] == [head]
     async with SSEReader(env.base_url + "/events",
                          headers={"Last-Event-ID": "1"}) as sse:
         await wait_until(lambda: _n(sse, 1), timeout=20, what=f"reset; got {sse.events}")
@@ -134,8 +145,10 @@ async def test_trimmed_position_gets_reset_event(env: Env) -> None:
     assert first["event"] == "reset"
     body = _data(first)
     assert body["trimmed_upto"] >= mark and int(first["id"]) == body["position"]
+    assert body["position"] >= head
     live = _ev(sse)[1:]
     assert live and all(_data(e)["task_id"] == tid for e in live)  # continues live after it
+    assert all(int(e["id"]) > body["position"] for e in live)
     # A client inside the retained range gets no reset (well inside: trimming goes on).
     await wait_until(lambda: _done_task(env, tid), timeout=20)
     keep = (await positions(env))[-4]
