@@ -43,3 +43,8 @@ def test_bench_smoke_runs_every_scenario_and_prints_its_table() -> None:
     assert {f["scenario"] for f in doc["figures"]} == set(SCENARIOS)
     peers = {name for f in doc["figures"] for name, v in f["values"].items() if v is not None}
     assert {"taskflow", "celery", "dramatiq"} <= peers
+    # Every system's latency run starts on a settled disk (the runs before leave the
+    # page cache dirty, and its writeback would land in the window).
+    latency = doc["details"]["latency"]
+    assert {"taskflow", "celery", "dramatiq"} <= set(latency)
+    assert all(r["settled"]["seconds"] >= 0 for r in latency.values())
