@@ -85,12 +85,14 @@ def _dirty_mib() -> float:
 async def _settle(database_url: str | None = None) -> dict[str, float]:
     """Write out what the scenarios before left in the page cache (and Postgres's buffers).
 
-    The end-to-end runs leave a few hundred MiB dirty; the kernel writes pages back 30 s
-    after they were dirtied, which is in the middle of the latency run that follows, and
-    every fsync there (Postgres's commits) then queues behind that writeback. The latency
-    scenario is meant to measure a steady 200 tasks/s, so each system's run starts on a
-    quiet disk: ``sync`` for everyone, and a ``CHECKPOINT`` for TaskFlow's Postgres so a
-    timed checkpoint of the earlier runs' pages does not land in the window either.
+    The end-to-end runs leave about 165 MiB dirty; the kernel writes pages back 30 s after
+    they were dirtied, which can be in the middle of the latency run that follows, and an
+    fsync there (Postgres's commits) can queue behind that writeback: a probe's fdatasync
+    stalled for up to 285 ms in one such window. The latency scenario is meant to measure
+    a steady 200 tasks/s, so each system's run starts on a quiet disk: ``sync`` for
+    everyone, and a ``CHECKPOINT`` for TaskFlow's Postgres so a timed checkpoint of the
+    earlier runs' pages does not land in the window either. (This removes one cause of
+    the tail, not the tail: README.md has the runs with and without it.)
     """
     t0 = time.perf_counter()
     out = await asyncio.to_thread(_sync_disk)
