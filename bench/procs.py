@@ -187,6 +187,15 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def meminfo_kib(field: str) -> int | None:
+    """One field of /proc/meminfo (``MemTotal``, ``Dirty``, ...), in KiB."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return None
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

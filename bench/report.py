@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from bench.procs import ROOT
+from bench.procs import ROOT, meminfo_kib
 from bench.stats import Figure
 
 RESULTS = ROOT / "bench" / "results"
@@ -56,13 +56,8 @@ def _cpu_model() -> str | None:
 
 
 def _mem_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return None
+    kib = meminfo_kib("MemTotal")
+    return round(kib / 1024 / 1024, 1) if kib is not None else None
 
 
 def _git() -> dict[str, Any]:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,7 +18,7 @@ import asyncpg
 from bench import fanout as fanout_mod
 from bench import taskflow_runner as tf
 from bench.peers import Peer
-from bench.procs import LOGS, Redis
+from bench.procs import LOGS, Redis, meminfo_kib
 from bench.report import machine, table, write_json
 from bench.stats import PEERS, Figure, say
 from bench.world import TEMPLATE, Lab, World, db_url
@@ -73,16 +72,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=
               fanout_idle_subscribers=50)
 
 
-def _dirty_mib() -> float:
-    """Page-cache data written but not yet on disk, MiB (``Dirty`` in /proc/meminfo)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("Dirty:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-async def _settle(database_url: str | None = None) -> dict[str, float]:
+async def _settle(world: World | None = None) -> dict[str, float]:
     """Write out what the scenarios before left in the page cache (and Postgres's buffers).
 
     The end-to-end runs leave about 165 MiB dirty; the kernel writes pages back 30 s after
@@ -90,14 +80,15 @@ async def _settle(database_url: str | None = None) -> dict[str, float]:
     fsync there (Postgres's commits) can queue behind that writeback: a probe's fdatasync
     stalled for up to 285 ms in one such window. The latency scenario is meant to measure
     a steady 200 tasks/s, so each system's run starts on a quiet disk: ``sync`` for
-    everyone, and a ``CHECKPOINT`` for TaskFlow's Postgres so a timed checkpoint of the
-    earlier runs' pages does not land in the window either. (This removes one cause of
-    the tail, not the tail: README.md has the runs with and without it.)
+    everyone (the peers call ``_sync_disk`` alone), and a ``CHECKPOINT`` for TaskFlow's
+    Postgres so a timed checkpoint of the earlier runs' pages does not land in the window
+    either. (This removes one cause of the tail, not the tail: README.md has the runs
+    with and without it.)
     """
     t0 = time.perf_counter()
     out = await asyncio.to_thread(_sync_disk)
-    if database_url is not None:
-        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    if world is not None:
+        conn = await world.connect()
         try:
             await conn.execute("CHECKPOINT")
         finally:
@@ -106,10 +97,11 @@ async def _settle(database_url: str | None = None) -> dict[str, float]:
 
 
 def _sync_disk() -> dict[str, float]:
-    """``sync``; what was dirty before it, and how long it took (the peers' settle)."""
-    t0, dirty = time.perf_counter(), _dirty_mib()
+    """``sync``; what was dirty before it (MiB), and how long it took."""
+    t0, dirty_kib = time.perf_counter(), meminfo_kib("Dirty") or 0
     os.sync()
-    return {"dirty_mib": dirty, "seconds": round(time.perf_counter() - t0, 2)}
+    return {"dirty_mib": round(dirty_kib / 1024, 1),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 async def _at_rest(cpu: Callable[[], dict[str, float]], seconds: float) -> dict[str, float]:
@@ -244,7 +236,7 @@ class Run:
                     self.failed("e2e", "taskflow", exc)
             if "latency" in want:
                 try:
-                    settled = await _settle(w.database_url)
+                    settled = await _settle(w)
                     rest = await _at_rest(w.cpu, z.rest_s)
                     before, t0 = w.cpu(), time.perf_counter()
                     res["latency"] = await tf.latency(w, rate=z.latency_rate, seconds=z.latency_s)
