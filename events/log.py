@@ -333,8 +333,8 @@ class TransactionalProducer:
             transactional_id=transactional_id,
             enable_idempotence=True,
             acks="all",
-            # Without this 1 ms batch end to end was no faster, and slower in two of three
-            # interleaved pairs (3,903 / 4,109 / 4,030 against 3,908 / 4,719 / 4,182
+            # Without this 1 ms batch end to end was slower in three interleaved pairs,
+            # by 0.1, 13 and 4 % (3,903 / 4,109 / 4,030 against 3,908 / 4,719 / 4,182
             # tasks/s); at 200 tasks/s it is at most 1 ms of latency. The linger that
             # cost latency was the API producer's, now none (``EventProducer``).
             linger_ms=1,
