@@ -72,7 +72,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=
               fanout_idle_subscribers=50)
 
 
-async def _settle(world: World | None = None) -> dict[str, float]:
+async def _settle(world: World) -> dict[str, float]:
     """Write out what the scenarios before left in the page cache (and Postgres's buffers).
 
     The end-to-end runs leave about 165 MiB dirty; the kernel writes pages back 30 s after
@@ -87,12 +87,11 @@ async def _settle(world: World | None = None) -> dict[str, float]:
     """
     t0 = time.perf_counter()
     out = await asyncio.to_thread(_sync_disk)
-    if world is not None:
-        conn = await world.connect()
-        try:
-            await conn.execute("CHECKPOINT")
-        finally:
-            await conn.close()
+    conn = await world.connect()
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
     return {**out, "seconds": round(time.perf_counter() - t0, 2)}
 
 
