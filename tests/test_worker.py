@@ -207,10 +207,25 @@ async def test_a_lagging_group_offset_costs_a_longer_read_not_a_second_run(env: 
     w = env.proc("worker", TASKFLOW_WORKER_OFFSET_COMMIT_INTERVAL_MS="600000")
     await env.api()
     async with httpx.AsyncClient(base_url=env.base_url, timeout=60) as c:
-        first = {await submit(c, {"title": f"a{i}", "payload": {"message": "m"}})
-                 for i in range(10)}
+        # A lane commits its offset on its first transaction and then not for the
+        # interval, so every partition gets a task before the batch: a lane whose first
+        # transaction came in the middle of the batch would commit an offset past some of
+        # its records, and the successor would start less far back than this test means.
+        first: set[str] = set()
+        covered: set[int] = set()
+        while len(covered) < 6 and len(first) < 200:  # the env's topic has 6 partitions
+            r = await c.post("/tasks", json={"title": f"a{len(first)}",
+                                             "payload": {"message": "m"}})
+            assert r.status_code == 202, r.text
+            first.add(str(r.json()["task_id"]))
+            covered.add(int(r.json()["position"]["partition"]))
         await wait_until(lambda: all_terminal_in_log(env, first), timeout=60,
                          what="the first tasks terminal")
+
+        async def every_lane_committed() -> bool:
+            return len(await group_offsets(env.bootstrap, group, env.topic)) == 6
+
+        await wait_until(every_lane_committed, timeout=30, what="an offset for every lane")
         r = await c.post("/tasks:batch", json={"tasks": [
             {"title": f"b{i}", "payload": {"message": "m"}} for i in range(60)]})
         assert r.status_code == 202, r.text
