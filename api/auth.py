@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -22,6 +23,9 @@ from api.problems import Problem
 from events.tables import api_keys
 
 CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation takes
+# Entries of each per-key structure: key ids come from the client (a made-up one is
+# looked up and cached as unknown too), so both are bounded.
+CACHE_MAX = 10_000
 
 
 class Unauthorized(Problem):
@@ -72,8 +76,8 @@ class KeyRing:
     engine: AsyncEngine
     rate_per_s: float
     burst: int
-    _cache: dict[str, tuple[float, str | None, str]] = field(default_factory=dict)
-    _buckets: dict[str, Bucket] = field(default_factory=dict)
+    _cache: OrderedDict[str, tuple[float, str | None, str]] = field(default_factory=OrderedDict)
+    _buckets: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
 
     async def tenant_of(self, raw: str) -> Tenant | None:
         parsed = parse_key(raw)
@@ -89,6 +93,9 @@ class KeyRing:
                         api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)))).first()
             hit = (now, row.tenant if row else None, row.secret_hash if row else "")
             self._cache[key_id] = hit
+            self._cache.move_to_end(key_id)
+            while len(self._cache) > CACHE_MAX:
+                self._cache.popitem(last=False)  # the least recently looked up
         _, tenant, digest = hit
         if tenant is None or not hmac.compare_digest(digest, hash_secret(secret)):
             return None
@@ -102,6 +109,11 @@ class KeyRing:
         b = self._buckets.get(key)
         if b is None:
             b = self._buckets[key] = Bucket(tokens=float(self.burst), at=now)
+            while len(self._buckets) > CACHE_MAX:
+                # The least recently used key: its bucket has refilled the longest.
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
         b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate_per_s)
         b.at = now
         if b.tokens >= 1:

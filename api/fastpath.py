@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import metrics, problems
 from api.auth import _tenant
 from api.limits import BODY_KEY
-from api.routes import _accepted, _check_type, _created, router
+from api.routes import LOG_DOWN_NOTE, _accepted, _check_type, _created, router
 from api.schemas import TaskIn
 from events import ids
 from events.errors import LogUnavailable
@@ -64,7 +64,9 @@ class FastSubmit:
             await problems.for_problem(request, exc)(scope, receive, send)
             return
         except LogUnavailable as exc:
-            await problems.for_log_down(request, exc)(scope, receive, send)
+            # The append may still land: the id lets the client check, as the route does.
+            await problems.for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE
+                                        )(scope, receive, send)
             return
         metrics.SUBMITTED.labels(task.type).inc()
         await _accepted(task_id, p)(scope, receive, send)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -126,6 +126,12 @@ class ChangeFeed:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Wake-ups of the pump (a notification or the poll), for reads that wait for the
+    # projector: they re-read on a wake-up instead of polling Postgres on a timer.
+    ticks: int = 0
+    _ticked: asyncio.Event = field(default_factory=asyncio.Event)
+    _applied: tuple[int, dict[int, int]] | None = None
+    _applied_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __repr__(self) -> str:
         return (f"ChangeFeed(last={self.last} ◆ {len(self.subscribers)} subscribers ◆ "
@@ -160,6 +166,7 @@ class ChangeFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             self._wake.clear()
+            self._tick()
             try:
                 await self._read_new()
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
@@ -171,6 +178,43 @@ class ChangeFeed:
                 with contextlib.suppress(Exception):
                     self._conn = await self._connect()
                     await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        ticked, self._ticked = self._ticked, asyncio.Event()
+        ticked.set()
+
+    async def next_tick(self, seen: int, timeout: float) -> None:
+        """Return once the feed has woken after tick ``seen`` (a commit of the projector
+        was notified, or the poll came round), or after ``timeout`` seconds."""
+        if self.ticks != seen or timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ticked.wait(), timeout)
+
+    async def applied(self, read: Callable[[], Awaitable[dict[int, int]]]
+                      ) -> tuple[int, dict[int, int]]:
+        """``read()`` (the projection's checkpoints) as of the current tick, and that tick.
+
+        Read at most once per wake-up however many requests wait: a tick that comes
+        during the read leaves the result stale, and the next caller reads again.
+        """
+        async with self._applied_lock:
+            tick = self.ticks
+            if self._applied is None or self._applied[0] != tick:
+                self._applied = (tick, await read())
+            return self._applied
+
+    @contextlib.contextmanager
+    def watch(self, flt: Filter) -> Iterator[Subscriber]:
+        """A subscriber whose ``wake`` is set by each matching change from now on (its
+        ``pending`` is not read: a waiter only needs to know that it may look again)."""
+        sub = Subscriber(flt, everything=flt.everything)
+        self.subscribers.add(sub)
+        try:
+            yield sub
+        finally:
+            self.subscribers.discard(sub)
 
     async def _read_new(self) -> None:
         assert self._conn is not None

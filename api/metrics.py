@@ -21,7 +21,15 @@ PROJECTOR_LAG = Gauge("taskflow_projector_lag_events",
                       ["partition"], registry=REGISTRY)
 
 
+# Label values a client chooses are folded into a fixed set: each new label value is a
+# new time series held for the life of the process. Routes are the app's own path
+# templates ("unmatched" otherwise); statuses are the app's own; methods are any token.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    if method not in METHODS:
+        method = "OTHER"
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)
 

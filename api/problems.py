@@ -71,11 +71,13 @@ def for_problem(request: Request, exc: Problem) -> JSONResponse:
                             instance=request.url.path, headers=headers, **exc.extra)
 
 
-def for_log_down(request: Request, exc: LogUnavailable) -> JSONResponse:
+def for_log_down(request: Request, exc: LogUnavailable, **extra: Any) -> JSONResponse:
+    """503 for a write the log did not acknowledge. ``extra`` carries what the write may
+    still have created (``task_id``, ``task_ids``), so that a retry can be made safe."""
     return problem_response(503, "Service unavailable",
                             f"the event log did not acknowledge the write: {exc.reason}",
                             kind="log-unavailable", instance=request.url.path,
-                            headers={"Retry-After": "5"})
+                            headers={"Retry-After": "5"}, **extra)
 
 
 def install(app: FastAPI) -> None:

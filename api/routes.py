@@ -22,8 +22,16 @@ from starlette.types import Receive, Scope, Send
 from api import metrics, queries
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
-from api.feed import Change, Filter, Reset, SubscriberDropped
-from api.problems import PROBLEM, Conflict, Invalid, NotFound, Problem, Unavailable
+from api.feed import Change, ChangeFeed, Filter, Reset, SubscriberDropped
+from api.problems import (
+    PROBLEM,
+    Conflict,
+    Invalid,
+    NotFound,
+    Problem,
+    Unavailable,
+    for_log_down,
+)
 from api.schemas import (
     TYPE_PATTERN,
     BatchAccepted,
@@ -82,30 +90,59 @@ def _visible(owner: str | None, tenant: Tenant) -> bool:
     return not tenant.scoped or owner == tenant.name
 
 
-async def _reach(db: DbDep, settings: Settings, min_position: str | None) -> None:
-    """Read-your-writes across API instances: wait until the projection has applied it."""
+async def _reach(db: DbDep, feed: ChangeFeed, settings: Settings,
+                 min_position: str | None) -> None:
+    """Read-your-writes across API instances: wait until the projection has applied it.
+
+    The checkpoints are read again only when the feed wakes up (the projector notified a
+    commit, or the feed's poll came round), and once per wake-up for every waiting
+    request of this process, never on a timer per request.
+    """
     if min_position is None:
         return
     p, o = (int(x) for x in min_position.split(":"))
     deadline = time.monotonic() + settings.read_wait_s
+
+    async def read() -> dict[int, int]:
+        return await queries.checkpoints(db, projection=settings.projection,
+                                         topic=settings.topic)
+
     while True:
-        cps = await queries.checkpoints(db, projection=settings.projection, topic=settings.topic)
+        tick, cps = await feed.applied(read)
         if cps.get(p, 0) > o:
             return
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise Unavailable(f"the projection has not reached {min_position} yet",
                               retry_after=1)
-        await asyncio.sleep(0.01)
+        await feed.next_tick(tick, remaining)
 
 
-async def _wait_for_task(db: DbDep, task_id: uuid.UUID, wait_s: float) -> dict[str, Any] | None:
-    """Read-your-writes: a task accepted a moment ago may not be projected yet."""
+async def _wait_for_task(db: DbDep, feed: ChangeFeed, task_id: uuid.UUID,
+                         wait_s: float) -> dict[str, Any] | None:
+    """Read-your-writes: a task accepted a moment ago may not be projected yet.
+
+    Waits for the feed to see a change of this task (its row commits with it), then
+    reads once; no query on a timer.
+    """
+    row = await queries.get_task(db, task_id=task_id)
+    if row is not None or wait_s <= 0:
+        return row
     deadline = time.monotonic() + wait_s
-    while True:
+    # Watching starts before the second read: a change committed after the read reaches
+    # the watcher, one committed before it is in what the read sees.
+    with feed.watch(Filter(task_ids=frozenset({task_id}))) as sub:
         row = await queries.get_task(db, task_id=task_id)
-        if row is not None or time.monotonic() >= deadline:
-            return row
-        await asyncio.sleep(0.02)
+        while row is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.wake.wait(), remaining)
+            sub.wake.clear()
+            sub.pending.clear()
+            row = await queries.get_task(db, task_id=task_id)
+    return row
 
 
 def _check_type(body: TaskIn, settings: Settings, loc: list[str | int]) -> None:
@@ -138,12 +175,36 @@ def _accepted(task_id: uuid.UUID, p: Position) -> Response:
 
 
 _SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
-_key_locks: dict[uuid.UUID, asyncio.Lock] = {}
+# Keyed submits of the same task are serialised by a lock striped by task id: a fixed
+# number of locks, however many keys clients send (one lock per key grew without end).
+# Two keys that share a stripe only wait for each other's lookup and append.
+# The stripes live on the app's state: a lock belongs to the event loop it first waited in.
+KEY_LOCK_STRIPES = 1024
+
+
+def _key_locks(state: Any) -> tuple[asyncio.Lock, ...]:
+    locks: tuple[asyncio.Lock, ...] | None = getattr(state, "key_locks", None)
+    if locks is None:
+        locks = state.key_locks = tuple(asyncio.Lock() for _ in range(KEY_LOCK_STRIPES))
+    return locks
+
+
+def _key_lock(state: Any, task_id: uuid.UUID) -> asyncio.Lock:
+    return _key_locks(state)[task_id.int % KEY_LOCK_STRIPES]
+
+
 # Keyed tasks this process appended recently, for retries that come before the projector
 # has applied the first task.created: (digest of its spec, position of that task.created).
 # A digest, not the spec: 10,000 payloads near the body limit would be gigabytes.
 _recent_keyed: OrderedDict[uuid.UUID, tuple[bytes, PositionOut]] = OrderedDict()
 RECENT_KEYED_MAX = 10_000
+
+
+# A submit that answered 503 may still have been appended: the producer keeps the record
+# and can deliver it after the deadline. The 503 names the task id(s) it would create.
+LOG_DOWN_NOTE = ("the write may still be applied: check GET /tasks/{task_id} before "
+                 "submitting again, or retry with the same Idempotency-Key, which names "
+                 "the same task")
 
 
 def _digest(spec: dict[str, Any]) -> bytes:
@@ -169,49 +230,50 @@ async def submit_task(
     if idempotency_key is None:
         # A fresh random id: nothing to look up, nothing to serialise against.
         task_id = ids.uuid4()
-        [p] = await producer.append([_created(body, task_id, tenant)])
+        try:
+            [p] = await producer.append([_created(body, task_id, tenant)])
+        except LogUnavailable as exc:
+            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
         metrics.SUBMITTED.labels(body.type).inc()
         return _accepted(task_id, p)
     # Derived id: the same (tenant, key) always names the same task, with no key store.
     task_id = uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}")
-    lock = _key_locks.setdefault(task_id, asyncio.Lock())
-    async with lock:
+    async with _key_lock(state, task_id):
+        spec = body.model_dump(include=set(_SPEC))
+        db: AsyncEngine = state.engine
+        existing = await queries.get_task(db, task_id=task_id)
+        recent = _recent_keyed.get(task_id)
+        if existing is not None or recent is not None:
+            if recent is not None:
+                same = recent[0] == _digest(spec)
+            else:
+                assert existing is not None
+                same = {k: existing[k] for k in _SPEC} == spec
+            if not same:
+                raise Invalid("Idempotency-Key was already used with a different body",
+                              errors=[{"loc": ["header", "Idempotency-Key"],
+                                       "msg": "reused with a different body",
+                                       "type": "idempotency"}])
+            if recent is not None:
+                position = recent[1]
+            else:
+                first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
+                position = PositionOut(**first.get("position",
+                                                   {"partition": 0, "offset": 0}))
+            status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+            replay = TaskAccepted(task_id=task_id, status=status, position=position)
+            return Response(replay.model_dump_json(), status_code=200,
+                            media_type="application/json",
+                            headers={"Location": f"/tasks/{task_id}",
+                                     "Idempotent-Replayed": "true"})
         try:
-            spec = body.model_dump(include=set(_SPEC))
-            db: AsyncEngine = state.engine
-            existing = await queries.get_task(db, task_id=task_id)
-            recent = _recent_keyed.get(task_id)
-            if existing is not None or recent is not None:
-                if recent is not None:
-                    same = recent[0] == _digest(spec)
-                else:
-                    assert existing is not None
-                    same = {k: existing[k] for k in _SPEC} == spec
-                if not same:
-                    raise Invalid("Idempotency-Key was already used with a different body",
-                                  errors=[{"loc": ["header", "Idempotency-Key"],
-                                           "msg": "reused with a different body",
-                                           "type": "idempotency"}])
-                if recent is not None:
-                    position = recent[1]
-                else:
-                    first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
-                    position = PositionOut(**first.get("position",
-                                                       {"partition": 0, "offset": 0}))
-                status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
-                replay = TaskAccepted(task_id=task_id, status=status, position=position)
-                return Response(replay.model_dump_json(), status_code=200,
-                                media_type="application/json",
-                                headers={"Location": f"/tasks/{task_id}",
-                                         "Idempotent-Replayed": "true"})
             [p] = await producer.append([_created(body, task_id, tenant)])
-            accepted_at = PositionOut(partition=p.partition, offset=p.offset)
-            _recent_keyed[task_id] = (_digest(spec), accepted_at)
-            while len(_recent_keyed) > RECENT_KEYED_MAX:
-                _recent_keyed.popitem(last=False)
-        finally:
-            if not lock.locked() or len(_key_locks) > 10_000:
-                _key_locks.pop(task_id, None)
+        except LogUnavailable as exc:
+            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
+        accepted_at = PositionOut(partition=p.partition, offset=p.offset)
+        _recent_keyed[task_id] = (_digest(spec), accepted_at)
+        while len(_recent_keyed) > RECENT_KEYED_MAX:
+            _recent_keyed.popitem(last=False)
     metrics.SUBMITTED.labels(body.type).inc()
     return _accepted(task_id, p)
 
@@ -226,8 +288,12 @@ async def submit_batch(body: BatchIn, request: Request,
     for i, t in enumerate(body.tasks):
         _check_type(t, settings, ["body", "tasks", i])
     task_ids = [ids.uuid4() for _ in body.tasks]
-    positions = await producer.append([_created(t, i, tenant)
-                                       for t, i in zip(body.tasks, task_ids, strict=True)])
+    try:
+        positions = await producer.append([_created(t, i, tenant)
+                                           for t, i in zip(body.tasks, task_ids, strict=True)])
+    except LogUnavailable as exc:
+        return for_log_down(request, exc, task_ids=[str(i) for i in task_ids],
+                            note=LOG_DOWN_NOTE)
     for type_, n in Counter(t.type for t in body.tasks).items():
         metrics.SUBMITTED.labels(type_).inc(n)
     # The documented BatchAccepted, encoded directly (1,000 models validated and dumped
@@ -259,14 +325,14 @@ def _parse_as_of(value: str) -> datetime | tuple[int, int]:
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"],
             responses={404: _ERRORS[404], 422: _ERRORS[422]})
 async def get_task(
-    task_id: uuid.UUID, db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
     min_position: MinPosition = None,
     as_of: Annotated[str | None, Query(
         max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the state then",
         examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
 ) -> dict[str, Any]:
     """The task's current state, from the projection; or, with ``as_of``, as it was then."""
-    await _reach(db, settings, min_position)
+    await _reach(db, feed, settings, min_position)
     if as_of is not None:
         point = _parse_as_of(as_of)
         history = await queries.task_history(db, task_id=task_id)
@@ -283,7 +349,7 @@ async def get_task(
         if state is None or not _visible(state.tenant, tenant):
             raise NotFound(f"task {task_id} did not exist at {as_of}")
         return state.model_dump()
-    row = await _wait_for_task(db, task_id, settings.read_wait_s)
+    row = await _wait_for_task(db, feed, task_id, settings.read_wait_s)
     if row is None or not _visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     return row
@@ -292,7 +358,7 @@ async def get_task(
 @router.get("/tasks", response_model=TaskPage, tags=["tasks"],
             responses={k: v for k, v in _ERRORS.items() if k in (400, 401, 422, 429)})
 async def list_tasks(
-    db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
     status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=100, pattern=TYPE_PATTERN)] = None,
     created_after: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
@@ -309,7 +375,7 @@ async def list_tasks(
     Keyset pagination on (created_at, task_id) is stable while tasks are being added: a
     page never repeats or skips a task. ``limit`` is capped at ``TASKFLOW_LIST_LIMIT_MAX``.
     """
-    await _reach(db, settings, min_position)
+    await _reach(db, feed, settings, min_position)
     for name, value in (("created_after", created_after), ("created_before", created_before)):
         if value is not None and value.tzinfo is None:
             raise Invalid(f"{name} needs a time zone offset",
@@ -331,22 +397,22 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage, tags=["tasks"],
             responses={404: _ERRORS[404]})
-async def task_events(task_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: SettingsDep,
                       tenant: TenantDep) -> EventPage:
     """The task's full history in log order, each CloudEvent with its position."""
     items = await queries.task_history(db, task_id=task_id)
     if items and not _visible(items[0].get("tenant"), tenant):
         raise NotFound(f"no task {task_id}")
-    if not items and await _wait_for_task(db, task_id, settings.read_wait_s) is None:
+    if not items and await _wait_for_task(db, feed, task_id, settings.read_wait_s) is None:
         raise NotFound(f"no task {task_id}")
     if not items:
         items = await queries.task_history(db, task_id=task_id)
     return EventPage(items=items)
 
 
-async def _emit(producer: LogDep, db: DbDep, settings: SettingsDep, task_id: uuid.UUID,
-                kind: str, tenant: Tenant) -> dict[str, Any]:
-    row = await _wait_for_task(db, task_id, settings.read_wait_s)
+async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: SettingsDep,
+                task_id: uuid.UUID, kind: str, tenant: Tenant) -> dict[str, Any]:
+    row = await _wait_for_task(db, feed, task_id, settings.read_wait_s)
     if row is None or not _visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     status = TaskStatus(row["status"])
@@ -371,18 +437,18 @@ async def _emit(producer: LogDep, db: DbDep, settings: SettingsDep, task_id: uui
 
 @router.post("/tasks/{task_id}/cancel", status_code=202, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (404, 409, 503)})
-async def cancel_task(task_id: uuid.UUID, producer: LogDep, db: DbDep,
+async def cancel_task(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed: FeedDep,
                       settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     """Request cancellation: a pending task never starts, a running one is stopped."""
-    return await _emit(producer, db, settings, task_id, "cancel", tenant)
+    return await _emit(producer, db, feed, settings, task_id, "cancel", tenant)
 
 
 @router.post("/tasks/{task_id}/retry", status_code=202, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (404, 409, 503)})
-async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep,
+async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed: FeedDep,
                      settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     """Redrive a FAILED (dead-lettered) task: it runs again as a new attempt."""
-    return await _emit(producer, db, settings, task_id, "retry", tenant)
+    return await _emit(producer, db, feed, settings, task_id, "retry", tenant)
 
 
 @router.get("/events", tags=["stream"], response_class=EventSourceResponse)
@@ -462,7 +528,7 @@ async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
                       settings: SettingsDep, tenant: TenantDep) -> EventSourceResponse:
     """One task: a ``snapshot`` event with its state, then its changes; ends after terminal."""
     snap = await queries.task_snapshot(db, task_id=task_id)
-    if snap is None and await _wait_for_task(db, task_id, settings.read_wait_s) is not None:
+    if snap is None and await _wait_for_task(db, feed, task_id, settings.read_wait_s) is not None:
         snap = await queries.task_snapshot(db, task_id=task_id)
     if snap is None or not _visible(snap[0]["tenant"], tenant):
         raise NotFound(f"no task {task_id}")

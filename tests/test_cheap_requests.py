@@ -1,0 +1,179 @@
+"""No cheap request causes heavy work; a submit that answered 503 can be retried safely.
+
+* per-key structures stay at their bound however many keys clients make up;
+* a read that waits for the projector does not poll Postgres on a timer;
+* ``/stats`` counts and ``?q=`` search read indexes, not the whole table;
+* a 503 on submit names the task id(s) the append may still create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api import auth, metrics, queries, routes
+from api.app import create_app
+from events.settings import Settings
+from tests.helpers import Env, free_port
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+async def app(env: Env) -> AsyncIterator[FastAPI]:
+    """The app in-process, its lifespan run (feed, producer, key ring); no projector."""
+    settings = Settings(database_url=env.database_url, topic=env.topic,
+                        kafka_bootstrap=env.bootstrap, rate_limit_per_s=0, read_wait_s=2.0)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                             timeout=30)
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of ``queries.<name>`` (the routes call it through the module)."""
+    calls = [0]
+    real: Callable[..., Awaitable[Any]] = getattr(queries, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(queries, name, counted)
+    return calls
+
+
+# -- bounded per-key structures ------------------------------------------------------------
+
+async def test_idempotency_key_locks_stay_at_their_bound(app: FastAPI) -> None:
+    async with _client(app) as c:
+        for i in range(20):
+            r = await c.post("/tasks", json={"title": f"k{i}"},
+                             headers={"Idempotency-Key": f"key-{i}"})
+            assert r.status_code == 202, r.text
+    locks = app.state.key_locks
+    assert len(locks) == routes.KEY_LOCK_STRIPES
+    seen = {id(routes._key_lock(app.state, uuid.uuid4())) for _ in range(12_000)}
+    assert len(seen) <= routes.KEY_LOCK_STRIPES
+    assert app.state.key_locks is locks and len(locks) == routes.KEY_LOCK_STRIPES
+    # The same key always maps to the same lock (the lock is what serialises its retries).
+    tid = uuid.uuid4()
+    assert routes._key_lock(app.state, tid) is routes._key_lock(app.state, tid)
+
+
+async def test_made_up_api_keys_leave_the_key_cache_at_its_bound(app: FastAPI) -> None:
+    ring: auth.KeyRing = app.state.keys
+    for i in range(auth.CACHE_MAX + 500):
+        assert await ring.tenant_of(f"tfk_made{i:06d}_secret") is None
+    assert len(ring._cache) == auth.CACHE_MAX
+    for i in range(auth.CACHE_MAX + 500):
+        ring.rate_per_s, ring.burst = 1.0, 5
+        assert ring.take(f"key{i}") == 0.0
+    assert len(ring._buckets) == auth.CACHE_MAX
+
+
+def _request_samples() -> list[Any]:
+    return [s for m in metrics.REQUESTS.collect() for s in m.samples]
+
+
+def test_made_up_http_methods_share_one_metric_label() -> None:
+    before = len(_request_samples())
+    for i in range(200):
+        metrics.observe_request(f"M{i}", "unmatched", 405, 0.001)
+    assert not any(s.labels["method"].startswith("M") for s in _request_samples())
+    assert len(_request_samples()) <= before + 2  # one label set: its total and created
+
+
+# -- read-your-writes without polling -------------------------------------------------------
+
+async def test_waiting_for_a_position_reads_checkpoints_on_wake_ups_only(
+        app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No projector runs: the position is never reached. Polling every 10 ms read the
+    checkpoints about 200 times in the 2 s wait; wake-ups come once a second (the feed's
+    poll) and from the projector's notifications, of which there are none."""
+    calls = _count(monkeypatch, "checkpoints")
+    async with _client(app) as c:
+        t0 = time.monotonic()
+        r = await c.get("/tasks", params={"min_position": "0:5"})
+        waited = time.monotonic() - t0
+    assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+    assert 1.9 <= waited < 5  # the bounded wait is kept
+    assert calls[0] <= 5, calls[0]
+
+
+async def test_concurrent_waiters_share_one_checkpoint_read_per_wake_up(
+        app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count(monkeypatch, "checkpoints")
+    async with _client(app) as c:
+        rs = await asyncio.gather(*(c.get("/tasks", params={"min_position": f"{i % 6}:9"})
+                                    for i in range(20)))
+    assert {r.status_code for r in rs} == {503}
+    assert calls[0] <= 6, calls[0]
+
+
+async def test_waiting_for_an_unknown_task_reads_it_a_handful_of_times(
+        app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count(monkeypatch, "get_task")
+    async with _client(app) as c:
+        t0 = time.monotonic()
+        r = await c.get(f"/tasks/{uuid.uuid4()}")
+        waited = time.monotonic() - t0
+    assert r.status_code == 404
+    assert waited >= 1.9
+    assert calls[0] <= 3, calls[0]  # polling every 20 ms made about 100
+
+
+async def test_a_waiting_read_wakes_when_the_projector_applies(env: Env) -> None:
+    """With the projector running, a read of a task just accepted answers as soon as it
+    is applied (woken by the projector's notification), well inside the wait."""
+    env.proc("projector")
+    await env.api(TASKFLOW_READ_WAIT_S="10")
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        for i in range(3):
+            acc = (await c.post("/tasks", json={"title": f"w{i}"})).json()
+            pos = acc["position"]
+            t0 = time.monotonic()
+            r = await c.get(f"/tasks/{acc['task_id']}")
+            assert r.status_code == 200, r.text
+            r = await c.get("/tasks", params={
+                "min_position": f"{pos['partition']}:{pos['offset']}"})
+            assert r.status_code == 200, r.text
+            assert acc["task_id"] in {t["task_id"] for t in r.json()["items"]}
+            assert time.monotonic() - t0 < 8
+
+
+# -- 503 names the task ----------------------------------------------------------------------
+
+async def test_a_503_on_submit_names_the_task_the_append_may_create(env: Env) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens here
+    await env.api(TASKFLOW_KAFKA_BOOTSTRAP=dead, TASKFLOW_PRODUCE_TIMEOUT_S="1")
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        r = await c.post("/tasks", json={"title": "unkeyed"})  # the fast path
+        assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+        doc = r.json()
+        uuid.UUID(doc["task_id"])
+        assert "Idempotency-Key" in doc["note"] and r.headers["retry-after"]
+
+        keyed = [await c.post("/tasks", json={"title": "keyed"},
+                              headers={"Idempotency-Key": "retry-me"}) for _ in range(2)]
+        assert [k.status_code for k in keyed] == [503, 503]
+        # The same key names the same task on every attempt: the retry is safe.
+        assert keyed[0].json()["task_id"] == keyed[1].json()["task_id"]
+        assert keyed[0].json()["task_id"] == str(
+            uuid.uuid5(routes.IDEMPOTENCY_NS, "\nretry-me"))
+
+        b = await c.post("/tasks:batch", json={"tasks": [{"title": f"b{i}"} for i in range(3)]})
+        assert b.status_code == 503
+        ids = b.json()["task_ids"]
+        assert len(ids) == 3 and len({uuid.UUID(i) for i in ids}) == 3
