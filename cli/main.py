@@ -34,25 +34,29 @@ def stack_up() -> None:
 
 async def _bootstrap() -> None:
     from events.db import ensure_database
-    from events.log import ensure_topic
 
     s = get_settings()
     if await ensure_database(s.database_url):
         print(f"stack: created database {s.database_url.rsplit('/', 1)[-1]}", file=sys.stderr)
-    for attempt in range(60):
+    await _ensure_topics("stack", attempts=60)
+
+
+async def _ensure_topics(who: str, *, attempts: int) -> None:
+    """Create the event topic and its dead-letter topic if missing, retrying twice a second
+    (the broker may still be electing itself controller); raises the last error."""
+    from events.log import ensure_topics
+
+    s = get_settings()
+    for attempt in range(attempts):
         try:
-            created = await ensure_topic(s.kafka_bootstrap, s.topic, s.partitions)
+            created = await ensure_topics(s.kafka_bootstrap, s.topic, s.partitions)
             break
-        except Exception as exc:  # the broker may still be electing itself controller
-            if attempt == 59:
+        except Exception:
+            if attempt == attempts - 1:
                 raise
-            last = exc
             await asyncio.sleep(0.5)
-    else:  # pragma: no cover
-        raise RuntimeError(last)
-    if created:
-        print(f"stack: created topic {s.topic} ({s.partitions} partitions, kept forever)",
-              file=sys.stderr)
+    for name in created:
+        print(f"{who}: created topic {name} (kept forever)", file=sys.stderr)
 
 
 @stack_app.command("down")
@@ -76,10 +80,19 @@ def stack_status() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Run the Alembic migrations to head."""
+    """Run the Alembic migrations to head, and create the topic and its dead-letter topic.
+
+    Kafka out of reach is a warning, not a failure: the schema is what this command is
+    for, and the worker creates the dead-letter topic itself when it starts.
+    """
     from events.db import migrate as run
 
     run(get_settings().database_url)
+    try:
+        asyncio.run(_ensure_topics("migrate", attempts=20))
+    except Exception as exc:
+        print(f"migrate: topics not checked, Kafka refused or is out of reach: {exc!r}",
+              file=sys.stderr)
 
 
 @app.command()

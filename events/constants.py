@@ -4,6 +4,7 @@ from typing import Final
 
 TOPIC: Final = "taskflow.task-events"
 DEAD_LETTER_TOPIC_SUFFIX: Final = ".dlt"  # worker poison records go to <topic>.dlt
+DEAD_LETTER_PARTITIONS: Final = 1  # poison records are a trickle: one partition, in order
 PARTITIONS: Final = 6
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SPEC_VERSION: Final = "1.0"

@@ -137,6 +137,25 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
         await admin.close()
 
 
+def dead_letter_topic(topic: str) -> str:
+    """Where the worker parks the records of ``topic`` it cannot handle."""
+    return topic + constants.DEAD_LETTER_TOPIC_SUFFIX
+
+
+async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:
+    """Create the event topic and its dead-letter topic where missing; the names created.
+
+    Both are made wherever one is (``stack up``, ``migrate``, the worker at start), so
+    that the first poison record never finds its dead-letter topic missing.
+    """
+    created = []
+    for name, n in ((topic, partitions),
+                    (dead_letter_topic(topic), constants.DEAD_LETTER_PARTITIONS)):
+        if await ensure_topic(bootstrap, name, n):
+            created.append(name)
+    return created
+
+
 async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
     """Delete scratch topics (the tests' and the bench's own; TaskFlow never deletes its log).
 

@@ -46,7 +46,15 @@ from events import constants, runtime
 from events.codec import NUL_ERROR, decode, has_nul, scrub_nul
 from events.errors import ProducerFencedOff, UndecodableEvent
 from events.fold import TaskState, apply
-from events.log import TP, GroupConsumer, RawMessage, Record, TransactionalProducer
+from events.log import (
+    TP,
+    GroupConsumer,
+    RawMessage,
+    Record,
+    TransactionalProducer,
+    dead_letter_topic,
+    ensure_topic,
+)
 from events.models import (
     CloudEvent,
     EventData,
@@ -71,6 +79,8 @@ PROGRESS_MIN_INTERVAL_S = 0.5  # seconds between two task.progress events of one
 REVOKE_GRACE_S = 5.0  # seconds in-flight tasks get to finish when their partition moves
 _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
 FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
+DLT_RETRY_BASE_S = 0.1  # seconds before the first retry to create the dead-letter topic
+DLT_RETRY_CAP_S = 5.0  # seconds between two retries, at most
 
 
 def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
@@ -189,6 +199,8 @@ class Lane:
         costs a longer read, never a task run twice. Leaving it out of most transactions
         saves two of their five requests and a commit marker.
         """
+        if self.raw:  # a poison record to park: its topic must exist before the commit
+            await self.worker.dead_letter_topic()
         events, raw, resolved = self.outbox, self.raw, self.resolved
         self.outbox, self.raw, self.resolved = [], [], set()
         for t in resolved:
@@ -266,6 +278,7 @@ class Worker:
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
     _fatal: BaseException | None = field(default=None, repr=False)
+    _dlt_ready: bool = field(default=False, repr=False)  # <topic>.dlt is known to exist
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -305,10 +318,40 @@ class Worker:
         )
         self._consumer.on_seeked = self._on_seeked
         await self._consumer.start()
+        try:  # not fatal: a lane makes sure of it again before it parks anything
+            await self._ensure_dead_letter_topic()
+        except Exception as exc:
+            log.warning("cannot create the dead-letter topic yet: %r", exc)
         # Lanes keep every open task and the ids of up to FINISHED_MEMORY finished ones
         # each; with the default thresholds, full collections walking all of them stalled
         # the worker for about 100 ms every second under load.
         runtime.tune_gc(*runtime.BATCH_SERVICE_GC)
+
+    async def _ensure_dead_letter_topic(self) -> None:
+        s = self.settings
+        if await ensure_topic(s.kafka_bootstrap, dead_letter_topic(s.topic),
+                              constants.DEAD_LETTER_PARTITIONS):
+            log.info("created the dead-letter topic %s", dead_letter_topic(s.topic))
+        self._dlt_ready = True
+
+    async def dead_letter_topic(self) -> None:
+        """Return once ``<topic>.dlt`` exists, creating it if needed, with backoff.
+
+        A producer sending to a missing topic fails its whole transaction, and with it the
+        lane: a deployment whose dead-letter topic was never made would stop at its first
+        poison record. So the lane waits here instead, before it takes anything staged.
+        """
+        attempt = 0
+        while not self._dlt_ready:
+            try:
+                await self._ensure_dead_letter_topic()
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                attempt += 1
+                if attempt == 1:
+                    log.warning("cannot create the dead-letter topic, retrying: %r", exc)
+                await asyncio.sleep(min(DLT_RETRY_CAP_S, DLT_RETRY_BASE_S * 2 ** min(attempt, 8)))
 
     def _on_seeked(self, tps: list[TP]) -> None:
         for tp in tps:
@@ -459,7 +502,7 @@ class Worker:
         except UndecodableEvent as exc:
             self.parked += 1
             lane.raw.append(RawMessage(
-                topic=self.settings.topic + constants.DEAD_LETTER_TOPIC_SUFFIX,
+                topic=dead_letter_topic(self.settings.topic),
                 key=r.key,
                 value=r.value,
                 headers=(
