@@ -364,7 +364,10 @@ async def list_tasks(
     created_after: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
     created_before: Annotated[datetime | None, Query(description="RFC 3339, exclusive")]
     = None,
-    q: Annotated[str | None, Query(max_length=200, description="search in titles")] = None,
+    q: Annotated[str | None, Query(
+        min_length=3, max_length=200,
+        description="search in titles (case-insensitive substring, 3 to 200 characters: "
+        "a trigram index serves it)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",

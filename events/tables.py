@@ -3,6 +3,7 @@
 * ``tasks``              current state of every task (the fold of its events)
 * ``task_events``        the journal: every event, in log order, with its position
 * ``task_changes``       one row per visible change; ``position`` is the SSE id
+* ``task_counts``        tasks per (partition, status), kept by triggers on ``tasks``
 * ``projector_offsets``  checkpoint per (projection, topic, partition), same txn as the rows
 * ``dead_letters``       log records the projector could not decode, with coordinates
 """
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -59,6 +61,21 @@ tasks = Table(
     Index("tasks_status_created", "status", "created_at", "task_id"),
     Index("tasks_created", "created_at", "task_id"),
     Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
+    Index("tasks_type_created", "type", "created_at", "task_id"),
+    # ?q= (ILIKE '%q%'): pg_trgm's trigram index, no full scan.
+    Index("tasks_title_trgm", "title", postgresql_using="gin",
+          postgresql_ops={"title": "gin_trgm_ops"}),
+)
+
+# Tasks per (partition, status), kept by statement-level triggers on ``tasks`` (migration
+# 0006) in the transaction that writes the tasks: /stats sums these rows.
+task_counts = Table(
+    "task_counts",
+    metadata,
+    Column("partition", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("partition", "status"),
 )
 
 task_events = Table(
@@ -93,6 +110,9 @@ task_changes = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("task_changes_task", "task_id", "position"),
     Index("task_changes_time", "recorded_at"),
+    # /stats throughput: terminal changes by time.
+    Index("task_changes_finished", "time",
+          postgresql_where=text("type IN ('task.done', 'task.failed', 'task.cancelled')")),
 )
 
 projector_offsets = Table(

@@ -38,7 +38,8 @@ from projector.service import Decoded, apply_batch, decode_slices, tune_gc
 
 COMPARED = ("status", "title", "type", "payload", "result", "error", "attempt", "progress",
             "tenant", "dead_lettered", "cancel_requested", "created_at", "finished_at")
-SWAPPED = ("tasks", "task_events", "dead_letters")
+# task_counts is kept by triggers on tasks: the shadow's counts go in with its tasks.
+SWAPPED = ("tasks", "task_events", "dead_letters", "task_counts")
 
 
 @dataclass
@@ -126,6 +127,17 @@ ORDER BY c.relname, i.relname
 """
 
 
+# Triggers on the copied tables (task_counts' upkeep), recreated on the shadow's tables.
+_TRIGGERS_SQL = """
+SELECT c.relname AS tab, pg_get_triggerdef(t.oid) AS triggerdef
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relname = ANY($1::text[]) AND NOT t.tgisinternal
+ORDER BY c.relname, t.tgname
+"""
+
+
 async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> list[str]:
     """Create the shadow tables; returns the index statements deferred until catch-up.
 
@@ -149,6 +161,9 @@ async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> list[str]:
             deferred.append(stmt)
         else:
             await conn.execute(stmt)
+    for r in await conn.fetch(_TRIGGERS_SQL, list(tables)):
+        await conn.execute(r["triggerdef"].replace(
+            f" ON public.{r['tab']} ", f" ON {shadow}.{r['tab']} ", 1))
     return deferred
 
 
@@ -292,12 +307,14 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
     return stats
 
 
-async def dead_letters(settings: Settings, *, limit: int = 1000) -> list[dict[str, Any]]:
+async def dead_letters(settings: Settings, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Parked records, oldest first: coordinates, key, reason, error, when, and the bytes
+    (key and bytes as text, any byte that is not UTF-8 escaped)."""
     conn = await _connect(settings)
     try:
         rows = await conn.fetch(
-            'SELECT id, projection, topic, partition, "offset", key, raw, error, parked_at '
-            "FROM dead_letters ORDER BY id LIMIT $1", limit)
+            'SELECT id, projection, topic, partition, "offset", key, reason, error, parked_at, '
+            "raw FROM dead_letters ORDER BY id LIMIT $1", limit)
     finally:
         await conn.close()
     out = []

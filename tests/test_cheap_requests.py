@@ -21,7 +21,8 @@ from fastapi import FastAPI
 from api import auth, metrics, queries, routes
 from api.app import create_app
 from events.settings import Settings
-from tests.helpers import Env, free_port
+from tests.helpers import Env, free_port, wait_until
+from tests.test_projections import cli, count, produce_tasks
 
 PROBLEM = "application/problem+json"
 
@@ -177,3 +178,51 @@ async def test_a_503_on_submit_names_the_task_the_append_may_create(env: Env) ->
         assert b.status_code == 503
         ids = b.json()["task_ids"]
         assert len(ids) == 3 and len({uuid.UUID(i) for i in ids}) == 3
+
+
+# -- /stats reads task_counts ---------------------------------------------------------------
+
+_BY_STATUS = "SELECT status, count(*) AS n FROM tasks GROUP BY 1"
+_COUNTED = "SELECT status, sum(n) AS n FROM task_counts GROUP BY 1 HAVING sum(n) > 0"
+
+
+async def _counts_agree(env: Env) -> dict[str, int]:
+    conn = await env.db()
+    try:
+        scanned = {r["status"]: r["n"] for r in await conn.fetch(_BY_STATUS)}
+        counted = {r["status"]: r["n"] for r in await conn.fetch(_COUNTED)}
+    finally:
+        await conn.close()
+    assert counted == scanned
+    return counted
+
+
+async def test_stats_counts_follow_the_projector_and_survive_a_rebuild(env: Env) -> None:
+    """The triggers keep task_counts equal to a count of tasks through inserts and status
+    updates, and a rebuild swaps in a shadow whose counts and triggers are its own."""
+    env.proc("projector")
+    await env.api()
+    await produce_tasks(env, 40)
+    await wait_until(lambda: _n_tasks(env, 40), timeout=60, what="40 tasks")
+    assert await _counts_agree(env) == {"PENDING": 40}
+    env.proc("worker")
+    await wait_until(lambda: _done(env, 40), timeout=120, what="40 DONE")
+    assert await _counts_agree(env) == {"DONE": 40}
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        assert (await c.get("/stats")).json()["counts"] == {"DONE": 40}
+    res = cli(env, "projections", "rebuild")
+    assert "swapped in" in res.stderr
+    assert await _counts_agree(env) == {"DONE": 40}
+    await produce_tasks(env, 10)  # the swapped-in table's triggers keep counting
+    await wait_until(lambda: _done(env, 50), timeout=120, what="50 DONE")
+    assert await _counts_agree(env) == {"DONE": 50}
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        assert (await c.get("/stats")).json()["counts"] == {"DONE": 50}
+
+
+async def _n_tasks(env: Env, n: int) -> bool:
+    return await count(env, "SELECT count(*) FROM tasks") >= n
+
+
+async def _done(env: Env, n: int) -> bool:
+    return await count(env, "SELECT count(*) FROM tasks WHERE status = 'DONE'") >= n
