@@ -19,6 +19,11 @@ SSE_SUBSCRIBERS = Gauge("taskflow_sse_subscribers", "Open SSE streams", registry
 PROJECTOR_LAG = Gauge("taskflow_projector_lag_events",
                       "Events in the log not yet applied by the projector, per partition",
                       ["partition"], registry=REGISTRY)
+# Read from the dead_letters table at each scrape rather than counted in the projector: it
+# survives restarts, covers every projector instance, and needs no port of its own.
+PARKED = Gauge("taskflow_projector_parked_records",
+               "Log records a projection parked instead of applying (dead_letters rows), "
+               "by projection and reason", ["projection", "reason"], registry=REGISTRY)
 
 
 # Label values a client chooses are folded into a fixed set: each new label value is a

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.tables import (
+    dead_letters,
     projector_offsets,
     task_changes,
     task_counts,
@@ -122,6 +123,14 @@ async def checkpoints(engine: AsyncEngine, *, projection: str, topic: str) -> di
         projector_offsets.c.projection == projection, projector_offsets.c.topic == topic)
     async with engine.connect() as conn:
         return {int(p): max(int(o) + 1, int(c or 0)) for p, o, c in (await conn.execute(q)).all()}
+
+
+async def parked_counts(engine: AsyncEngine) -> dict[tuple[str, str], int]:
+    """Parked records (``dead_letters`` rows) per (projection, reason)."""
+    q = (select(dead_letters.c.projection, dead_letters.c.reason, func.count())
+         .group_by(dead_letters.c.projection, dead_letters.c.reason))
+    async with engine.connect() as conn:
+        return {(str(p), str(r)): int(n) for p, r, n in (await conn.execute(q)).all()}
 
 
 async def changes_after(engine: AsyncEngine, *, after: int, limit: int) -> list[dict[str, Any]]:

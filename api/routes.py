@@ -626,6 +626,8 @@ async def prometheus(request: Request, db: DbDep, settings: SettingsDep) -> Resp
     """Prometheus text format."""
     with contextlib.suppress(LogUnavailable):
         await projector_lag(request, settings, db)
+    for (projection, reason), n in (await queries.parked_counts(db)).items():
+        metrics.PARKED.labels(projection, reason).set(n)
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -329,9 +329,11 @@ def projections_rebuild() -> None:
 
 @projections_app.command("dead-letters")
 def projections_dead_letters(
-    limit: Annotated[int, typer.Option(help="at most this many")] = 1000,
+    limit: Annotated[int | None, typer.Option(help="at most this many (default: all)")] = None,
 ) -> None:
-    """List log records the projector could not decode (JSON lines)."""
+    """List the log records the projector parked, oldest first, as JSON lines: coordinates
+    (projection, topic, partition, offset), key, reason (decode, fold or write), error,
+    parked_at and the record's bytes."""
     from projector.maintenance import dead_letters, dumps
 
     rows = asyncio.run(dead_letters(get_settings(), limit=limit))

@@ -5,7 +5,7 @@
 * ``task_changes``       one row per visible change; ``position`` is the SSE id
 * ``task_counts``        tasks per (partition, status), kept by triggers on ``tasks``
 * ``projector_offsets``  checkpoint per (projection, topic, partition), same txn as the rows
-* ``dead_letters``       log records the projector could not decode, with coordinates
+* ``dead_letters``       log records the projector could not apply, with coordinates
 """
 
 from __future__ import annotations
@@ -162,6 +162,9 @@ dead_letters = Table(
     Column("key", LargeBinary, nullable=True),
     Column("raw", LargeBinary, nullable=True),
     Column("error", Text, nullable=False),
+    # Where it was refused: "decode" (not a TaskFlow event), "fold" (the fold raised) or
+    # "write" (Postgres refused a row it makes).
+    Column("reason", Text, nullable=False, server_default="decode"),
     Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("dead_letters_coords", "projection", "topic", "partition", "offset", unique=True),
 )

@@ -112,6 +112,7 @@ class Projector:
     parked: int = 0
     skipped: int = 0
     redone: int = 0  # batches folded again because their checkpoints moved meanwhile
+    split: int = 0  # batches split to find the records Postgres refused
     _pool: asyncpg.Pool | None = field(default=None, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -122,7 +123,7 @@ class Projector:
     def __repr__(self) -> str:
         return (f"Projector({self.settings.projection!r} ◆ {self.events_applied} events ◆ "
                 f"{self.batches} batches ◆ {self.skipped} redelivered ◆ {self.redone} redone ◆ "
-                f"{self.parked} parked)")
+                f"{self.split} split ◆ {self.parked} parked)")
 
     @property
     def projection(self) -> str:
@@ -275,25 +276,41 @@ class Projector:
         return folded
 
     async def _write(self, folded: Folded) -> None:
-        """Write a folded batch in one transaction, or fold it again if its ground moved."""
+        """Write a folded batch in one transaction, or fold it again if its ground moved.
+
+        If Postgres refuses a row of the batch, that transaction is rolled back and the
+        batch is applied again from what is committed, split until the records it cannot
+        hold are found and parked (``apply_or_park``). Its outcome is then "split", so
+        the next batch, folded on the states this one would have left, is folded again.
+        """
         assert self._pool is not None
-        async with self._pool.acquire() as conn, conn.transaction():
-            cps = await store.lock_checkpoints(
-                conn, schema=self.schema, projection=self.projection,
-                topic=self.settings.topic, partitions=sorted(folded.base))
-            stale = folded.rests_on is not None and folded.rests_on.outcome != "written"
-            if stale or cps != folded.base:
-                folded.outcome = "redone"
-                self.redone += 1
-                res = await apply_batch(
-                    conn, [d[0] for d in folded.decoded], schema=self.schema,
-                    projection=self.projection, topic=self.settings.topic,
-                    decoded=folded.decoded)
-            else:
-                res = folded.result()
-                res.last_position = await write_folded(
-                    conn, folded, schema=self.schema, projection=self.projection,
-                    topic=self.settings.topic)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                cps = await store.lock_checkpoints(
+                    conn, schema=self.schema, projection=self.projection,
+                    topic=self.settings.topic, partitions=sorted(folded.base))
+                stale = folded.rests_on is not None and folded.rests_on.outcome != "written"
+                if stale or cps != folded.base:
+                    folded.outcome = "redone"
+                    self.redone += 1
+                    res = await apply_batch(
+                        conn, [d[0] for d in folded.decoded], schema=self.schema,
+                        projection=self.projection, topic=self.settings.topic,
+                        decoded=folded.decoded)
+                else:
+                    res = folded.result()
+                    res.last_position = await write_folded(
+                        conn, folded, schema=self.schema, projection=self.projection,
+                        topic=self.settings.topic)
+        except Exception as exc:
+            if not store.refused(exc):
+                raise  # an outage or a bug, not a record: nothing is parked for it
+            folded.outcome = "split"
+            self.split += 1
+            async with self._pool.acquire() as conn, conn.transaction():
+                res = await apply_or_park(
+                    conn, folded.decoded, schema=self.schema, projection=self.projection,
+                    topic=self.settings.topic, failed=exc)
         if folded.outcome == "pending":
             folded.outcome = "written"
         folded.rests_on = None  # the chain of batches need not stay in memory
@@ -336,10 +353,8 @@ class Projector:
     async def apply_decoded(self, batch: list[Decoded]) -> BatchResult:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            res = await apply_batch(
-                conn, [d[0] for d in batch], schema=self.schema,
-                projection=self.projection, topic=self.settings.topic, decoded=batch,
-            )
+            res = await apply_or_park(conn, batch, schema=self.schema,
+                                      projection=self.projection, topic=self.settings.topic)
         self._count(res)
         return res
 
@@ -360,7 +375,7 @@ class Folded:
     skipped: int = 0
     decoded: list[Decoded] = field(default_factory=list)
     # Set once written: the next batch's fold may rest on it only if it was written as is.
-    outcome: str = "pending"  # "written" | "redone" | "pending"
+    outcome: str = "pending"  # "written" | "redone" | "split" | "pending"
     rests_on: Folded | None = None  # the batch whose states and checkpoints it started from
 
     @property
@@ -403,22 +418,32 @@ async def fold_batch(decoded: list[Decoded], base: dict[int, int],
             parked.append(store.ParkedRow(r.partition, r.offset, r.key, r.value, err or ""))
             continue
         old = states.get(ev.subject)
-        new = apply(old, ev)
-        journal.append(store.JournalRow(
-            r.partition, r.offset, ev.subject, ev.id, ev.type.value, ev.time, ev.attempt,
-            verbatim if verbatim is not None else ev.model_dump(mode="json"),
-        ))
-        if new is old or (old is not None and new.__dict__ == old.__dict__):
-            continue  # no visible change (``new == old``, without pydantic's generic __eq__)
+        try:  # everything a record makes, before any of it is kept
+            new = apply(old, ev)
+            entry = store.JournalRow(
+                r.partition, r.offset, ev.subject, ev.id, ev.type.value, ev.time, ev.attempt,
+                verbatim if verbatim is not None else ev.model_dump(mode="json"),
+            )
+            # No visible change: ``new == old``, without pydantic's generic __eq__.
+            same = new is old or (old is not None and new.__dict__ == old.__dict__)
+            change = None if same or not record_changes else store.ChangeRow(
+                new.task_id, new.tenant, ev.type.value, new.status.value, new.attempt,
+                new.progress, summarize(new), ev.time, r.partition, r.offset,
+            )
+        except Exception as exc:  # the fold is total by design; if a record breaks it
+            # anyway, that record is parked rather than the partition stopped on it
+            parked.append(store.ParkedRow(r.partition, r.offset, r.key, r.value,
+                                          store.error_text(exc), "fold"))
+            continue
+        journal.append(entry)
+        if same:
+            continue
         states[ev.subject] = new
         if ev.subject not in touched:
             before[ev.subject] = old  # untouched so far, so still as the batch found it
         touched[ev.subject] = (new, r.partition, r.offset)
-        if record_changes:
-            changes.append(store.ChangeRow(
-                new.task_id, new.tenant, ev.type.value, new.status.value, new.attempt,
-                new.progress, summarize(new), ev.time, r.partition, r.offset,
-            ))
+        if change is not None:
+            changes.append(change)
     return Folded(base=dict(base), checkpoints=new_cps, states=states, touched=touched,
                   before=before,
                   journal=journal, changes=changes, parked=parked, skipped=skipped,
@@ -434,6 +459,9 @@ async def write_folded(conn: asyncpg.Connection, folded: Folded, *, schema: str,
     """Write a folded batch inside the caller's transaction (checkpoints already locked)."""
     if not folded.advanced:
         return None
+    for p in folded.parked:
+        log.warning("parked %s partition %d offset %d (%s): %s", topic, p.partition, p.offset,
+                    p.reason, p.error)
     return await store.write_batch(
         conn, schema=schema, projection=projection, topic=topic, states=folded.touched,
         before=folded.before,
@@ -470,3 +498,77 @@ async def apply_batch(
     res.last_position = await write_folded(conn, folded, schema=schema, projection=projection,
                                            topic=topic)
     return res
+
+
+async def apply_or_park(
+    conn: asyncpg.Connection,
+    decoded: list[Decoded],
+    *,
+    schema: str,
+    projection: str,
+    topic: str,
+    record_changes: bool = True,
+    failed: BaseException | None = None,
+) -> BatchResult:
+    """``apply_batch``, except that a record whose rows Postgres refuses is parked.
+
+    Inside the caller's transaction. The batch is tried in a savepoint; if Postgres
+    refuses it (``store.refused``), it is split in halves, each tried in its own
+    savepoint, down to single records: a single record refused is parked with the error
+    and its checkpoint moved past it. Halves go in log order and each folds from what the
+    ones before it wrote, so every other record lands once, in order. An outage is raised
+    as it is. ``failed``: the whole batch is known to fail with this error already.
+    """
+    # Lock every checkpoint in the outer transaction first: a savepoint rolled back
+    # would release locks taken inside it.
+    await store.lock_checkpoints(conn, schema=schema, projection=projection, topic=topic,
+                                 partitions=sorted({d[0].partition for d in decoded}))
+    total = BatchResult()
+
+    async def attempt(part: list[Decoded], error: BaseException | None) -> None:
+        if error is None:
+            try:
+                async with conn.transaction():
+                    res = await apply_batch(
+                        conn, [d[0] for d in part], schema=schema, projection=projection,
+                        topic=topic, record_changes=record_changes, decoded=part)
+            except Exception as exc:
+                if not store.refused(exc):
+                    raise
+                error = exc
+            else:
+                total.applied += res.applied
+                total.skipped += res.skipped
+                total.parked += res.parked
+                total.changes += res.changes
+                if res.last_position is not None:
+                    total.last_position = res.last_position
+                return
+        if len(part) == 1:
+            total.parked += await _park(conn, part[0][0], error, schema=schema,
+                                        projection=projection, topic=topic)
+            return
+        half = len(part) // 2
+        await attempt(part[:half], None)
+        await attempt(part[half:], None)
+
+    await attempt(sorted(decoded, key=lambda d: (d[0].partition, d[0].offset)), failed)
+    return total
+
+
+async def _park(conn: asyncpg.Connection, r: Record, error: BaseException, *, schema: str,
+                projection: str, topic: str) -> int:
+    """Park one record Postgres refused and move its partition's checkpoint past it; 1 if
+    parked, 0 if the checkpoint was already there (a record applied by another owner)."""
+    cps = await store.lock_checkpoints(conn, schema=schema, projection=projection,
+                                       topic=topic, partitions=[r.partition])
+    if r.offset <= cps[r.partition]:
+        return 0
+    row = store.ParkedRow(r.partition, r.offset, r.key, r.value, store.error_text(error),
+                          "write")
+    await store.write_batch(conn, schema=schema, projection=projection, topic=topic,
+                            states={}, journal=[], changes=[], parked=[row],
+                            checkpoints={r.partition: r.offset})
+    log.warning("parked %s partition %d offset %d (%s): %s", topic, r.partition, r.offset,
+                row.reason, row.error)
+    return 1

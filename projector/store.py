@@ -162,6 +162,35 @@ class ParkedRow:
     key: bytes | None
     raw: bytes | None
     error: str
+    reason: str = "decode"  # "decode" | "fold" | "write": where the record was refused
+
+
+# SQLSTATE classes that blame the values of a row, never the connection or the schema:
+# data exception (22: out of range, bad encoding, NUL, ...), integrity constraint
+# violation (23) and program limit exceeded (54: a value too big to index or store).
+_REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def refused(exc: BaseException) -> bool:
+    """True if ``exc`` says that Postgres (or asyncpg, encoding a value for it) refused
+    what a batch holds: some record in it can never be written, and is parked.
+
+    False for everything else: a connection lost or refused, Postgres shutting down or out
+    of resources, a serialization failure, a missing table. None of those is a record's
+    fault; parking on them would drop good records, so they are raised and retried.
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in _REFUSED_SQLSTATE_CLASSES
+    if isinstance(exc, asyncpg.InterfaceError | OSError):
+        return False
+    # Raised in this process while encoding a row (asyncpg wraps most as DataError).
+    return isinstance(exc, ValueError | TypeError | ArithmeticError | RecursionError)
+
+
+def error_text(exc: BaseException) -> str:
+    """``exc`` as the one line stored with a parked record (text cannot hold NUL)."""
+    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
+    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 def _jsonb_encode(value: Any) -> bytes:
@@ -334,8 +363,9 @@ async def write_batch(
     if parked:
         await conn.executemany(
             f"INSERT INTO {schema}.dead_letters (projection, topic, partition, \"offset\", key, "
-            "raw, error) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            [(projection, topic, p.partition, p.offset, p.key, p.raw, p.error) for p in parked],
+            "raw, error, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            [(projection, topic, p.partition, p.offset, p.key, p.raw,
+              p.error.replace("\x00", "\\x00"), p.reason) for p in parked],
         )
     update = (f"UPDATE {schema}.projector_offsets AS o SET \"offset\" = v.off, "
               "updated_at = now() FROM unnest($3::int4[], $4::int8[]) AS v(part, off) "

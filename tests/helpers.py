@@ -240,8 +240,25 @@ class SSEReader:
             await self.task
 
 
+async def parked_coordinates(env: Env) -> set[tuple[int, int]]:
+    """(partition, offset) of every record the projector parked."""
+    conn = await env.db()
+    try:
+        return {(r["partition"], r["offset"]) for r in await conn.fetch(
+            'SELECT partition, "offset" FROM dead_letters')}
+    finally:
+        await conn.close()
+
+
 async def assert_read_model_is_fold_of_log(env: Env) -> None:
-    logged = await env.log_events()
+    """The read model is the fold of the log, less the records the projector parked."""
+    records = await env.read_log()
+    parked = await parked_coordinates(env)
+    logged = []
+    for r in records:
+        if (r.partition, r.offset) not in parked:
+            with contextlib.suppress(UndecodableEvent):
+                logged.append((r, decode(r.value)))
     states: dict[object, TaskState] = {}
     expected_changes = 0
     for _, ev in logged:
@@ -267,7 +284,7 @@ async def assert_read_model_is_fold_of_log(env: Env) -> None:
     assert len(changes) == expected_changes
     assert len({(c["partition"], c["offset"]) for c in changes}) == len(changes)
     last = {}
-    for rec, _ in logged:
+    for rec in records:  # a parked record moves its partition's checkpoint too
         last[rec.partition] = rec.offset
     assert {p: o for p, o in cps.items() if o >= 0} == last
     assert set(tasks) == set(states)

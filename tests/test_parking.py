@@ -1,20 +1,41 @@
 """Park, never stop: a record a consumer cannot handle is parked and the partition moves on.
 
-The worker parks what it cannot decode in ``<topic>.dlt``, and that topic exists wherever
-the event topic does.
+The projector parks what it cannot decode, fold or write (found within its batch by
+splitting it), the worker parks what it cannot decode in ``<topic>.dlt``, and that topic
+exists wherever the event topic does.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
+from typing import Any
+
+import httpx
+import orjson
+import pytest
 
 from events import constants
 from events.log import EventProducer, LogReader, ensure_topic
-from events.models import CloudEvent, EventType, TaskCreated, new_event
-from tests.helpers import ROOT, Env, wait_until
+from events.models import (
+    CloudEvent,
+    EventType,
+    Position,
+    TaskCreated,
+    TaskProcessing,
+    new_event,
+)
+from tests.helpers import (
+    ROOT,
+    Env,
+    assert_read_model_is_fold_of_log,
+    wait_until,
+)
+
+WIDE = 2**70  # wider than 64 bits: Postgres (through asyncpg) and orjson refuse it
 
 
 def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
@@ -26,6 +47,171 @@ def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
 def created(tid: uuid.UUID, title: str = "t") -> CloudEvent:
     return new_event(TaskCreated(title=title, payload={"message": title}), task_id=tid,
                      source=constants.API_SOURCE)
+
+
+def raw_event(etype: str, tid: uuid.UUID, data: dict[str, Any], attempt: int = 0,
+              version: int = 1) -> bytes:
+    """A CloudEvent as another producer may write it. The stdlib encoder writes integers
+    of any width, which pydantic's and orjson's will not."""
+    return json.dumps({
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "elsewhere", "type": etype,
+        "subject": str(tid), "time": "2026-12-01T00:00:00Z",
+        "datacontenttype": "application/json", "data": data, "schemaversion": version,
+        "attempt": attempt,
+    }).encode()
+
+
+async def checkpoints(env: Env) -> dict[int, int]:
+    conn = await env.db()
+    try:
+        return {r["partition"]: r["offset"] for r in await conn.fetch(
+            'SELECT partition, "offset" FROM projector_offsets')}
+    finally:
+        await conn.close()
+
+
+async def journal(env: Env) -> list[tuple[int, int]]:
+    conn = await env.db()
+    try:
+        return [(r["partition"], r["offset"]) for r in await conn.fetch(
+            'SELECT partition, "offset" FROM task_events ORDER BY partition, "offset"')]
+    finally:
+        await conn.close()
+
+
+async def tasks(env: Env) -> dict[uuid.UUID, dict[str, Any]]:
+    conn = await env.db()
+    try:
+        return {r["task_id"]: dict(r) for r in await conn.fetch("SELECT * FROM tasks")}
+    finally:
+        await conn.close()
+
+
+# Each poison record sits in the middle of its task's events and of a batch of good ones.
+#   undecodable  bytes that are no event at all (refused when decoded)
+#   wide_payload a task.created whose payload holds a 70-bit integer (refused by Postgres
+#                when its row is written)
+#   wide_result  a task.done whose result is one (the fold's summary cannot encode it)
+POISONS = {"undecodable": "decode", "wide_payload": "write", "wide_result": "fold"}
+
+
+@pytest.mark.parametrize("kind", list(POISONS))
+async def test_a_poison_record_in_a_batch_is_parked_and_the_rest_lands_once(
+        env: Env, kind: str) -> None:
+    victim = uuid.uuid4()
+    others = [uuid.uuid4() for _ in range(40)]
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    try:
+        await producer.append([created(t, f"before{i}") for i, t in enumerate(others[:20])])
+        key = str(victim).encode()
+        processing = new_event(TaskProcessing(worker_id="w"), task_id=victim,
+                               source="taskflow/worker/w", attempt=1)
+        if kind == "undecodable":
+            await producer.append([created(victim)])
+            poison = await producer.append_raw(env.topic, key, b"\x00 not an event")
+            await producer.append([processing])
+        elif kind == "wide_payload":
+            poison = await producer.append_raw(env.topic, key, raw_event(
+                "task.created", victim, {"title": "wide", "payload": {"n": WIDE}}, version=2))
+            await producer.append([processing])
+        else:
+            await producer.append([created(victim), processing])
+            poison = await producer.append_raw(env.topic, key, raw_event(
+                "task.done", victim, {"result": {"n": WIDE}}, attempt=1))
+        await producer.append([created(t, f"after{i}") for i, t in enumerate(others[20:])])
+    finally:
+        await producer.stop()
+    records = await env.read_log()
+    ends = {}
+    for r in records:
+        ends[r.partition] = r.offset
+
+    # Started after everything is in the log, so the poison arrives inside a batch.
+    proj = env.proc("projector")
+
+    async def caught_up() -> bool:
+        if not proj.alive():
+            raise AssertionError(f"the projector exited:\n{proj.output()[-3000:]}")
+        return await checkpoints(env) == ends
+
+    await wait_until(caught_up, timeout=60, what="the projector to pass the poison record")
+    assert proj.alive()
+
+    parked = orjson.loads(cli(env, "projections", "dead-letters").stdout.splitlines()[0])
+    assert (parked["projection"], parked["topic"]) == (constants.PROJECTION, env.topic)
+    assert (parked["partition"], parked["offset"]) == (poison.partition, poison.offset)
+    assert parked["key"] == str(victim) and parked["reason"] == POISONS[kind]
+    assert parked["error"] and parked["parked_at"]
+    listed = cli(env, "projections", "dead-letters")
+    assert len(listed.stdout.splitlines()) == 1 and "1 parked record" in listed.stderr
+
+    # Every other record is in the journal exactly once, in order; the poison is not.
+    assert await journal(env) == [(r.partition, r.offset) for r in records
+                                  if (r.partition, r.offset) != (poison.partition,
+                                                                 poison.offset)]
+    rows = await tasks(env)
+    assert set(others) <= set(rows)
+    if kind == "wide_payload":  # its events after the parked task.created still count
+        assert (rows[victim]["status"], rows[victim]["title"]) == ("PROCESSING", "")
+    else:
+        assert (rows[victim]["status"], rows[victim]["title"]) == ("PROCESSING", "t")
+    await assert_read_model_is_fold_of_log(env)
+    verify = cli(env, "projections", "verify")
+    assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
+    assert "0 difference(s)" in verify.stderr
+
+    assert proj.terminate(30) == 0
+    out = proj.output()
+    assert "1 parked" in out.splitlines()[-1], out[-2000:]
+
+
+async def test_several_refused_records_in_one_batch_are_each_found(env: Env) -> None:
+    """Split down to single records, across partitions, with good records between."""
+    ids = [uuid.uuid4() for _ in range(300)]
+    wide = set(ids[7::50])  # six records Postgres refuses, spread through the batch
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    poisons: set[tuple[int, int]] = set()
+    try:
+        for t in ids:
+            if t in wide:
+                pos: Position = await producer.append_raw(env.topic, str(t).encode(), raw_event(
+                    "task.created", t, {"title": "wide", "payload": {"n": -WIDE}}, version=2))
+                poisons.add((pos.partition, pos.offset))
+            else:
+                await producer.append([created(t)])
+    finally:
+        await producer.stop()
+    records = await env.read_log()
+    ends = {r.partition: r.offset for r in records}
+    proj = env.proc("projector")
+
+    async def caught_up() -> bool:
+        if not proj.alive():
+            raise AssertionError(f"the projector exited:\n{proj.output()[-3000:]}")
+        return await checkpoints(env) == ends
+
+    await wait_until(caught_up, timeout=60, what="the projector to pass the poison records")
+    rows = await tasks(env)
+    assert set(rows) == set(ids) - wide
+    assert {(p["partition"], p["offset"]) for p in map(orjson.loads, cli(
+        env, "projections", "dead-letters").stdout.splitlines())} == poisons
+    assert len(await journal(env)) == len(ids) - len(wide)
+    await assert_read_model_is_fold_of_log(env)
+    assert cli(env, "projections", "verify").returncode == 0
+    # A rebuild meets the same records, parks them again and swaps in the same model.
+    rebuilt = cli(env, "projections", "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert {(p["partition"], p["offset"], p["reason"]) for p in map(orjson.loads, cli(
+        env, "projections", "dead-letters").stdout.splitlines())} == {
+        (p, o, "write") for p, o in poisons}
+    assert cli(env, "projections", "verify").returncode == 0
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        text = (await c.get("/metrics")).text
+    assert (f'taskflow_projector_parked_records{{projection="{constants.PROJECTION}",'
+            f'reason="write"}} {float(len(wide))}') in text
 
 
 async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(env: Env) -> None:
