@@ -102,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(_Observe)
     # Outermost first: CORS answers preflights; the guard refuses bad bodies before parsing.
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
-                       max_json_depth=settings.max_json_depth)
+                       max_json_depth=settings.max_json_depth,
+                       max_json_keys=settings.max_json_keys,
+                       max_header_bytes=settings.max_header_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -1,58 +1,111 @@
 """Request guards that run before FastAPI parses anything.
 
+* Headers larger than ``max_header_bytes`` in all are refused with 431.
 * The body limit is enforced while the body streams in: a declared Content-Length over
   the limit is refused at once, and a chunked body is refused as soon as it passes the
   limit. At most ``max_body_bytes`` are ever held.
 * A body must be JSON (``application/json`` or ``+json``): 415 otherwise.
-* JSON nested deeper than ``max_json_depth``, or containing NUL characters (Postgres
-  cannot store them in jsonb), is refused with 422 before it reaches the parser.
+* A JSON body is parsed once and walked once (``inspect_json``), and refused with 422
+  if any part of it is a value TaskFlow cannot carry exactly (``events.jsonsafe``):
+  too deep, too many keys, an integer outside 64 bits, NaN or an infinity, negative
+  zero, a NUL or a lone surrogate. The cost is linear in the body: no regular
+  expression runs over it, and each parser on the request path is linear too.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+import gc
+import json
+from typing import Any, Final
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response
+from events import jsonsafe
+from events.constants import MAX_HEADER_BYTES, MAX_JSON_KEYS
+from events.errors import UnsafeJson
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 # The scope key under which the guard hands on the body it read and checked, so that an
 # app inside it (``api.fastpath``) need not read and replay it again.
 BODY_KEY = "taskflow.body"
 
+# orjson reads an integer past 64 bits as a float, so a body with a run of this many
+# digits is parsed by the stdlib instead, which keeps every integer exact. Signed 64-bit
+# integers have at most 19 digits, and -10**18 - 1 is the shortest one orjson cannot hold.
+_LONG_DIGITS: Final = b"9" * 19
+_DIGITS_AS_9: Final = bytes.maketrans(b"0123456789", b"9" * 10)
 
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
+def inspect_json(body: bytes, *, max_depth: int, max_keys: int = MAX_JSON_KEYS) -> None:
+    """Parse ``body`` once and walk it once; raise ``UnsafeJson`` (``loc`` from "body").
 
-def json_depth(body: bytes) -> int:
-    """Maximum nesting of arrays/objects, ignoring brackets inside strings.
-
-    Strings are cut out and everything but brackets deleted in C (re, bytes.translate),
-    so the Python loop only sees the brackets themselves.
+    orjson parses almost every body. The stdlib parses the rest: a body orjson refuses
+    (NaN, an infinity, a lone surrogate, or not JSON at all) or one with a long run of
+    digits. It keeps NaN, surrogates and big integers as they are, so the walk names
+    where they are; what it cannot parse either is not JSON.
     """
-    brackets = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
-    depth = deepest = 0
-    for b in brackets:
-        if b in (0x5B, 0x7B):
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        else:
-            depth -= 1
-    return deepest
+    # A body can hold a hundred thousand containers: with the collector on, allocating
+    # them set off collection after collection. A parsed body has no cycles, so reference
+    # counting frees all of it; the collector has nothing to find here.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _inspect(body, max_depth, max_keys)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _inspect(body: bytes, max_depth: int, max_keys: int) -> None:
+    try:
+        doc = orjson.loads(body)
+        exact = _LONG_DIGITS not in body.translate(_DIGITS_AS_9)
+    except orjson.JSONDecodeError:
+        exact = False
+    if not exact:
+        try:
+            doc = json.loads(body)
+        except RecursionError:
+            raise UnsafeJson(f"nested deeper than {max_depth} levels", "json_depth",
+                             ["body"]) from None
+        except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of 4,300+ digits
+            raise UnsafeJson(f"not valid JSON: {exc}", "json_invalid", ["body"]) from None
+    jsonsafe.check(doc, max_depth=max_depth, max_keys=max_keys, loc=["body"])
+
+
+def _printable(loc: list[str | int]) -> list[str | int]:
+    """``loc`` with each lone surrogate in a key spelled ``\\udXXX``: the response is
+    UTF-8, which cannot carry the key itself."""
+    return [p.encode("utf-8", "backslashreplace").decode() if isinstance(p, str) else p
+            for p in loc]
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int) -> None:
+    """Body limit, media type and ``inspect_json``, in front of the whole app."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int,
+                 max_json_keys: int = MAX_JSON_KEYS,
+                 max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.app = app
+        self.max_headers = max_header_bytes
         self.max_body = max_body_bytes
         self.max_depth = max_json_depth
+        self.max_keys = max_json_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # httptools, unlike h11, sets no limit on headers: bound them here, for every
+        # request, before any of them is parsed or looked up.
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_headers:
+            await self._problem(scope, send, 431, "Request header fields too large",
+                                "header-too-large",
+                                f"the headers are larger than {self.max_headers} bytes")
+            return
+        if scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
             return
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -84,17 +137,12 @@ class RequestGuard:
                                     "unsupported-media-type",
                                     "send the body as application/json")
                 return
-            if json_depth(body) > self.max_depth:
+            try:
+                inspect_json(body, max_depth=self.max_depth, max_keys=self.max_keys)
+            except UnsafeJson as exc:
                 await self._problem(scope, send, 422, "Unprocessable content", "validation",
-                                    f"JSON is nested deeper than {self.max_depth} levels",
-                                    errors=[{"loc": ["body"], "msg": "nested too deeply",
-                                             "type": "json_depth"}])
-                return
-            if b"\\u0000" in body or b"\x00" in body:
-                await self._problem(scope, send, 422, "Unprocessable content", "validation",
-                                    "JSON must not contain NUL characters",
-                                    errors=[{"loc": ["body"], "msg": "contains NUL",
-                                             "type": "nul_character"}])
+                                    str(exc), errors=[{"loc": _printable(exc.loc),
+                                                       "msg": exc.msg, "type": exc.kind}])
                 return
         scope[BODY_KEY] = body
         replayed = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -36,8 +36,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ts, tid = orjson.loads(raw)
-        return datetime.fromisoformat(ts), uuid.UUID(tid)
-    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        at = datetime.fromisoformat(ts)
+        at.astimezone(UTC)  # Postgres gets it in UTC: a far date must not overflow there
+        return at, uuid.UUID(tid)
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError) as exc:
         raise BadCursor(str(exc)) from None
 
 

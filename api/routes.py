@@ -38,6 +38,7 @@ from api.schemas import (
     BatchIn,
     EventPage,
     PositionOut,
+    QueryTime,
     TaskAccepted,
     TaskIn,
     TaskOut,
@@ -81,7 +82,8 @@ class BadRequest(Problem):
 IDEMPOTENCY_NS = uuid.UUID("6f1c3e52-7d0a-4b8e-9a4f-1d2c3b4a5e6f")  # namespace for uuid5 ids
 _ANY = object()  # list_tasks: no tenant filter
 MinPosition = Annotated[str | None, Query(
-    pattern=r"^\d+:\d+$", description="PARTITION:OFFSET from a write's response: wait "
+    # At most 18 offset digits: every such offset fits Postgres int8, and a log holds fewer.
+    pattern=r"^\d{1,9}:\d{1,18}$", description="PARTITION:OFFSET from a write's response: wait "
     "(bounded) until the projection has applied it", examples=["3:41"])]
 
 
@@ -361,8 +363,8 @@ async def list_tasks(
     db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
     status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=100, pattern=TYPE_PATTERN)] = None,
-    created_after: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
-    created_before: Annotated[datetime | None, Query(description="RFC 3339, exclusive")]
+    created_after: Annotated[QueryTime | None, Query(description="RFC 3339, inclusive")] = None,
+    created_before: Annotated[QueryTime | None, Query(description="RFC 3339, exclusive")]
     = None,
     q: Annotated[str | None, Query(
         min_length=3, max_length=200,
@@ -462,7 +464,7 @@ async def stream(
     task_id: Annotated[list[uuid.UUID] | None, Query()] = None,
     status: Annotated[list[TaskStatus] | None, Query()] = None,
     type: Annotated[list[EventType] | None, Query()] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: one event per visible change; ``id`` is the change position.
@@ -475,8 +477,8 @@ async def stream(
             start = int(last_event_id)
         except ValueError:
             raise BadRequest("Last-Event-ID must be a change position (an integer)") from None
-        if start < 0:
-            raise BadRequest("Last-Event-ID must not be negative")
+        if not 0 <= start < 2**63:  # a change position is a Postgres int8
+            raise BadRequest("Last-Event-ID must be a change position (0 to 2**63-1)")
     flt = Filter(
         task_ids=frozenset(task_id or ()),
         statuses=frozenset(s.value for s in status or ()),

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from events.models import TaskStatus
 
 MAX_TITLE = 500
 TYPE_PATTERN = r"^[A-Za-z0-9_.:-]+$"  # a task type: what a handler is registered under
+
+
+def _in_utc_range(v: datetime) -> datetime:
+    # Postgres compares a timestamptz in UTC, and the driver converts it there first: a
+    # time like 9999-12-31T23:59:59-14:00 is a valid date whose UTC is past year 9999.
+    if v.tzinfo is not None:
+        try:
+            v.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time is out of range once converted to UTC") from None
+    return v
+
+
+QueryTime = Annotated[datetime, AfterValidator(_in_utc_range)]
 
 
 class TaskIn(BaseModel):

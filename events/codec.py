@@ -7,6 +7,7 @@ can park the record and keep the partition moving.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Union
 
@@ -33,6 +34,7 @@ UPCASTERS: Final[dict[tuple[EventType, int], Upcaster]] = {
 }
 
 
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
 NUL_ERROR: Final = "contains U+0000 (NUL), which PostgreSQL text and jsonb cannot store"
 
 
@@ -48,8 +50,11 @@ def has_nul(value: Any) -> bool:
 
 
 def scrub_nul(text: str) -> str:
-    """``text`` with each NUL replaced by U+FFFD (for messages TaskFlow writes itself)."""
-    return text.replace("\x00", "\ufffd")
+    """``text`` with each NUL and each lone surrogate replaced by U+FFFD (for messages
+    TaskFlow writes itself, such as a handler's exception text: neither can be stored,
+    and a surrogate cannot even be encoded into an event)."""
+    text = text.replace("\x00", "\ufffd")
+    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
 
 
 def encode(event: CloudEvent) -> bytes:

@@ -70,7 +70,12 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(default=0.0, ge=0)  # per key and API process; 0 = off
     rate_limit_burst: int = Field(default=50, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
-    max_json_depth: int = Field(default=32, ge=2)
+    # What a JSON body, and a handler's result, may hold (see docs/limits.md): nesting of
+    # arrays/objects (a body's own object is level 1), and keys in any one object. Every
+    # reader and writer of a value walks it recursively, and jsonb sorts each object's keys.
+    max_json_depth: int = Field(default=constants.MAX_JSON_DEPTH, ge=2, le=1000)
+    max_json_keys: int = Field(default=constants.MAX_JSON_KEYS, ge=1)
+    max_header_bytes: int = Field(default=constants.MAX_HEADER_BYTES, ge=1024)  # 431 past it
     cors_origins: str = ""  # comma-separated; empty = no CORS headers
     list_limit_max: int = Field(default=500, ge=1)
     # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in

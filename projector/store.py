@@ -18,6 +18,7 @@ import orjson
 
 from events.constants import CHANGES_CHANNEL
 from events.fold import TaskState
+from events.jsonsafe import jsonb_bytes, jsonb_text
 
 # Serialises the allocation of task_changes positions across projector processes; see
 # ``write_batch`` for why that makes the change feed gap-free. (An arbitrary constant.)
@@ -195,8 +196,9 @@ def error_text(exc: BaseException) -> str:
 
 def _jsonb_encode(value: Any) -> bytes:
     # Binary jsonb: a version byte, then the text. Bytes are JSON text already (a
-    # record's value, validated by the codec), stored without parsing them again.
-    return b"\x01" + (value if isinstance(value, bytes) else orjson.dumps(value))
+    # record's value, validated by the codec), stored without parsing them again unless
+    # they hold a float that jsonb would read back as an integer (see events.jsonsafe).
+    return b"\x01" + (jsonb_bytes(value) if isinstance(value, bytes) else jsonb_text(value))
 
 
 def _jsonb_decode(data: bytes) -> Any:

@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from events import constants, runtime
-from events.codec import NUL_ERROR, decode, has_nul, scrub_nul
-from events.errors import ProducerFencedOff, UndecodableEvent
+from events import constants, jsonsafe, runtime
+from events.codec import decode, scrub_nul
+from events.errors import ProducerFencedOff, UndecodableEvent, UnsafeJson
 from events.fold import TaskState, apply
 from events.log import (
     TP,
@@ -89,25 +88,28 @@ def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
     return float(d / 2 + random.uniform(0, d / 2))
 
 
-def storable(result: Any) -> Any:
+def storable(result: Any, *, max_depth: int = constants.MAX_JSON_DEPTH,
+             max_keys: int = constants.MAX_JSON_KEYS) -> Any:
     """``result`` as the JSON value ``task.done`` will carry, or ValueError if it has none.
 
     Checked before anything is staged: a result that cannot be encoded would otherwise
-    fail the lane's whole transaction, and a NUL would be refused by the read model.
+    fail the lane's whole transaction, and one the read model cannot hold exactly (the
+    values the API refuses in a payload, ``events.jsonsafe``) would be refused or changed
+    by it. Python values JSON lacks (a tuple, a datetime) are converted as pydantic does;
+    NaN and the infinities are kept as they are, so that the check refuses them rather
+    than pydantic writing ``null`` for them.
     """
-    if result is None or (type(result) in (bool, int) and -2**63 <= result < 2**64):
+    if result is None or type(result) is bool or (
+            type(result) is int and jsonsafe.INT_MIN <= result <= jsonsafe.INT_MAX):
         return result  # the common cases, JSON as they are
-    if type(result) is str:
-        if "\x00" in result:
-            raise ValueError(f"the result {NUL_ERROR}")
-        return result
     try:
-        value = TaskDone(result=result).model_dump(mode="json")["result"]
-        orjson.dumps(value)
+        value = to_jsonable_python(result, inf_nan_mode="constants")
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise ValueError(f"the result cannot be stored as JSON: {exc}") from None
-    if has_nul(value):
-        raise ValueError(f"the result {NUL_ERROR}")
+    try:
+        jsonsafe.check(value, max_depth=max_depth, max_keys=max_keys)
+    except UnsafeJson as exc:
+        raise ValueError(f"the result cannot be stored exactly: {exc}") from None
     return value
 
 
@@ -635,7 +637,8 @@ class Worker:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
                 try:
-                    result = storable(result)
+                    result = storable(result, max_depth=s.max_json_depth,
+                                      max_keys=s.max_json_keys)
                 except ValueError as exc:  # the same result would fail every attempt
                     error, retryable = str(exc), False
             if error is None:
