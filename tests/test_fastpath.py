@@ -104,7 +104,6 @@ async def test_a_plain_submit_is_answered_without_the_app_below(app: FastAPI, en
     (b'{"title": ""}', []),  # TaskIn refuses: FastAPI's route words the 422
     (b'{"title": "x", "extra": 1}', []),
     (b'[1, 2]', []),
-    (b'{"title": "x", ', []),  # not JSON at all
     (b"", []),
 ])
 async def test_everything_else_reaches_the_app_below_with_its_body(
@@ -113,6 +112,15 @@ async def test_everything_else_reaches_the_app_below_with_its_body(
     assert await call(app, below, body, headers, chunk=4) == (299, {}, b"below")
     assert below.bodies == [body]
     assert await env.log_events() == []
+
+
+async def test_a_body_that_is_not_json_is_refused_by_the_guard(app: FastAPI, env: Env) -> None:
+    """The guard parses every body (it must, to check its values): not JSON is its 422."""
+    below = Below()
+    status, headers, raw = await call(app, below, b'{"title": "x", ', chunk=4)
+    assert status == 422 and headers["content-type"] == "application/problem+json"
+    assert orjson.loads(raw)["errors"][0]["type"] == "json_invalid"
+    assert below.bodies == [] and await env.log_events() == []
 
 
 async def _both(app: FastAPI, body: dict[str, Any], **headers: str) -> list[httpx.Response]:
