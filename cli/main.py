@@ -11,7 +11,7 @@ import orjson
 import typer
 import uvloop
 
-from cli.services import run_all, serve, setup_logging
+from cli.services import run_all, serve, setup_logging, supervise
 from events.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -118,7 +118,8 @@ def api(
     if workers > 1:
         argv = [sys.executable, "-m", "cli.main", "api", "--host", host, "--port", str(port),
                 "--workers", "1", "--reuse-port"]
-        raise typer.Exit(supervise([argv] * workers))
+        raise typer.Exit(supervise({f"api{i}": argv for i in range(workers)},
+                                   grace_s=s.shutdown_grace_s))
     # uvloop and httptools explicitly: uvicorn's "auto" silently falls back to asyncio and
     # h11 (about 40% slower on POST /tasks) when they are missing; this fails loudly.
     opts: dict[str, object] = {"log_level": s.log_level, "access_log": False,
@@ -145,40 +146,6 @@ def api(
         uvicorn.run("api.main:app", host=host, port=port, **opts)  # type: ignore[arg-type]
 
 
-def supervise(argvs: list[list[str]]) -> int:
-    """Run the processes until a signal stops them all, or one of them dies.
-
-    SIGTERM and SIGINT are passed on; if a process exits on its own the others are
-    stopped too and its exit status is returned, so a service manager restarts the lot.
-    """
-    import signal
-    import subprocess
-    import time
-
-    procs = [subprocess.Popen(a) for a in argvs]
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    while any(p.poll() is None for p in procs):
-        dead = [p for p in procs if p.poll() is not None]
-        if dead and not stopping:
-            status = dead[0].returncode or 1
-            forward(signal.SIGTERM, None)
-        time.sleep(0.1)
-    if stopping and not status:  # asked to stop: killed by that signal is a clean end
-        return max([0] + [p.returncode for p in procs if p.returncode and p.returncode > 0])
-    return status
-
-
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="exit once there is nothing left to do")] = False,
@@ -188,7 +155,7 @@ def worker(
 
     s = get_settings()
     setup_logging(s.log_level)
-    uvloop.run(serve(Worker(s), burst=burst))
+    uvloop.run(serve(lambda: Worker(s), name="worker", burst=burst))
 
 
 @app.command()
@@ -200,7 +167,7 @@ def projector(
 
     s = get_settings()
     setup_logging(s.log_level)
-    uvloop.run(serve(Projector(s), burst=burst))
+    uvloop.run(serve(lambda: Projector(s), name="projector", burst=burst))
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
@@ -378,7 +345,8 @@ def keys_list() -> None:
 
 @app.command()
 def run() -> None:
-    """Run API, worker and projector together (Ctrl-C stops them)."""
+    """Run API, worker and projector together; a child that dies is restarted (Ctrl-C stops
+    them all)."""
     raise typer.Exit(run_all(get_settings()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -85,3 +86,29 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         except Exception:
             return None
     return str(rev) if rev is not None else None
+
+
+# What a read-model query raises when Postgres is away, among other things: handlers
+# of these ask ``database_down`` which it was.
+DB_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError, asyncpg.PostgresError,
+                                          asyncpg.InterfaceError, OSError)
+
+
+def database_down(exc: BaseException) -> bool:
+    """True if ``exc`` says Postgres cannot be reached now (stopped, restarting, cut off),
+    rather than that a statement was refused: such work is retried, not given up."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # SQLAlchemy wraps the driver's error
+        seen.add(id(e))
+        if isinstance(e, asyncpg.PostgresConnectionError | asyncpg.InterfaceError
+                      | asyncpg.exceptions.OperatorInterventionError
+                      | asyncpg.exceptions.TooManyConnectionsError
+                      | OSError | TimeoutError):
+            return True
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, sa_exc.InterfaceError | sa_exc.OperationalError):
+            return True
+        e = getattr(e, "orig", None) or e.__cause__
+    return False

@@ -9,6 +9,7 @@ unfinished task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -198,6 +199,22 @@ async def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, 
     return {tp.partition: int(m.offset) for tp, m in res.items() if m.offset >= 0}
 
 
+def fenced(exc: BaseException) -> bool:
+    """True if ``exc`` proves that another instance owns this producer's work now."""
+    return isinstance(exc, ProducerFenced | ProducerFencedOff)
+
+
+def log_down(exc: BaseException) -> bool:
+    """True if ``exc`` says Kafka cannot be reached or did not answer in time (a broker
+    restarting or stalled), rather than that it refused the work for good.
+
+    A fenced producer is not an outage: another instance owns its partitions now.
+    """
+    if fenced(exc):
+        return False
+    return isinstance(exc, KafkaError | LogUnavailable | OSError | TimeoutError)
+
+
 async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
@@ -242,8 +259,15 @@ class EventProducer:
     def __init__(self, *, bootstrap: str, topic: str, timeout_s: float) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+        self._bootstrap = bootstrap
+        self._producer = self._new_producer()
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._batch_lock = asyncio.Lock()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
             acks="all",
             enable_idempotence=True,
             # No linger: under load, submits that arrive while a partition's request is
@@ -254,22 +278,35 @@ class EventProducer:
             linger_ms=0,
             max_batch_size=256 * 1024,
             partitioner=_PARTITIONER,
-            request_timeout_ms=int(timeout_s * 1000),
+            request_timeout_ms=int(self.timeout_s * 1000),
         )
-        self._batch_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        try:
-            await asyncio.wait_for(self._producer.start(), self.timeout_s)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            await self._producer.stop()
-            raise LogUnavailable(f"cannot connect: {exc!r}") from None
+        """Connect; ``LogUnavailable`` if Kafka does not answer within the timeout.
+
+        A producer that could not start is replaced by a fresh one, which the next
+        ``append`` starts: an API that came up while Kafka was away answers 503 to writes
+        until Kafka is back, then writes again without a restart.
+        """
+        async with self._start_lock:
+            if self._started:
+                return
+            try:
+                await asyncio.wait_for(self._producer.start(), self.timeout_s)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                with contextlib.suppress(Exception):
+                    await self._producer.stop()
+                self._producer = self._new_producer()
+                raise LogUnavailable(f"cannot connect: {exc!r}") from None
+            self._started = True
 
     async def stop(self) -> None:
         await self._producer.stop()
 
     async def append(self, events: Sequence[CloudEvent]) -> list[Position]:
         """Append events (each keyed by its task id) and wait for every acknowledgement."""
+        if not self._started:
+            await self.start()
 
         async def _send_all() -> list[Position]:
             if len(events) >= BATCHED_APPEND_MIN:
@@ -330,6 +367,8 @@ class EventProducer:
     async def append_raw(self, topic: str, key: bytes | None, value: bytes | None,
                          headers: Sequence[tuple[str, bytes]] = ()) -> Position:
         """Append bytes as they are: dead-letter topics and test fixtures (golden logs)."""
+        if not self._started:
+            await self.start()
         meta = await asyncio.wait_for(
             self._producer.send_and_wait(topic, value, key=key, headers=list(headers)),
             self.timeout_s,

@@ -119,6 +119,7 @@ class Projector:
     _assigned: set[TP] = field(default_factory=set, repr=False)
     _idle_reported: bool = field(default=False, repr=False)
     _next_report: float = field(default=0.0, repr=False)  # monotonic; see _report_consumed
+    _failure: BaseException | None = field(default=None, repr=False)  # raised by ``run``
 
     def __repr__(self) -> str:
         return (f"Projector({self.settings.projection!r} ◆ {self.events_applied} events ◆ "
@@ -158,10 +159,16 @@ class Projector:
 
     async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
         assert self._pool is not None
-        async with self._pool.acquire() as conn:
-            cps = await store.read_checkpoints(
-                conn, schema=self.schema, projection=self.projection, topic=self.settings.topic
-            )
+        try:
+            async with self._pool.acquire() as conn:
+                cps = await store.read_checkpoints(
+                    conn, schema=self.schema, projection=self.projection,
+                    topic=self.settings.topic)
+        except Exception as exc:  # Postgres away mid-rebalance: no seek is possible, so
+            # this projector stops (``run`` raises) and a fresh one seeks on assignment.
+            self._failure = exc
+            self._stopping.set()
+            return {}
         self._assigned = set(tps)
         log.info("assigned %s", sorted(p for _, p in tps))
         return {(t, p): cps.get(p, -1) + 1 for t, p in tps}
@@ -238,6 +245,8 @@ class Projector:
             if writing is not None:
                 await writing  # a clean stop finishes the batch under way
                 writing = None
+            if self._failure is not None:
+                raise self._failure
         finally:
             for task in (pending, writing):
                 if task is not None:

@@ -15,5 +15,11 @@ DURATION = Histogram("taskflow_task_processing_seconds", "Handler run time per a
                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
 
 
+_serving: set[int] = set()  # ports already served: a worker restarted in-process keeps them
+
+
 def serve(port: int, host: str = "127.0.0.1") -> None:
+    if port in _serving:
+        return
     start_http_server(port, addr=host, registry=REGISTRY)
+    _serving.add(port)

@@ -30,7 +30,6 @@ import contextlib
 import importlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -68,6 +67,7 @@ from events.models import (
     TaskRetryScheduled,
     new_event,
 )
+from events.retry import backoff
 from events.settings import Settings
 from worker import metrics as wmetrics
 from worker.handlers import REGISTRY, AsyncHandler, HandlerError
@@ -76,16 +76,11 @@ log = logging.getLogger("taskflow.worker")
 
 PROGRESS_MIN_INTERVAL_S = 0.5  # seconds between two task.progress events of one task
 REVOKE_GRACE_S = 5.0  # seconds in-flight tasks get to finish when their partition moves
+LANE_CLOSE_TIMEOUT_S = 5.0  # seconds a lane's producer gets to close
 _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
 FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
 DLT_RETRY_BASE_S = 0.1  # seconds before the first retry to create the dead-letter topic
 DLT_RETRY_CAP_S = 5.0  # seconds between two retries, at most
-
-
-def backoff(attempt: int, *, base_s: float, cap_s: float) -> float:
-    """Exponential backoff with equal jitter: in [d/2, d] where d = min(cap, base * 2^(n-1))."""
-    d = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
-    return float(d / 2 + random.uniform(0, d / 2))
 
 
 def storable(result: Any, *, max_depth: int = constants.MAX_JSON_DEPTH,
@@ -364,15 +359,30 @@ class Worker:
         self._stopping.set()
 
     def lane_failed(self, lane: Lane, exc: BaseException) -> None:
+        """A lane could not write (Kafka away or stalled, a transaction timed out, ...).
+
+        Its producer is unusable and what it staged is lost, so the whole worker stops
+        and ``run`` raises: the caller (``cli.services.serve``) builds a fresh worker,
+        whose lanes reopen their producers (aborting any open transaction) and resume
+        from the group's committed offsets, so nothing is run twice to a second terminal
+        event. A fenced lane needs none of that: another worker owns the partition now,
+        and the rebalance will revoke it here.
+        """
         if isinstance(exc, ProducerFencedOff):
-            return  # another worker owns the partition now; the rebalance will revoke it
-        self._fatal = exc
+            return
+        if self._fatal is None:
+            self._fatal = exc
         self._stopping.set()
 
     async def stop(self) -> None:
-        """Graceful: let in-flight tasks finish within the grace period, commit, leave."""
+        """Graceful: let in-flight tasks finish within the grace period, commit, leave.
+
+        After a failure there is nothing to wait for: the lanes cannot commit what their
+        tasks would stage, and the tasks run again in the worker that replaces this one.
+        """
         self._stopping.set()
-        await self._drain(list(self.lanes), self.settings.shutdown_grace_s)
+        grace = 0 if self._fatal is not None else self.settings.shutdown_grace_s
+        await self._drain(list(self.lanes), grace)
         if self._consumer is not None:
             await self._consumer.stop()
         # A rebalance that was under way may have opened lanes after the drain above.
@@ -399,7 +409,10 @@ class Worker:
                     await asyncio.wait_for(lane.committer, 15)
                 except (TimeoutError, ProducerFencedOff, Exception) as exc:
                     log.warning("final commit of %s failed: %r", lane.tp, exc)
-            await lane.producer.stop()
+            try:  # a producer whose broker is away may not close in time
+                await asyncio.wait_for(lane.producer.stop(), LANE_CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("closing the producer of %s failed: %r", lane.tp, exc)
             self.lanes.pop(lane.tp, None)
 
     async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
@@ -433,7 +446,15 @@ class Worker:
             return tp, position
 
         # Partitions open side by side: each init_transactions is a few broker round trips.
-        opened = await asyncio.gather(*(open_lane(tp) for tp in tps if tp not in self.lanes))
+        try:
+            opened = await asyncio.gather(*(open_lane(tp) for tp in tps if tp not in self.lanes))
+        except Exception as exc:  # Kafka away mid-rebalance: the consumer would carry on
+            # with partitions that have no lane, so this worker is replaced instead.
+            log.warning("cannot open lanes for %s: %r", sorted(p for _, p in tps), exc)
+            if self._fatal is None:
+                self._fatal = exc
+            self._stopping.set()
+            return {}
         seeks = dict(opened)
         log.info("assigned %s", sorted(p for _, p in tps))
         return seeks
