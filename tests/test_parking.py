@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from events import constants
-from events.log import EventProducer, LogReader, ensure_topic
+from events.log import EventProducer, LogReader, ensure_topic, partition_for
 from events.models import (
     CloudEvent,
     EventType,
@@ -212,6 +212,76 @@ async def test_several_refused_records_in_one_batch_are_each_found(env: Env) -> 
         text = (await c.get("/metrics")).text
     assert (f'taskflow_projector_parked_records{{projection="{constants.PROJECTION}",'
             f'reason="write"}} {float(len(wide))}') in text
+
+
+async def test_a_refused_batch_in_the_pipeline_makes_the_next_batch_fold_again(
+        env: Env) -> None:
+    """Batch N+1 is folded on N's states before N commits. When N is refused and split,
+    N+1 must be folded again from what was committed: folded on N's states, a task whose
+    task.created was parked in N would carry its title and payload into N+1.
+
+    One partition and batches of 8, with each refused task.created followed at once by
+    that task's next event, at every position in a batch: some fall in the next batch.
+    """
+    ids: list[uuid.UUID] = []
+    while len(ids) < 64:  # tasks of partition 0 only, so that batches are runs of the log
+        t = uuid.uuid4()
+        if partition_for(t, 6) == 0:
+            ids.append(t)
+    wide = set(ids[::7])
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    poisons: set[tuple[int, int]] = set()
+    try:
+        for t in ids:
+            nxt = new_event(TaskProcessing(worker_id="w"), task_id=t,
+                            source="taskflow/worker/w", attempt=1)
+            if t in wide:
+                pos = await producer.append_raw(env.topic, str(t).encode(), raw_event(
+                    "task.created", t, {"title": "wide", "payload": {"n": WIDE}}, version=2))
+                poisons.add((pos.partition, pos.offset))
+                await producer.append([nxt])
+            else:
+                await producer.append([created(t), nxt])
+    finally:
+        await producer.stop()
+    ends = {r.partition: r.offset for r in await env.read_log()}
+    proj = env.proc("projector", TASKFLOW_PROJECTOR_BATCH_MAX="8")
+
+    async def caught_up() -> bool:
+        if not proj.alive():
+            raise AssertionError(f"the projector exited:\n{proj.output()[-3000:]}")
+        return await checkpoints(env) == ends
+
+    await wait_until(caught_up, timeout=60, what="the projector to pass the poison records")
+    assert {(p["partition"], p["offset"]) for p in map(orjson.loads, cli(
+        env, "projections", "dead-letters").stdout.splitlines())} == poisons
+    rows = await tasks(env)
+    assert set(rows) == set(ids)
+    assert all(rows[t]["status"] == "PROCESSING" for t in ids)
+    assert all(rows[t]["title"] == "" and orjson.loads(rows[t]["payload"]) == {} for t in wide)
+    await assert_read_model_is_fold_of_log(env)
+    assert cli(env, "projections", "verify").returncode == 0
+    assert proj.terminate(30) == 0
+    assert f"{len(wide)} parked" in proj.output().splitlines()[-1]
+
+
+def test_only_errors_that_blame_a_row_park_a_record() -> None:
+    from asyncpg import exceptions as pg
+
+    from projector.store import refused
+
+    for exc in (pg.DataError("x"), pg.NumericValueOutOfRangeError("x"),
+                pg.UntranslatableCharacterError("x"), pg.UniqueViolationError("x"),
+                pg.ProgramLimitExceededError("x"), ValueError("x"), OverflowError("x")):
+        assert refused(exc), exc
+    for exc in (pg.CannotConnectNowError("x"), pg.TooManyConnectionsError("x"),
+                pg.ConnectionDoesNotExistError("x"), pg.AdminShutdownError("x"),
+                pg.ConnectionFailureError("x"), pg.InterfaceError("connection is closed"),
+                pg.SerializationError("x"), pg.DeadlockDetectedError("x"),
+                pg.QueryCanceledError("x"), pg.UndefinedTableError("x"),
+                ConnectionResetError(), TimeoutError(), KeyError("x")):
+        assert not refused(exc), exc
 
 
 async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(env: Env) -> None:
