@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,7 +17,7 @@ from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
 from api.limits import RequestGuard
 from api.routes import router
-from events.db import make_engine
+from events.db import DB_ERRORS, database_down, make_engine
 from events.errors import LogUnavailable
 from events.log import EventProducer
 from events.runtime import tune_gc
@@ -97,6 +97,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+
+    async def _db_error(request: Request, exc: Exception) -> Response:
+        # Handled here, inside the app, so that an outage is one 503 per request and not
+        # a stack trace in the server log for each.
+        if database_down(exc):
+            return problems.for_db_down(request, exc)
+        log.error("unexpected database error on %s", request.url.path, exc_info=exc)
+        return problems.problem_response(500, "Internal error", "an unexpected error occurred",
+                                         kind="internal", instance=request.url.path)
+
+    for cls in DB_ERRORS:
+        app.add_exception_handler(cls, _db_error)
 
     app.add_middleware(FastSubmit)  # innermost of these: after the guard, before routing
     app.add_middleware(_Observe)

@@ -25,6 +25,7 @@ import orjson
 
 from events.constants import CHANGES_CHANNEL
 from events.db import asyncpg_dsn
+from events.retry import Outage
 
 log = logging.getLogger("taskflow.api.feed")
 
@@ -33,6 +34,11 @@ _SELECT = ("SELECT position, task_id, tenant, type, status, attempt, progress, s
 _TOP = "SELECT coalesce(max(position), 0) FROM task_changes"
 PAGE = 1000
 FEED_APP_NAME = "taskflow-feed"  # application_name of the one reader per API process
+CONNECT_TIMEOUT_S = 5.0  # seconds a (re)connection of the feed may take
+FEED_RETRY_CAP_S = 2.0  # seconds, the longest wait between two reconnections
+# What a read on the feed's connection raises when Postgres is away or restarting (or
+# refuses a read: the feed then reconnects, as after a restart).
+_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,8 @@ class ChangeFeed:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _outage: Outage = field(default_factory=lambda: Outage("postgres (change feed)", log,
+                                                           cap_s=FEED_RETRY_CAP_S))
     # Wake-ups of the pump (a notification or the poll), for reads that wait for the
     # projector: they re-read on a wake-up instead of polling Postgres on a timer.
     ticks: int = 0
@@ -137,14 +145,35 @@ class ChangeFeed:
         return (f"ChangeFeed(last={self.last} ◆ {len(self.subscribers)} subscribers ◆ "
                 f"{self.delivered} delivered ◆ {self.dropped} dropped)")
 
-    async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(asyncpg_dsn(self.database_url),
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(self.database_url),
+                                     timeout=CONNECT_TIMEOUT_S,
                                      server_settings={"application_name": FEED_APP_NAME})
+        try:
+            await conn.add_listener(CHANGES_CHANNEL, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # no goodbye: the server may be gone
+
+    def _live(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            raise ConnectionError("the change feed is reconnecting to Postgres")
+        return self._conn
 
     async def start(self) -> None:
-        self._conn = await self._connect()
-        await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
-        self.last = int(await self._conn.fetchval(_TOP))
+        """Connect and LISTEN; if Postgres is away, start anyway and keep reconnecting."""
+        try:
+            await self._connect()
+            self.last = int(await self._live().fetchval(_TOP))
+        except _DOWN as exc:
+            self._outage.failed(exc)
+            await self._disconnect()
         self._task = asyncio.create_task(self._pump())
 
     async def stop(self) -> None:
@@ -156,28 +185,37 @@ class ChangeFeed:
             sub.closed = True
             sub.wake.set()
         if self._conn is not None:
-            await self._conn.close()
+            with contextlib.suppress(*_DOWN):
+                await self._conn.close()
 
     def _notified(self, *_: Any) -> None:
         self._wake.set()
 
     async def _pump(self) -> None:
+        """Read new changes on every wake-up (and every ``poll_s``).
+
+        If Postgres goes away (a restart cuts the connection and its LISTEN), the feed
+        reconnects with backoff, logging the outage once when it starts and once when it
+        ends. It then reads on from the last position it delivered, so the subscribers
+        miss nothing that was committed meanwhile.
+        """
         while True:
+            if self._outage.down:  # the backoff has been waited out: try again now
+                self._wake.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             self._wake.clear()
             self._tick()
             try:
+                if self._conn is None or self._conn.is_closed():
+                    await self._disconnect()
+                    await self._connect()
                 await self._read_new()
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-                log.warning("change feed read failed, reconnecting: %r", exc)
-                await asyncio.sleep(1)
-                with contextlib.suppress(Exception):
-                    assert self._conn is not None
-                    await self._conn.close()
-                with contextlib.suppress(Exception):
-                    self._conn = await self._connect()
-                    await self._conn.add_listener(CHANGES_CHANNEL, self._notified)
+            except _DOWN as exc:
+                await self._disconnect()
+                await self._outage.wait(exc)
+                continue
+            self._outage.over()
 
     def _tick(self) -> None:
         self.ticks += 1
@@ -217,19 +255,19 @@ class ChangeFeed:
             self.subscribers.discard(sub)
 
     async def _read_new(self) -> None:
-        assert self._conn is not None
+        conn = self._live()
         if not self.subscribers:
             # Nobody to hand changes to: only move the position on, so that a subscriber
             # who joins later reads its backlog from the right place.
             async with self._lock:
-                top = await self._conn.fetchval(_TOP)
+                top = await conn.fetchval(_TOP)
             if not self.subscribers:
                 self.last = max(self.last, int(top))
                 return
             # Someone joined during that read, at the old position: deliver from there.
         while True:
             async with self._lock:
-                rows = await self._conn.fetch(_SELECT, self.last, PAGE)
+                rows = await conn.fetch(_SELECT, self.last, PAGE)
             if not rows:
                 return
             self._publish([_row(r) for r in rows])
@@ -258,18 +296,16 @@ class ChangeFeed:
 
     async def backlog(self, after: int, upto: int) -> list[Change]:
         """Changes in (after, upto], read on the feed's own connection."""
-        assert self._conn is not None
         async with self._lock:
-            rows = await self._conn.fetch(
+            rows = await self._live().fetch(
                 "SELECT position, task_id, tenant, type, status, attempt, progress, summary, "
                 "time FROM task_changes WHERE position > $1 AND position <= $2 "
                 "ORDER BY position LIMIT $3", after, upto, PAGE)
         return [_row(r) for r in rows]
 
     async def trimmed_upto(self) -> int:
-        assert self._conn is not None
         async with self._lock:
-            v = await self._conn.fetchval(
+            v = await self._live().fetchval(
                 "SELECT trimmed_upto FROM change_retention WHERE id = 1")
         return int(v or 0)
 

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from events.db import database_down
 from events.errors import LogUnavailable
 
 PROBLEM = "application/problem+json"
@@ -80,6 +81,14 @@ def for_log_down(request: Request, exc: LogUnavailable, **extra: Any) -> JSONRes
                             headers={"Retry-After": "5"}, **extra)
 
 
+def for_db_down(request: Request, exc: BaseException) -> JSONResponse:
+    """503 for a request that needed Postgres while it was away (restarting, stopped)."""
+    return problem_response(503, "Service unavailable",
+                            "the database is unavailable; retry shortly",
+                            kind="database-unavailable", instance=request.url.path,
+                            headers={"Retry-After": "5"})
+
+
 def install(app: FastAPI) -> None:
     """Map every error, including FastAPI's own, to problem+json."""
 
@@ -112,6 +121,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if database_down(exc):  # raised outside the routes (a middleware's read)
+            return for_db_down(request, exc)
         # Last resort: no stack trace leaves the process; it is in the server log.
         return problem_response(500, "Internal error", "an unexpected error occurred",
                                 kind="internal", instance=request.url.path)
