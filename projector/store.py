@@ -189,9 +189,16 @@ def refused(exc: BaseException) -> bool:
 
 
 def error_text(exc: BaseException) -> str:
-    """``exc`` as the one line stored with a parked record (text cannot hold NUL)."""
-    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
+    """``exc`` as the line stored with a parked record, cut at 2,000 characters."""
+    text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def storable_text(text: str) -> str:
+    """``text`` as Postgres ``text`` can hold it: NUL and lone surrogates (which an error
+    may quote from the record it is about) escaped, so that parking cannot fail too."""
+    text = text.replace("\x00", "\\x00")
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _jsonb_encode(value: Any) -> bytes:
@@ -367,7 +374,7 @@ async def write_batch(
             f"INSERT INTO {schema}.dead_letters (projection, topic, partition, \"offset\", key, "
             "raw, error, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             [(projection, topic, p.partition, p.offset, p.key, p.raw,
-              p.error.replace("\x00", "\\x00"), p.reason) for p in parked],
+              storable_text(p.error), p.reason) for p in parked],
         )
     update = (f"UPDATE {schema}.projector_offsets AS o SET \"offset\" = v.off, "
               "updated_at = now() FROM unnest($3::int4[], $4::int8[]) AS v(part, off) "

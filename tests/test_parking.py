@@ -38,10 +38,13 @@ from tests.helpers import (
 WIDE = 2**70  # wider than 64 bits: Postgres (through asyncpg) and orjson refuse it
 
 
+def python(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **env.vars},
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
 def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
-                          env={**os.environ, **env.vars}, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return python(env, "-m", "cli.main", *args)
 
 
 def created(tid: uuid.UUID, title: str = "t") -> CloudEvent:
@@ -284,6 +287,15 @@ def test_only_errors_that_blame_a_row_park_a_record() -> None:
         assert not refused(exc), exc
 
 
+def test_a_parked_record_error_is_always_storable() -> None:
+    from projector.store import storable_text
+
+    assert storable_text("plain é") == "plain é"
+    assert storable_text("a\x00b\ud800c") == "a\\x00b\\ud800c"
+    text = storable_text("\x00\udfff")
+    assert "\x00" not in text and text.encode()  # encodes as UTF-8: no lone surrogate
+
+
 async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(env: Env) -> None:
     dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
     worker = env.proc("worker")
@@ -325,3 +337,14 @@ async def test_migrate_creates_the_dead_letter_topic(env: Env) -> None:
     dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
     assert f"created topic {dlt}" in res.stderr
     assert await ensure_topic(env.bootstrap, dlt, 1) is False  # it exists already
+
+
+async def test_stack_up_bootstrap_creates_the_dead_letter_topic(env: Env) -> None:
+    """What ``taskflow stack up`` does once Kafka and Postgres run (starting them is left
+    out: the shared stack is up, and this must not touch it)."""
+    res = python(env, "-c", "import asyncio; from cli.main import _bootstrap; "
+                 "asyncio.run(_bootstrap())")
+    assert res.returncode == 0, res.stderr[-3000:]
+    dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
+    assert f"stack: created topic {dlt}" in res.stderr
+    assert await ensure_topic(env.bootstrap, dlt, 1) is False
