@@ -33,7 +33,7 @@ from bench.procs import (
 )
 from events import constants
 from events.db import asyncpg_dsn, drop_database, ensure_database, migrate
-from events.log import EventProducer, delete_topics, ensure_topic
+from events.log import EventProducer, dead_letter_topic, delete_topics, ensure_topic
 from events.models import TaskCreated, TaskDone, TaskProcessing, new_event
 from events.settings import Settings
 
@@ -220,7 +220,9 @@ class Lab:
                 await drop_database(w.database_url)
         with contextlib.suppress(Exception):
             await drop_database(db_url(self.settings.database_url, TEMPLATE))
-        await delete_topics(self.settings.kafka_bootstrap, [w.topic for w in self.worlds])
+        # The worker creates each topic's dead-letter topic when it starts.
+        await delete_topics(self.settings.kafka_bootstrap,
+                            [t for w in self.worlds for t in (w.topic, dead_letter_topic(w.topic))])
 
 
 async def fill_topic(bootstrap: str, topic: str, tasks: int,
