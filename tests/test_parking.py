@@ -7,6 +7,7 @@ exists wherever the event topic does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 from events import constants
-from events.log import EventProducer, LogReader, ensure_topic, partition_for
+from events.log import EventProducer, LogReader, delete_topics, ensure_topic, partition_for
 from events.models import (
     CloudEvent,
     EventType,
@@ -348,3 +349,39 @@ async def test_stack_up_bootstrap_creates_the_dead_letter_topic(env: Env) -> Non
     dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
     assert f"stack: created topic {dlt}" in res.stderr
     assert await ensure_topic(env.bootstrap, dlt, 1) is False
+
+
+async def test_worker_whose_dead_letter_topic_vanished_recreates_it(env: Env) -> None:
+    """Deleted while the worker runs: the lane that meets the next poison record fails,
+    and the worker built in its place creates the topic again at start."""
+    dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
+    worker = env.proc("worker")
+    await wait_until(lambda: asyncio.to_thread(lambda: "assigned" in worker.output()),
+                     timeout=60, what="the worker to start")
+    await delete_topics(env.bootstrap, [dlt])
+    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
+    await producer.start()
+    try:
+        tid = uuid.uuid4()
+        await producer.append_raw(env.topic, str(tid).encode(), b"\x00 not a CloudEvent")
+        await producer.append([created(tid, "after the poison")])
+    finally:
+        await producer.stop()
+
+    async def done() -> bool:
+        if not worker.alive():
+            raise AssertionError(f"the worker exited:\n{worker.output()[-3000:]}")
+        return any(ev.subject == tid and ev.type is EventType.DONE
+                   for _, ev in await env.log_events())
+
+    await wait_until(done, timeout=90, what="the task after the poison record to finish")
+    reader = LogReader(bootstrap=env.bootstrap, topic=dlt)
+    await reader.start()
+    try:
+        reader.seek(0, 0)
+        [parked] = await wait_until(lambda: reader.poll(timeout_ms=500), timeout=30,
+                                    what="the dead-letter record")
+    finally:
+        await reader.stop()
+    assert parked.value == b"\x00 not a CloudEvent"
+    assert worker.alive()
