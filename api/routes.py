@@ -574,9 +574,42 @@ async def handlers(settings: SettingsDep) -> dict[str, list[str]]:
     return {"types": list(settings.task_type_list)}
 
 
+# The log's end offsets, for lag: asking Kafka costs more than the rest of /stats, so the
+# answer is kept and refreshed in the background. A request waits for Kafka only when no
+# answer is younger than LOG_ENDS_STALE_S.
+LOG_ENDS_FRESH_S = 1.0
+LOG_ENDS_STALE_S = 15.0
+
+
+async def _refresh_log_ends(app: Any, settings: Settings) -> dict[int, int]:
+    asked = time.monotonic()
+    ends = await log_ends(app, settings)
+    app.state.log_ends_cached = (asked, ends)
+    return ends
+
+
+async def _log_ends(request: Request, settings: Settings) -> dict[int, int]:
+    """End offset per partition, at most ``LOG_ENDS_FRESH_S`` old while Kafka answers;
+    one refresh at a time per process, however many requests ask."""
+    state = request.app.state
+    cached: tuple[float, dict[int, int]] | None = getattr(state, "log_ends_cached", None)
+    age = time.monotonic() - cached[0] if cached is not None else None
+    if cached is not None and age is not None and age < LOG_ENDS_FRESH_S:
+        return cached[1]
+    task: asyncio.Task[dict[int, int]] | None = getattr(state, "log_ends_task", None)
+    if task is None or task.done():
+        task = state.log_ends_task = asyncio.ensure_future(
+            _refresh_log_ends(request.app, settings))
+        # Retrieved here so that a failed refresh nobody awaited is not reported as lost.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    if cached is not None and age is not None and age < LOG_ENDS_STALE_S:
+        return cached[1]
+    return await asyncio.shield(task)
+
+
 async def projector_lag(request: Request, settings: Settings, db: DbDep) -> dict[int, int]:
     """Events in the log not yet applied by the live projection, per partition."""
-    ends = await log_ends(request.app, settings)
+    ends = await _log_ends(request, settings)
     cps = await queries.checkpoints(db, projection=settings.projection, topic=settings.topic)
     lag = {p: max(0, end - cps.get(p, 0)) for p, end in ends.items()}
     for p, n in lag.items():

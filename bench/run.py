@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from bench import fanout as fanout_mod
+from bench import reads as reads_mod
 from bench import taskflow_runner as tf
 from bench.peers import Peer
 from bench.procs import LOGS, Redis, meminfo_kib
@@ -25,7 +26,7 @@ from bench.world import TEMPLATE, Lab, World, db_url
 from events.db import asyncpg_dsn
 from events.settings import get_settings
 
-SCENARIOS = ("submit", "e2e", "latency", "projector", "fanout")
+SCENARIOS = ("submit", "e2e", "latency", "projector", "fanout", "reads")
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,17 @@ class Sizes:
     fanout_sweep_changes: int = 100
     fanout_p99_limit_ms: float = 250.0
     fanout_idle_subscribers: int = 5000  # the memory per idle subscriber
+    reads_tasks: int = 1_000_000  # tasks in the read model the reads run against
+    reads_requests: int = 1000  # timed requests per read probe
+    reads_p99_target_ms: float = 50.0
 
 
 QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, latency_s=2.0, rest_s=2.0,
               projector_tasks=2000,
               rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0,
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
-              fanout_sweep_changes=20, fanout_idle_subscribers=1000)
+              fanout_sweep_changes=20, fanout_idle_subscribers=1000,
+              reads_tasks=100_000, reads_requests=300)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=1.0,
               rest_s=0.5,
@@ -69,7 +74,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=
               projector_repeats=2,
               rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
-              fanout_idle_subscribers=50)
+              fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30)
 
 
 async def _settle(world: World) -> dict[str, float]:
@@ -418,6 +423,27 @@ class Run:
                 f"subscriber, {idle['server_rss_mib']['connected']} MiB with "
                 f"{z.fanout_idle_subscribers:,} (kernel socket buffers not included)")
 
+    async def reads(self) -> None:
+        """GET /tasks with each filter, one task, its events and /stats, over a read model
+        of ``reads_tasks`` tasks seeded in SQL; one API process."""
+        z = self.sizes
+        w = await self.lab.world("reads")
+        res: dict[str, Any] = {}
+        try:
+            res = await reads_mod.reads(w, tasks=z.reads_tasks, requests=z.reads_requests)
+            self.detail("reads", "taskflow", res)
+        except Exception as exc:
+            self.failed("reads", "taskflow", exc)
+        finally:
+            w.stop()
+        for name, r in res.get("probes", {}).items():
+            f = self.figure("reads", f"p99 {name}, {z.reads_tasks:,} tasks", "ms", "lower",
+                            comparable=False)
+            f.values["taskflow"] = r["p99_ms"]
+            if r["p99_ms"] is not None and r["p99_ms"] >= z.reads_p99_target_ms:
+                f.notes["taskflow"] = (f"{name}: p99 misses the {z.reads_p99_target_ms:g} ms "
+                                       "target")
+
     # ---------------------------------------------------------------------- main
     async def run(self) -> int:
         a = self.args
@@ -440,6 +466,8 @@ class Run:
                 await self.projector()
             if "fanout" in a.scenarios:
                 await self.fanout()
+            if "reads" in a.scenarios:
+                await self.reads()
         finally:
             for p in self.peers:
                 p.stop_worker()
