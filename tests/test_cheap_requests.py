@@ -307,7 +307,7 @@ async def test_each_read_of_the_read_model_uses_an_index(env: Env) -> None:
             await read()
             [(statement, params)] = sent
             async with engine.connect() as conn:
-                doc = (await conn.exec_driver_sql(
+                doc: Any = (await conn.exec_driver_sql(
                     "EXPLAIN (FORMAT JSON) " + statement, params)).scalar()
             plans[name] = _plan_nodes((doc if isinstance(doc, list) else
                                        json.loads(doc))[0]["Plan"])
