@@ -61,7 +61,9 @@ class Deployment:
     proc: Proc
     port: int
     accepted: list[uuid.UUID] = field(default_factory=list)
+    failing: list[uuid.UUID] = field(default_factory=list)  # accepted `fail` tasks
     flow_errors: list[str] = field(default_factory=list)  # flow submits that got no 202
+    ready_at: int = 0  # length of the output once ready: what follows is the test's
 
     @property
     def url(self) -> str:
@@ -88,10 +90,12 @@ class Deployment:
         return dict(zip(("projector", "worker", "api"), map(int, m.groups()), strict=True))
 
     async def submit(self, c: httpx.AsyncClient, body: dict[str, Any] | None = None) -> int:
-        r = await c.post(f"{self.url}/tasks",
-                         json=body or {"title": "flow", "payload": {"message": "hi"}})
+        body = body or {"title": "flow", "payload": {"message": "hi"}}
+        r = await c.post(f"{self.url}/tasks", json=body)
         if r.status_code == 202:
             self.accepted.append(uuid.UUID(r.json()["task_id"]))
+            if body.get("type") == "fail":
+                self.failing.append(self.accepted[-1])
         return r.status_code
 
 
@@ -111,6 +115,7 @@ async def deployment(private_stack: FaultStack) -> AsyncIterator[Deployment]:
                 return await _ready(d, c)
 
             await wait_until(ready, timeout=90, what="taskflow run to be ready")
+        d.ready_at = len(proc.output())
         yield d
     finally:
         proc.stop()
@@ -125,15 +130,20 @@ async def _ready(d: Deployment, c: httpx.AsyncClient) -> bool:
 
 @contextlib.asynccontextmanager
 async def flowing(d: Deployment) -> AsyncIterator[None]:
-    """Echo tasks submitted every ``FLOW_EVERY_S`` for as long as the block runs; every
-    one must get a 202 (no fault here is an outage)."""
+    """Tasks submitted every ``FLOW_EVERY_S`` for as long as the block runs; every one
+    must get a 202 (no fault here is an outage). Most are echo tasks that end DONE; every
+    fifth always fails, and ends FAILED and dead-lettered after one or two attempts."""
     stop = asyncio.Event()
 
     async def feed() -> None:
         async with httpx.AsyncClient(timeout=15) as c:
+            n = 0
             while not stop.is_set():
+                n += 1
+                body = None if n % 5 else {"title": "flow", "type": "fail",
+                                           "max_attempts": 1 + n % 2}
                 try:
-                    code = await d.submit(c)
+                    code = await d.submit(c, body)
                 except httpx.HTTPError as exc:
                     d.flow_errors.append(repr(exc))
                 else:
@@ -198,13 +208,18 @@ async def settled(d: Deployment, pids: dict[str, int]) -> Tally:
         assert not twice, f"tasks with more than one terminal event: {twice}"
         assert set(t.terminals) == t.created, "a terminal event for a task never created"
 
+        # A task that failed for good has task.failed and task.dead_lettered.
+        assert d.failing and set(d.failing) <= t.dead_lettered
+        assert t.dead_lettered <= set(t.terminals)
+
         async def read_model_terminal() -> list[str]:
             pending = []
             for tid in d.accepted:
                 r = await c.get(f"{d.url}/tasks/{tid}")
                 assert r.status_code < 500, r.text
-                if r.status_code != 200 or r.json()["status"] not in ("DONE", "FAILED",
-                                                                       "CANCELLED"):
+                doc = r.json() if r.status_code == 200 else {}
+                want = ("FAILED",) if tid in d.failing else ("DONE",)
+                if doc.get("status") not in want or doc["dead_lettered"] != (tid in d.failing):
                     pending.append(f"{tid}: {r.status_code} {r.text[:200]}")
             return pending
 
@@ -221,13 +236,15 @@ async def settled(d: Deployment, pids: dict[str, int]) -> Tally:
         assert " 0 difference(s)" in verify.stderr, verify.stderr[-2000:]
         assert (await c.get(f"{d.url}/readyz")).status_code == 200
     # Nobody restarted anything: the supervisor, its three children, and every service
-    # inside them (``serve`` restarts a failed service in place and says so).
+    # inside them (``serve`` rebuilds a failed service in place and says so).
     out = d.proc.output()
     assert d.proc.alive(), out[-4000:]
     assert d.children() == pids
     assert all(_alive(p) for p in pids.values()), out[-4000:]
     assert "exited with" not in out and "restarted" not in out, out[-4000:]
-    assert "failed, restarting it" not in out, out[-4000:]
+    since = out[d.ready_at:]
+    assert "failed, restarting it" not in since, since[-4000:]
+    assert "unavailable, retrying" not in since, since[-4000:]
     return t
 
 
