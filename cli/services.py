@@ -129,7 +129,11 @@ async def serve(make: Callable[[], Service], *, name: str, burst: bool = False) 
             delay = outage.failed(exc)
             try:  # a service that failed may hang on the dependency that is away
                 await asyncio.wait_for(service.stop(), FAILED_STOP_TIMEOUT_S)
-            except Exception as stop_exc:
+            except (Exception, asyncio.CancelledError) as stop_exc:
+                # A client library may leak a cancellation of its own while closing.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
                 log.info("stopping the failed %s: %r", name, stop_exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)

@@ -597,6 +597,7 @@ class GroupConsumer:
         self.on_assigned = on_assigned
         self.on_revoked = on_revoked
         self.fetches: _AdaptiveFetch | None = None  # fetch counts, after start()
+        self._behind: dict[TopicPartition, int] = {}  # see ``stalled``
         # Called once the seeks returned by ``on_assigned`` are in place.
         self.on_seeked: Callable[[list[TP]], None] | None = None
         self._consumer = AIOKafkaConsumer(
@@ -625,7 +626,16 @@ class GroupConsumer:
         self._consumer.subscribe(self.topics, listener=_Listener(self))
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's fetcher cancels its fetch tasks on close and awaits them; one
+            # cancelled in its error backoff (the broker away) re-raises the cancellation.
+            # By then the group is left, so only the client is still to be closed.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            await self._consumer._client.close()
 
     async def poll(self, *, timeout_ms: int, max_records: int) -> list[Record]:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -645,6 +655,28 @@ class GroupConsumer:
 
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    async def stalled(self, timeout_s: float) -> list[TP]:
+        """Partitions whose position was below the log's end at the previous call and has
+        not moved since, although the log's end is still past it.
+
+        Call it only after a poll that returned nothing. After a broker restart aiokafka
+        has been seen to stop fetching one partition for good, with no error, while the
+        others flowed; a consumer stalled like that must be rebuilt. If Kafka does not
+        answer, nothing is reported (the outage itself is handled elsewhere).
+        """
+        tps = list(self._consumer.assignment())
+        try:
+            async with asyncio.timeout(timeout_s):
+                ends = await self._consumer.end_offsets(tps)
+                now = {tp: int(await self._consumer.position(tp)) for tp in tps}
+        except (TimeoutError, KafkaError, OSError):
+            self._behind = {}
+            return []
+        before, self._behind = self._behind, {tp: pos for tp, pos in now.items()
+                                              if pos < int(ends[tp])}
+        return sorted((tp.topic, tp.partition) for tp, pos in self._behind.items()
+                      if before.get(tp) == pos)
 
     def highwater(self, tp: TP) -> int | None:
         """The end offset of ``tp`` as of the last fetch (None before the first fetch)."""

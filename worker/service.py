@@ -42,7 +42,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from events import constants, jsonsafe, runtime
 from events.codec import decode, scrub_nul
-from events.errors import ProducerFencedOff, UndecodableEvent, UnsafeJson
+from events.errors import LogUnavailable, ProducerFencedOff, UndecodableEvent, UnsafeJson
 from events.fold import TaskState, apply
 from events.log import (
     TP,
@@ -77,6 +77,7 @@ log = logging.getLogger("taskflow.worker")
 PROGRESS_MIN_INTERVAL_S = 0.5  # seconds between two task.progress events of one task
 REVOKE_GRACE_S = 5.0  # seconds in-flight tasks get to finish when their partition moves
 LANE_CLOSE_TIMEOUT_S = 5.0  # seconds a lane's producer gets to close
+STALL_CHECK_S = 10.0  # seconds between two checks, while idle, that no partition is stuck
 _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
 FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
 DLT_RETRY_BASE_S = 0.1  # seconds before the first retry to create the dead-letter topic
@@ -467,6 +468,7 @@ class Worker:
         """Consume and run tasks until stopped (or, with ``until_idle``, until nothing is left)."""
         assert self._consumer is not None
         idle_since = time.monotonic()
+        next_stall_check = time.monotonic() + STALL_CHECK_S
         limit = self.settings.worker_concurrency * 8
         while not self._stopping.is_set():
             if self.in_flight > limit:
@@ -482,6 +484,15 @@ class Worker:
                     await self._consumer.keepalive()
                 continue
             records = await self._consumer.poll(timeout_ms=100, max_records=500)
+            if records:
+                next_stall_check = time.monotonic() + STALL_CHECK_S
+            elif time.monotonic() >= next_stall_check:
+                next_stall_check = time.monotonic() + STALL_CHECK_S
+                stuck = await self._consumer.stalled(self.settings.produce_timeout_s)
+                if stuck:  # rebuilt by the caller, resuming from the committed offsets
+                    self._fatal = LogUnavailable(
+                        f"the consumer stopped fetching partitions {[p for _, p in stuck]}")
+                    break
             for r in records:
                 lane = self.lanes.get((r.topic, r.partition))
                 # A lane exists before its seek is in place (the rebalance callback
