@@ -39,6 +39,9 @@ HEADER_DLT_TOPIC: Final = "taskflow.dlt.topic"
 HEADER_DLT_PARTITION: Final = "taskflow.dlt.partition"
 HEADER_DLT_OFFSET: Final = "taskflow.dlt.offset"
 HEADER_DLT_ERROR: Final = "taskflow.dlt.error"
+# Set when a parked record's value was cut to DLT_VALUE_MAX: its original length in bytes.
+HEADER_DLT_TRUNCATED: Final = "taskflow.dlt.truncated"
+DLT_VALUE_MAX: Final = 512 * 1024  # bytes of a parked record's value the .dlt copy keeps
 WORKER_COMMIT_LINGER_MS: Final = 0.0  # see Settings.worker_commit_linger_ms
 WORKER_OFFSET_COMMIT_INTERVAL_MS: Final = 1000.0  # see Settings.worker_offset_commit_interval_ms
 FETCH_MIN_BYTES: Final = 64 * 1024  # a group consumer's fetch: this much, or ...

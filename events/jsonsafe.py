@@ -38,6 +38,9 @@ from events.errors import UnsafeJson
 
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
+# The deepest value orjson writes (it refuses 256 levels and more): what the read model
+# can hold at all, whatever the API's own, smaller limit.
+DEPTH_CARRIED: Final = 255
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")  # one character class: no backtracking
 # A number with a positive exponent (``1e16``, ``1E+16``): a fixed-length pattern.
 _EXPONENT: Final = re.compile(rb"[0-9][eE]\+?[0-9]")

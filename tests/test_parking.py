@@ -297,15 +297,22 @@ def test_a_parked_record_error_is_always_storable() -> None:
     assert "\x00" not in text and text.encode()  # encodes as UTF-8: no lone surrogate
 
 
-async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(env: Env) -> None:
+# A record near the broker's size limit: with the dead-letter headers added, a whole copy
+# would not fit, and the lane would fail on it at every attempt.
+NEAR_LIMIT = b"\x00" + b"x" * 1_048_300
+
+
+@pytest.mark.parametrize("poison_value", [b"\x00 not a CloudEvent", NEAR_LIMIT],
+                         ids=["small", "near-the-size-limit"])
+async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(
+        env: Env, poison_value: bytes) -> None:
     dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
     worker = env.proc("worker")
     producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
     await producer.start()
     try:
         tid = uuid.uuid4()  # its task.created follows the poison in the same partition
-        poison = await producer.append_raw(env.topic, str(tid).encode(),
-                                           b"\x00 not a CloudEvent")
+        poison = await producer.append_raw(env.topic, str(tid).encode(), poison_value)
         await producer.append([created(tid, "after the poison")])
     finally:
         await producer.stop()
@@ -325,9 +332,14 @@ async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(env: E
                                     what="the dead-letter record")
     finally:
         await reader.stop()
-    assert parked.value == b"\x00 not a CloudEvent"
     headers = dict(parked.headers)
     assert headers[constants.HEADER_DLT_OFFSET] == str(poison.offset).encode()
+    if len(poison_value) > constants.DLT_VALUE_MAX:  # cut, saying how long it was
+        assert parked.value == poison_value[:constants.DLT_VALUE_MAX]
+        assert headers[constants.HEADER_DLT_TRUNCATED] == str(len(poison_value)).encode()
+    else:
+        assert parked.value == poison_value
+        assert constants.HEADER_DLT_TRUNCATED not in headers
     assert worker.alive()
     assert "stopped" not in worker.output()  # no lane failed on the way
 

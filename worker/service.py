@@ -31,12 +31,13 @@ import importlib
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -59,6 +60,7 @@ from events.models import (
     EventType,
     FailureReason,
     TaskCancelled,
+    TaskCreated,
     TaskDeadLettered,
     TaskDone,
     TaskFailed,
@@ -524,6 +526,28 @@ class Worker:
             self._schedule(lane, tid)
         lane.dirty.set()  # commit the position even if nothing else happens
 
+    def _park(self, lane: Lane, r: Record, error: str) -> None:
+        """Send ``r`` to the dead-letter topic with its coordinates and ``error``.
+
+        The value is cut to ``DLT_VALUE_MAX`` bytes: a record near the broker's size limit
+        plus these headers would not fit, and the lane would fail on it again and again.
+        The whole record stays in the log at the coordinates the headers give.
+        """
+        self.parked += 1
+        value = r.value
+        headers = [
+            (constants.HEADER_DLT_TOPIC, r.topic.encode()),
+            (constants.HEADER_DLT_PARTITION, str(r.partition).encode()),
+            (constants.HEADER_DLT_OFFSET, str(r.offset).encode()),
+            (constants.HEADER_DLT_ERROR, scrub_nul(error).encode("utf-8", "replace")[:4000]),
+        ]
+        if value is not None and len(value) > constants.DLT_VALUE_MAX:
+            headers.append((constants.HEADER_DLT_TRUNCATED, str(len(value)).encode()))
+            value = value[:constants.DLT_VALUE_MAX]
+        lane.raw.append(RawMessage(topic=dead_letter_topic(self.settings.topic), key=r.key,
+                                   value=value, headers=tuple(headers)))
+        lane.dirty.set()
+
     def _on_record(self, lane: Lane, r: Record) -> None:
         if r.offset < lane.position:
             # Redelivery (a seek during a rebalance can re-fetch records the lane has
@@ -534,20 +558,23 @@ class Worker:
         try:
             ev = decode(r.value)
         except UndecodableEvent as exc:
-            self.parked += 1
-            lane.raw.append(RawMessage(
-                topic=dead_letter_topic(self.settings.topic),
-                key=r.key,
-                value=r.value,
-                headers=(
-                    (constants.HEADER_DLT_TOPIC, r.topic.encode()),
-                    (constants.HEADER_DLT_PARTITION, str(r.partition).encode()),
-                    (constants.HEADER_DLT_OFFSET, str(r.offset).encode()),
-                    (constants.HEADER_DLT_ERROR, exc.error.encode()[:4000]),
-                ),
-            ))
-            lane.dirty.set()
+            self._park(lane, r, exc.error)
             return
+        if ev.type is EventType.CREATED:
+            # A task.created that did not come through the API's edge (another producer,
+            # an older release) may hold a value the read model cannot store exactly; the
+            # projector parks it too, so running it would finish a task nobody can see.
+            # Only the values are checked, not the API's size limits, which the projector
+            # does not enforce either.
+            data = cast(TaskCreated, ev.data)
+            try:
+                jsonsafe.check(data.title, loc=["title"])
+                jsonsafe.check(data.payload, max_depth=jsonsafe.DEPTH_CARRIED,
+                               max_keys=sys.maxsize, loc=["payload"])
+            except UnsafeJson as exc:
+                self._park(lane, r, f"task.created holds a value TaskFlow cannot carry "
+                                    f"exactly: {exc}")
+                return
         tid = ev.subject
         if ev.type is EventType.CREATED and tid in lane.finished:
             self.duplicates += 1  # the fold ignores it too: the first task.created wins
