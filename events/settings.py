@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # What a JSON body, and a handler's result, may hold (see docs/limits.md): nesting of
     # arrays/objects (a body's own object is level 1), and keys in any one object. Every
     # reader and writer of a value walks it recursively, and jsonb sorts each object's keys.
-    max_json_depth: int = Field(default=constants.MAX_JSON_DEPTH, ge=2, le=1000)
+    max_json_depth: int = Field(default=constants.MAX_JSON_DEPTH, ge=2, le=254)
     max_json_keys: int = Field(default=constants.MAX_JSON_KEYS, ge=1)
     max_header_bytes: int = Field(default=constants.MAX_HEADER_BYTES, ge=1024)  # 431 past it
     cors_origins: str = ""  # comma-separated; empty = no CORS headers
