@@ -1,0 +1,125 @@
+"""Talking to the cluster rather than reading or writing records: the topics, a group's
+committed offsets, whether Kafka answers, and telling an outage from a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError, for_code
+
+from events import constants
+from events.errors import LogUnavailable, ProducerFencedOff
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
+    """Create the event topic (kept forever) if it is missing; True if it was created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+        resp = await admin.create_topics(
+            [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
+        )
+        # aiokafka returns the broker's per-topic errors rather than raising them.
+        for _name, code, *rest in resp.topic_errors:
+            if code == TopicAlreadyExistsError.errno:
+                return False
+            if code:
+                detail = (rest[0] if rest else None) or f"error code {code}"
+                raise for_code(code)(f"cannot create topic {topic!r}: {detail}")
+        return True
+    finally:
+        await admin.close()
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Where the worker parks the records of ``topic`` it cannot handle."""
+    return topic + constants.DEAD_LETTER_TOPIC_SUFFIX
+
+
+async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:
+    """Create the event topic and its dead-letter topic where missing; the names created.
+
+    Both are made wherever one is (``stack up``, ``migrate``, the worker at start), so
+    that the first poison record never finds its dead-letter topic missing.
+    """
+    created = []
+    for name, n in ((topic, partitions),
+                    (dead_letter_topic(topic), constants.DEAD_LETTER_PARTITIONS)):
+        if await ensure_topic(bootstrap, name, n):
+            created.append(name)
+    return created
+
+
+async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
+    """Delete scratch topics (the tests' and the bench's own; TaskFlow never deletes its log).
+
+    A broker left with thousands of test partitions gets measurably slower, and a 1M-event
+    bench topic is about half a gigabyte. Failures are ignored: a leftover is harmless.
+    """
+    if not topics:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        await admin.start()
+        await admin.delete_topics(list(topics), timeout_ms=30_000)
+    except (KafkaError, OSError):
+        pass
+    finally:
+        await admin.close()
+
+
+async def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
+    """The offsets ``group_id`` has committed on ``topic``, per partition (next to read).
+
+    Every partition is asked for by name: asked for all, aiokafka checks only per-partition
+    error codes, and a broker's group-level error (a coordinator still loading, say) came
+    back as an empty answer, indistinguishable from a group that committed nothing.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+        if described["error_code"]:
+            raise for_code(described["error_code"])(f"cannot describe topic {topic!r}")
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        res = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+    finally:
+        await admin.close()
+    missing = sorted(tp.partition for tp in tps if tp not in res)
+    if missing:
+        raise LogUnavailable(f"group {group_id!r}: no committed offsets answered for "
+                             f"{topic} partitions {missing}")
+    return {tp.partition: int(m.offset) for tp, m in res.items() if m.offset >= 0}
+
+
+def fenced(exc: BaseException) -> bool:
+    """True if ``exc`` proves that another instance owns this producer's work now."""
+    return isinstance(exc, ProducerFenced | ProducerFencedOff)
+
+
+def log_down(exc: BaseException) -> bool:
+    """True if ``exc`` says Kafka cannot be reached or did not answer in time (a broker
+    restarting or stalled), rather than that it refused the work for good.
+
+    A fenced producer is not an outage: another instance owns its partitions now.
+    """
+    if fenced(exc):
+        return False
+    return isinstance(exc, KafkaError | LogUnavailable | OSError | TimeoutError)
+
+
+async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
+    """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+                                request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise LogUnavailable(f"kafka at {bootstrap}: {exc!r}") from None
+    finally:
+        await admin.close()
