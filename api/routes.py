@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from api import metrics, queries
+from api import metrics
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import Change, ChangeFeed, Filter, Reset, SubscriberDropped
@@ -44,7 +44,7 @@ from api.schemas import (
     TaskOut,
     TaskPage,
 )
-from events import constants, ids
+from events import constants, ids, queries
 from events.codec import decode
 from events.db import current_revision, migration_head
 from events.errors import LogUnavailable

@@ -1,4 +1,5 @@
-"""Reads of the read model (SQLAlchemy Core). Plain functions, keyword-only arguments."""
+"""Reads of the read model (SQLAlchemy Core), for the API and the CLI. Plain functions,
+keyword-only arguments."""
 
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api import auth, metrics, queries, routes
+from api import auth, metrics, routes
 from api.app import create_app
+from events import queries
 from events.settings import Settings
 from tests.helpers import Env, free_port, wait_until
 from tests.test_projections import cli, count, produce_tasks
