@@ -23,6 +23,7 @@ from api import metrics
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import Change, ChangeFeed, Filter, Reset, SubscriberDropped
+from api.logstate import log_ends
 from api.problems import (
     PROBLEM,
     Conflict,
@@ -49,7 +50,7 @@ from events.codec import decode
 from events.db import current_revision, migration_head
 from events.errors import LogUnavailable
 from events.fold import fold
-from events.log import EventProducer, log_ends
+from events.log import EventProducer
 from events.log import ping as kafka_ping
 from events.models import (
     TERMINAL,

@@ -36,7 +36,7 @@ from events.log.producer import (
     TransactionalProducer,
     send_batches,
 )
-from events.log.readers import LogReader, log_ends
+from events.log.readers import LogReader
 from events.log.records import TP, RawMessage, Record
 
 # The names the tests have always imported these by.
@@ -67,7 +67,6 @@ __all__ = [
     "fenced",
     "group_offsets",
     "log_down",
-    "log_ends",
     "murmur2",
     "partition_for",
     "ping",

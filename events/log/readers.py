@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from events.errors import LogUnavailable
 from events.log import internals
@@ -72,19 +68,3 @@ class LogReader:
             out.extend(to_record(m) for m in msgs)
         return out
 
-
-async def log_ends(holder: Any, settings: Any) -> dict[int, int]:
-    """End offset per partition of ``settings.topic``, through a reader cached on ``holder.state``.
-
-    Raises ``LogUnavailable`` if Kafka does not answer within the produce timeout.
-    """
-    reader: LogReader | None = getattr(holder.state, "log_reader", None)
-    try:
-        if reader is None:
-            reader = LogReader(bootstrap=settings.kafka_bootstrap, topic=settings.topic)
-            await asyncio.wait_for(reader.start(), settings.produce_timeout_s)
-            holder.state.log_reader = reader
-        bounds = await asyncio.wait_for(reader.bounds(), settings.produce_timeout_s)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise LogUnavailable(f"cannot read log ends: {exc!r}") from None
-    return {p: end for p, (_, end) in bounds.items()}
