@@ -32,14 +32,13 @@ class StackError(RuntimeError):
     pass
 
 
-# A fixed 1 GiB heap, as Kafka's own start script (kafka-run-class.sh) sets it; with one
-# that started at 256 MiB and G1's default goal, young collections here averaged 46 ms.
-# The collector is ZGC, not the script's G1: even aiming at 20 ms, G1 stopped the broker
-# for 15-30 ms every 2-6 s at 200 tasks/s, and the tasks in flight through it then made
-# the bench's latency tail (the slow ones came in bursts at the times gc.log gives). ZGC
-# collects while the broker runs: p99 at 200 tasks/s was 60-116 ms (median 65) against
-# G1's 59-155 (median 92) in six runs each, with the same CPU. Each collection is logged
-# to .stack/kafka/gc.log.
+# A fixed heap, as Kafka's own start script (kafka-run-class.sh) sets it: a heap that
+# starts small grows through slow young collections. The collector is ZGC, not the
+# script's G1: even with a short pause goal, G1 stopped the broker every few seconds, and
+# the tasks in flight through it then made the bench's latency tail (the slow ones came
+# in bursts at the times gc.log gives). ZGC collects while the broker runs, for the same
+# CPU; the figures are in docs/benchmarks.md. Each collection is logged to
+# .stack/kafka/gc.log.
 KAFKA_JVM = ("-Xms1g", "-Xmx1g", "-XX:+UseZGC", "-Djava.awt.headless=true")
 
 

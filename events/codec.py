@@ -59,7 +59,7 @@ def scrub_nul(text: str) -> str:
 
 def encode(event: CloudEvent) -> bytes:
     # pydantic's own JSON serializer: the same bytes as orjson over model_dump(mode="json"),
-    # without the intermediate dict (4.2 -> 3.0 us for a task.created).
+    # without building the intermediate dict, which was a large part of encoding's cost.
     return event.__pydantic_serializer__.to_json(event)
 
 

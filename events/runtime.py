@@ -18,7 +18,7 @@ def tune_gc(*thresholds: int) -> None:
     it is frozen out of every later collection; ``thresholds`` (as for
     ``gc.set_threshold``) make young collections rarer. The services' per-request and
     per-batch objects are not cyclic (reference counting frees them), while with the
-    default threshold of 700 the collector took a fifth of the projector's CPU and
+    default thresholds the collector took a large share of the projector's CPU and
     stalled every SSE stream of an API process at once.
     """
     global _started

@@ -57,8 +57,8 @@ async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str
 async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
     """Delete scratch topics (the tests' and the bench's own; TaskFlow never deletes its log).
 
-    A broker left with thousands of test partitions gets measurably slower, and a 1M-event
-    bench topic is about half a gigabyte. Failures are ignored: a leftover is harmless.
+    A broker left with every test's partitions gets slower, and a bench topic holds a large
+    share of the disk. Failures are ignored: a leftover is harmless.
     """
     if not topics:
         return

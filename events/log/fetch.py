@@ -18,30 +18,30 @@ class AdaptiveFetch:
     """Gather while events flow, long-poll while idle.
 
     A fetch that waits for ``FETCH_MIN_BYTES`` or ``FETCH_MAX_WAIT_MS`` batches a busy
-    partition, but an idle consumer then asks the broker a hundred times a second: an
-    idle worker, projector and broker spent about a quarter of this 2-core machine on
-    empty fetches. So after a fetch that brought nothing the next one asks for the
-    first byte, waiting up to ``FETCH_IDLE_MAX_WAIT_MS``: the broker answers it the
-    moment an event is committed, so the first event after a lull is also delivered
-    sooner. If that answer came quickly, events are flowing and the next fetch gathers
-    again; if it took longer than a gathering wait, events are further apart than
-    gathering could batch, and the next fetch asks for the first byte too (at 20
-    tasks/s a task's ``task.done`` then reaches the projector without waiting out the
-    window that its ``task.created`` opened).
+    partition, but an idle consumer then asks the broker again every
+    ``FETCH_MAX_WAIT_MS``, and an idle worker, projector and broker spent a large share
+    of a small machine on empty fetches. So after a fetch that brought nothing the next
+    one asks for the first byte, waiting up to ``FETCH_IDLE_MAX_WAIT_MS``: the broker
+    answers it the moment an event is committed, so the first event after a lull is also
+    delivered sooner. If that answer came quickly, events are flowing and the next fetch
+    gathers again; if it took longer than a gathering wait, events are further apart than
+    gathering could batch, and the next fetch asks for the first byte too (with tasks
+    spaced out, a task's ``task.done`` then reaches the projector without waiting out
+    the window that its ``task.created`` opened).
 
     While events flow fast (``FETCH_BUSY_BYTES_PER_MS`` and more), a gathering fetch
     asks for ``FETCH_BUSY_MIN_BYTES`` or ``FETCH_BUSY_MAX_WAIT_MS`` instead, until the
     flow falls below ``FETCH_CALM_BYTES_PER_MS``. Every fetch round costs the worker a
     Kafka transaction per partition that brought tasks, and the projector a Postgres
-    transaction: with single POSTs end to end, rounds of up to 50 ms instead of 10 took
-    the broker's CPU per task from about 320-390 to 100-150 µs, and throughput up by
-    half. At 200 tasks/s the flow stays calm, so its latency is unchanged.
+    transaction, so fewer and larger rounds while the flow is fast cut the broker's CPU
+    per task and raise throughput. At the latency benchmark's rate the flow stays calm,
+    so its latency is unchanged. The figures are in ``docs/benchmarks.md``.
 
-    aiokafka has no setting for this. Its fetcher builds each request from
-    ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` after the previous one answered
-    (``_proc_fetch_request``), so wrapping that method on the instance switches the
-    next request. If a future aiokafka lacks them, the consumer keeps the fixed
-    settings and says so.
+    aiokafka has no setting for this. Its fetcher builds each request from its current
+    limits after the previous one answered, so wrapping the method that runs a request
+    switches the next one (``events/log/internals.py`` says which private names that
+    takes). If a future aiokafka lacks them, the consumer keeps the fixed settings and
+    says so.
     """
 
     def __init__(self, fetcher: Any) -> None:

@@ -65,10 +65,8 @@ class EventProducer:
             acks="all",
             enable_idempotence=True,
             # No linger: under load, submits that arrive while a partition's request is
-            # in flight share the next one anyway, and at 200 tasks/s a 2 ms linger was
-            # 2 ms of every task's wait for a worker (worker hop 11.0-11.3 -> 9.0-9.1 ms,
-            # three interleaved pairs; end to end, single and batch, the same within the
-            # noise in three pairs).
+            # in flight share the next one anyway, so a linger bought no throughput and
+            # added its whole length to every task's wait for a worker.
             linger_ms=0,
             max_batch_size=256 * 1024,
             partitioner=PARTITIONER,
@@ -124,7 +122,7 @@ class EventProducer:
         """Many events: one record batch per partition, filled directly.
 
         ``send`` per record costs a coroutine, a metadata check and a batch lookup each
-        time; for a 1,000-task submit that was the API's largest cost. Partitions are the
+        time; for a large batch submit that was the API's largest cost. Partitions are the
         ones ``send`` would pick (the default partitioner on the task id), so a task's
         later events still land next to its ``task.created``.
         """
@@ -186,14 +184,15 @@ class TransactionalProducer:
             transactional_id=transactional_id,
             enable_idempotence=True,
             acks="all",
-            # Without this 1 ms batch end to end was slower in three interleaved pairs,
-            # by 0.1, 13 and 4 % (3,903 / 4,109 / 4,030 against 3,908 / 4,719 / 4,182
-            # tasks/s); at 200 tasks/s it is at most 1 ms of latency. The linger that
-            # cost latency was the API producer's, now none (``EventProducer``).
+            # A lane's sends in one transaction gather into fewer record batches, which
+            # end-to-end throughput needs; the latency it adds is at most the linger, once
+            # per transaction. The linger that cost latency was the API producer's, now
+            # none (``EventProducer``).
             linger_ms=1,
             max_batch_size=256 * 1024,
             # The same KAFKA-5477 window hits AddOffsetsToTxn and EndTxn, which retry
-            # after this backoff (default 100 ms: one transaction in ten took > 100 ms).
+            # after this backoff; aiokafka's default is far longer than the window, and a
+            # transaction that hit it waited all of it.
             retry_backoff_ms=constants.TXN_RETRY_BACKOFF_MS,
             request_timeout_ms=int(timeout_s * 1000),
         )
