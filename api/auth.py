@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.problems import Problem
-from events.tables import api_keys
+from events import queries
 
 CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation takes
 # Entries of each per-key structure: key ids come from the client (a made-up one is
@@ -87,11 +86,8 @@ class KeyRing:
         now = time.monotonic()
         hit = self._cache.get(key_id)
         if hit is None or now - hit[0] > CACHE_TTL_S:
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(
-                    select(api_keys.c.tenant, api_keys.c.secret_hash).where(
-                        api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)))).first()
-            hit = (now, row.tenant if row else None, row.secret_hash if row else "")
+            row = await queries.api_key(self.engine, key_id=key_id)
+            hit = (now, row[0] if row else None, row[1] if row else "")
             self._cache[key_id] = hit
             self._cache.move_to_end(key_id)
             while len(self._cache) > CACHE_MAX:

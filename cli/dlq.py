@@ -6,33 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from events import constants
-from events.db import make_engine
+from events import constants, queries
 from events.log import EventProducer
-from events.models import TaskCreated, TaskRedriven, TaskStatus, new_event
+from events.models import TaskCreated, TaskRedriven, new_event
 from events.settings import Settings
-from events.tables import tasks
 
 
 async def dead_tasks(settings: Settings, *, type_: str | None = None,
-                     since: datetime | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
-    engine = make_engine(settings.database_url, pool_size=1)
-    try:
-        q = select(tasks.c.task_id, tasks.c.tenant, tasks.c.type, tasks.c.title, tasks.c.error,
-                   tasks.c.attempt, tasks.c.finished_at, tasks.c.payload, tasks.c.priority,
-                   tasks.c.max_attempts, tasks.c.timeout_s).where(
-            tasks.c.status == TaskStatus.FAILED.value, tasks.c.dead_lettered.is_(True))
-        if type_:
-            q = q.where(tasks.c.type == type_)
-        if since:
-            q = q.where(tasks.c.finished_at >= since)
-        q = q.order_by(tasks.c.finished_at, tasks.c.task_id).limit(limit)
-        async with engine.connect() as conn:
-            return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
-    finally:
-        await engine.dispose()
+                     since: datetime | None = None) -> list[dict[str, Any]]:
+    async with queries.short_engine(settings.database_url) as engine:
+        return await queries.dead_tasks(engine, type_=type_, since=since)
 
 
 def spec_of(row: dict[str, Any]) -> TaskCreated:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -301,11 +301,15 @@ def projections_dead_letters(
     """List the log records the projector parked, oldest first, as JSON lines: coordinates
     (projection, topic, partition, offset), key, reason (decode, fold or write), error,
     parked_at and the record's bytes."""
-    from projector.maintenance import dead_letters, dumps
+    from events import queries
 
-    rows = asyncio.run(dead_letters(get_settings(), limit=limit))
+    async def read() -> list[dict[str, Any]]:
+        async with queries.short_engine(get_settings().database_url) as engine:
+            return await queries.parked_records(engine, limit=limit)
+
+    rows = asyncio.run(read())
     for r in rows:
-        print(dumps(r))
+        print(orjson.dumps(r, default=str).decode())
     print(f"{len(rows)} parked record(s)", file=sys.stderr)
 
 

@@ -4,7 +4,9 @@ keyword-only arguments."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +14,10 @@ import orjson
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from events.db import make_engine
+from events.models import TaskStatus
 from events.tables import (
+    api_keys,
     dead_letters,
     projector_offsets,
     task_changes,
@@ -22,6 +27,16 @@ from events.tables import (
 )
 
 _TASK_COLS = [c for c in tasks.c if c.name not in ("partition", "last_offset")]
+
+
+@contextlib.asynccontextmanager
+async def short_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of one connection for a short command (the CLI's), disposed on exit."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 class BadCursor(ValueError):
@@ -187,3 +202,52 @@ async def task_snapshot(engine: AsyncEngine, *,
         pos = (await conn.execute(select(func.coalesce(func.max(task_changes.c.position), 0))
                                   .where(task_changes.c.task_id == task_id))).scalar()
     return dict(row._mapping), int(pos or 0)
+
+
+async def dead_tasks(engine: AsyncEngine, *, type_: str | None = None,
+                     since: datetime | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Dead-lettered tasks (FAILED, retries spent), oldest first, with what a redrive needs."""
+    q = select(tasks.c.task_id, tasks.c.tenant, tasks.c.type, tasks.c.title, tasks.c.error,
+               tasks.c.attempt, tasks.c.finished_at, tasks.c.payload, tasks.c.priority,
+               tasks.c.max_attempts, tasks.c.timeout_s).where(
+        tasks.c.status == TaskStatus.FAILED.value, tasks.c.dead_lettered.is_(True))
+    if type_:
+        q = q.where(tasks.c.type == type_)
+    if since:
+        q = q.where(tasks.c.finished_at >= since)
+    q = q.order_by(tasks.c.finished_at, tasks.c.task_id).limit(limit)
+    async with engine.connect() as conn:
+        return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
+
+
+async def parked_records(engine: AsyncEngine, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Parked records, oldest first: coordinates, key, reason, error, when, and the bytes
+    (key and bytes as text, any byte that is not UTF-8 escaped)."""
+    d = dead_letters.c
+    q = (select(d.id, d.projection, d.topic, d.partition, d.offset, d.key, d.reason, d.error,
+                d.parked_at, d.raw).order_by(d.id).limit(limit))
+    async with engine.connect() as conn:
+        rows = [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
+    for row in rows:
+        for k in ("key", "raw"):
+            v = row[k]
+            row[k] = bytes(v).decode("utf-8", "backslashreplace") if v is not None else None
+        row["parked_at"] = row["parked_at"].isoformat()
+    return rows
+
+
+async def api_key(engine: AsyncEngine, *, key_id: str) -> tuple[str, str] | None:
+    """``(tenant, secret_hash)`` of an API key that is not revoked."""
+    q = select(api_keys.c.tenant, api_keys.c.secret_hash).where(
+        api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+    async with engine.connect() as conn:
+        row = (await conn.execute(q)).first()
+    return (str(row.tenant), str(row.secret_hash)) if row else None
+
+
+async def api_key_list(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every API key's id, tenant and dates, oldest first (secrets are never stored)."""
+    q = select(api_keys.c.key_id, api_keys.c.tenant, api_keys.c.created_at,
+               api_keys.c.revoked_at).order_by(api_keys.c.created_at)
+    async with engine.connect() as conn:
+        return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
