@@ -31,226 +31,32 @@ import importlib
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
 
-from pydantic_core import PydanticSerializationError, to_jsonable_python
-
-from events import constants, jsonsafe, runtime
-from events.codec import decode, scrub_nul
-from events.errors import LogUnavailable, ProducerFencedOff, UndecodableEvent, UnsafeJson
-from events.fold import TaskState, apply
+from events import constants, runtime
+from events.errors import LogUnavailable, ProducerFencedOff
 from events.log import (
     TP,
     GroupConsumer,
-    RawMessage,
-    Record,
     TransactionalProducer,
     dead_letter_topic,
     ensure_topic,
 )
-from events.models import (
-    CloudEvent,
-    EventData,
-    EventType,
-    FailureReason,
-    TaskCancelled,
-    TaskCreated,
-    TaskDeadLettered,
-    TaskDone,
-    TaskFailed,
-    TaskProcessing,
-    TaskProgress,
-    TaskRetryScheduled,
-    new_event,
-)
-from events.retry import backoff
+from events.models import CloudEvent, EventData, new_event
 from events.settings import Settings
 from worker import metrics as wmetrics
-from worker.handlers import REGISTRY, AsyncHandler, HandlerError
+from worker.lane import Lane
+from worker.running import on_record, schedule
 
 log = logging.getLogger("taskflow.worker")
 
-PROGRESS_MIN_INTERVAL_S = 0.5  # seconds between two task.progress events of one task
 REVOKE_GRACE_S = 5.0  # seconds in-flight tasks get to finish when their partition moves
 LANE_CLOSE_TIMEOUT_S = 5.0  # seconds a lane's producer gets to close
 STALL_CHECK_S = 10.0  # seconds between two checks, while idle, that no partition is stuck
-_TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
-FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
 DLT_RETRY_BASE_S = 0.1  # seconds before the first retry to create the dead-letter topic
 DLT_RETRY_CAP_S = 5.0  # seconds between two retries, at most
-
-
-def storable(result: Any, *, max_depth: int = constants.MAX_JSON_DEPTH,
-             max_keys: int = constants.MAX_JSON_KEYS) -> Any:
-    """``result`` as the JSON value ``task.done`` will carry, or ValueError if it has none.
-
-    Checked before anything is staged: a result that cannot be encoded would otherwise
-    fail the lane's whole transaction, and one the read model cannot hold exactly (the
-    values the API refuses in a payload, ``events.jsonsafe``) would be refused or changed
-    by it. Python values JSON lacks (a tuple, a datetime) are converted as pydantic does;
-    NaN and the infinities are kept as they are, so that the check refuses them rather
-    than pydantic writing ``null`` for them.
-    """
-    if result is None or type(result) is bool or (
-            type(result) is int and jsonsafe.INT_MIN <= result <= jsonsafe.INT_MAX):
-        return result  # the common cases, JSON as they are
-    try:
-        value = to_jsonable_python(result, inf_nan_mode="constants")
-    except (PydanticSerializationError, TypeError, ValueError) as exc:
-        raise ValueError(f"the result cannot be stored as JSON: {exc}") from None
-    try:
-        jsonsafe.check(value, max_depth=max_depth, max_keys=max_keys)
-    except UnsafeJson as exc:
-        raise ValueError(f"the result cannot be stored exactly: {exc}") from None
-    return value
-
-
-class _Abandoned(Exception):
-    """The task is left for another worker (shutdown or revoked partition)."""
-
-
-@dataclass
-class _Ctx:
-    task_id: str
-    attempt: int
-    lane: Lane
-    tid: uuid.UUID
-    tenant: str | None
-    cancelled: bool = False  # set on cancel; a thread-run handler polls is_cancelled()
-    _last: float = 0.0
-
-    def is_cancelled(self) -> bool:
-        return self.cancelled
-
-    def progress(self, percent: int, message: str | None = None) -> None:
-        percent = max(0, min(100, int(percent)))
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_MIN_INTERVAL_S:
-            self._last = now
-            text = scrub_nul(message) if message else message
-            self.lane.stage(self.lane.worker.event(
-                TaskProgress(percent=percent, message=text), self.tid, self.attempt, self.tenant
-            ))
-
-
-@dataclass
-class Lane:
-    """Everything a worker does for one partition."""
-
-    worker: Worker
-    tp: TP
-    producer: TransactionalProducer
-    recovery_end: int
-    position: int = 0
-    states: dict[uuid.UUID, TaskState] = field(default_factory=dict)
-    open: dict[uuid.UUID, int] = field(default_factory=dict)  # task -> trigger offset
-    base: dict[uuid.UUID, int] = field(default_factory=dict)  # attempt at last redrive
-    running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
-    ctxs: dict[uuid.UUID, _Ctx] = field(default_factory=dict)
-    cancel_reason: dict[uuid.UUID, str] = field(default_factory=dict)
-    # Tasks this lane saw end, so a late duplicate task.created (an idempotent submit
-    # retried before the first was projected) cannot start a finished task again.
-    finished: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
-    outbox: list[CloudEvent] = field(default_factory=list)
-    raw: list[RawMessage] = field(default_factory=list)
-    resolved: set[uuid.UUID] = field(default_factory=set)
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: bool = False
-    ready: bool = False  # the consumer has been seeked to ``position``
-    committer: asyncio.Task[None] | None = None
-    failure: BaseException | None = None
-    committed: int = -1  # the group offset this lane last committed
-    offset_due: float = 0.0  # monotonic time from which the offset may be committed again
-
-    @property
-    def recovering(self) -> bool:
-        return self.position < self.recovery_end
-
-    def stage(self, *events: CloudEvent, resolve: uuid.UUID | None = None) -> None:
-        self.outbox.extend(events)
-        if resolve is not None:
-            self.resolved.add(resolve)
-        self.dirty.set()
-
-    def commit_offset(self) -> int:
-        """The lowest trigger offset of a task not yet resolved, else the read position.
-
-        ``open`` only ever gains entries from records folded in offset order, so its
-        insertion order is offset order and the first unresolved entry is the lowest.
-        """
-        resolved = self.resolved
-        for t, o in self.open.items():
-            if t not in resolved:
-                return o
-        return self.position
-
-    async def flush(self) -> None:
-        """One Kafka transaction: the staged events, and the group offset when it is due.
-
-        The offset rides along at most every ``worker_offset_commit_interval_ms`` (and on
-        close). It only bounds how far a new owner reads back on recovery, which folds
-        every record up to the partition's end before running anything, so a late offset
-        costs a longer read, never a task run twice. Leaving it out of most transactions
-        saves two of their five requests and a commit marker.
-        """
-        if self.raw:  # a poison record to park: its topic must exist before the commit
-            await self.worker.dead_letter_topic()
-        events, raw, resolved = self.outbox, self.raw, self.resolved
-        self.outbox, self.raw, self.resolved = [], [], set()
-        for t in resolved:
-            self.open.pop(t, None)
-        offset = self.commit_offset()
-        now = time.monotonic()
-        due = offset != self.committed and (self.closed or now >= self.offset_due)
-        if not events and not raw and not due:
-            return
-        log.debug("partition %d: commit %d events, offset %s, %d open, position %d",
-                  self.tp[1], len(events), offset if due else "later", len(self.open),
-                  self.position)
-        await self.producer.safe_commit(
-            topic=self.worker.settings.topic,
-            events=events,
-            raw=raw,
-            offsets={self.tp: offset} if due else {},
-            group_id=self.worker.settings.worker_group,
-            partition=self.tp[1],
-        )
-        if due:
-            self.committed = offset
-            self.offset_due = now + self.worker.settings.worker_offset_commit_interval_ms / 1000
-        self.worker.committed_events += len(events)
-
-    async def run_committer(self) -> None:
-        """Commit staged events in batches: one Kafka transaction per round."""
-        linger = self.worker.settings.worker_commit_linger_ms / 1000
-        try:
-            while True:
-                if self.dirty.is_set() or self.commit_offset() == self.committed:
-                    await self.dirty.wait()
-                else:  # only the offset is behind: commit it once it is due
-                    wait = self.offset_due - time.monotonic()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.dirty.wait(), max(wait, 0.001))
-                if linger and not self.closed and self.dirty.is_set():
-                    await asyncio.sleep(linger)  # let a quick task's events share one
-                self.dirty.clear()
-                await self.flush()
-                if self.closed and not self.outbox and not self.raw:
-                    return
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # fenced, or Kafka gone: this lane cannot write
-            self.failure = exc
-            log.error("lane %s stopped: %r", self.tp, exc)
-            for t in list(self.running.values()):
-                t.cancel()
-            self.worker.lane_failed(self, exc)
 
 
 @dataclass
@@ -274,9 +80,9 @@ class Worker:
     duplicates: int = 0
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
-    _sem: asyncio.Semaphore | None = field(default=None, repr=False)
+    sem: asyncio.Semaphore | None = field(default=None, repr=False)  # worker_concurrency
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    _room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
+    room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
     _fatal: BaseException | None = field(default=None, repr=False)
     _dlt_ready: bool = field(default=False, repr=False)  # <topic>.dlt is known to exist
 
@@ -305,7 +111,7 @@ class Worker:
             importlib.import_module(name)  # registers the module's @handler functions
         if s.worker_metrics_port:
             wmetrics.serve(s.worker_metrics_port)
-        self._sem = asyncio.Semaphore(s.worker_concurrency)
+        self.sem = asyncio.Semaphore(s.worker_concurrency)
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
             topics=[s.topic],
@@ -478,11 +284,11 @@ class Worker:
                 # ``consumer.pause``: aiokafka drops a paused partition's fetched records
                 # and fetches them again on resume, so a busy worker read its log about
                 # ten times over. Unpolled, the fetcher holds one response per partition.
-                self._room.clear()
+                self.room.clear()
                 while self.in_flight > limit // 2 and not self._stopping.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), 0.1)
-                    self._room.clear()
+                        await asyncio.wait_for(self.room.wait(), 0.1)
+                    self.room.clear()
                     await self._consumer.keepalive()
                 continue
             records = await self._consumer.poll(timeout_ms=100, max_records=500)
@@ -503,7 +309,7 @@ class Worker:
                 # those would move the lane past records it never saw; after the seek
                 # they arrive again, from the lane's position.
                 if lane is not None and lane.ready and lane.failure is None:
-                    self._on_record(lane, r)
+                    on_record(self, lane, r)
             for lane in list(self.lanes.values()):
                 if not lane.ready:  # still inside the rebalance callback
                     continue
@@ -523,208 +329,6 @@ class Worker:
                  lane.position, len(lane.open))
         lane.recovery_end = -1  # marks recovery as done
         for tid in list(lane.open):
-            self._schedule(lane, tid)
+            schedule(self, lane, tid)
         lane.dirty.set()  # commit the position even if nothing else happens
 
-    def _park(self, lane: Lane, r: Record, error: str) -> None:
-        """Send ``r`` to the dead-letter topic with its coordinates and ``error``.
-
-        The value is cut to ``DLT_VALUE_MAX`` bytes: a record near the broker's size limit
-        plus these headers would not fit, and the lane would fail on it again and again.
-        The whole record stays in the log at the coordinates the headers give.
-        """
-        self.parked += 1
-        value = r.value
-        headers = [
-            (constants.HEADER_DLT_TOPIC, r.topic.encode()),
-            (constants.HEADER_DLT_PARTITION, str(r.partition).encode()),
-            (constants.HEADER_DLT_OFFSET, str(r.offset).encode()),
-            (constants.HEADER_DLT_ERROR, scrub_nul(error).encode("utf-8", "replace")[:4000]),
-        ]
-        if value is not None and len(value) > constants.DLT_VALUE_MAX:
-            headers.append((constants.HEADER_DLT_TRUNCATED, str(len(value)).encode()))
-            value = value[:constants.DLT_VALUE_MAX]
-        lane.raw.append(RawMessage(topic=dead_letter_topic(self.settings.topic), key=r.key,
-                                   value=value, headers=tuple(headers)))
-        lane.dirty.set()
-
-    def _on_record(self, lane: Lane, r: Record) -> None:
-        if r.offset < lane.position:
-            # Redelivery (a seek during a rebalance can re-fetch records the lane has
-            # already folded): folding a task.created again would re-open a finished task.
-            self.redelivered += 1
-            return
-        lane.position = r.offset + 1
-        try:
-            ev = decode(r.value)
-        except UndecodableEvent as exc:
-            self._park(lane, r, exc.error)
-            return
-        if ev.type is EventType.CREATED:
-            # A task.created that did not come through the API's edge (another producer,
-            # an older release) may hold a value the read model cannot store exactly; the
-            # projector parks it too, so running it would finish a task nobody can see.
-            # Only the values are checked, not the API's size limits, which the projector
-            # does not enforce either.
-            data = cast(TaskCreated, ev.data)
-            try:
-                jsonsafe.check(data.title, loc=["title"])
-                jsonsafe.check(data.payload, max_depth=jsonsafe.DEPTH_CARRIED,
-                               max_keys=sys.maxsize, loc=["payload"])
-            except UnsafeJson as exc:
-                self._park(lane, r, f"task.created holds a value TaskFlow cannot carry "
-                                    f"exactly: {exc}")
-                return
-        tid = ev.subject
-        if ev.type is EventType.CREATED and tid in lane.finished:
-            self.duplicates += 1  # the fold ignores it too: the first task.created wins
-            return
-        state = apply(lane.states.get(tid), ev)
-        lane.states[tid] = state
-        if ev.type is EventType.REDRIVEN:
-            lane.base[tid] = state.attempt
-        if ev.type in _TRIGGERS and not state.terminal:
-            # Keep the earliest trigger of an unfinished task: committing past its
-            # task.created would lose the definition a restarted worker needs.
-            lane.open.setdefault(tid, r.offset)
-        if state.terminal:
-            lane.open.pop(tid, None)
-            task = lane.running.get(tid)
-            if task is not None and tid not in lane.cancel_reason:
-                lane.cancel_reason[tid] = "superseded"
-                task.cancel()
-            if tid not in lane.running:
-                lane.states.pop(tid, None)  # nothing more to do for it
-                lane.base.pop(tid, None)
-                lane.finished[tid] = None
-                if len(lane.finished) > FINISHED_MEMORY:
-                    lane.finished.popitem(last=False)
-        if ev.type is EventType.CANCEL_REQUESTED:
-            task = lane.running.get(tid)
-            if task is not None:
-                lane.cancel_reason[tid] = "cancel"
-                ctx = lane.ctxs.get(tid)
-                if ctx is not None:
-                    ctx.cancelled = True  # the signal a thread-run handler can check
-                task.cancel()  # an async handler stops at its next await
-            elif tid in lane.open and tid not in lane.resolved and not lane.recovering:
-                self._cancel_now(lane, tid, state)
-        elif ev.type in _TRIGGERS and not lane.recovering:
-            self._schedule(lane, tid)
-        if not lane.recovering and not lane.dirty.is_set() and not lane.open:
-            lane.dirty.set()  # move the committed offset along on quiet partitions
-
-    def _cancel_now(self, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
-        self.cancelled += 1
-        lane.stage(self.event(TaskCancelled(reason="cancel requested"), tid, state.attempt,
-                              state.tenant), resolve=tid)
-
-    def _schedule(self, lane: Lane, tid: uuid.UUID) -> None:
-        state = lane.states.get(tid)
-        if (state is None or state.terminal or tid in lane.running or tid in lane.resolved
-                or tid not in lane.open):
-            return
-        if state.cancel_requested:
-            self._cancel_now(lane, tid, state)
-            return
-        lane.running[tid] = asyncio.create_task(self._run_task(lane, tid, state))
-
-    # ------------------------------------------------------------ one task
-    async def _run_task(self, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
-        assert self._sem is not None
-        attempt = state.attempt + 1
-        try:
-            if state.not_before is not None:
-                # The loop's monotonic timer may fire a hair early against the wall
-                # clock the event time uses, so wait until the wall clock agrees.
-                for _ in range(10):
-                    delay = (state.not_before - datetime.now(UTC)).total_seconds()
-                    if delay <= 0:
-                        break
-                    await asyncio.sleep(delay + 0.001)
-            async with self._sem:
-                await self._attempt(lane, tid, state, attempt)
-        except asyncio.CancelledError:
-            reason = lane.cancel_reason.get(tid)
-            if reason == "cancel":
-                self.cancelled += 1
-                lane.stage(self.event(TaskCancelled(reason="cancel requested"), tid, attempt,
-                                      state.tenant), resolve=tid)
-            elif reason is None:
-                raise
-        finally:
-            lane.running.pop(tid, None)
-            lane.cancel_reason.pop(tid, None)
-            self._room.set()  # the main loop may be waiting for room to resume
-
-    async def _attempt(self, lane: Lane, tid: uuid.UUID, state: TaskState, attempt: int) -> None:
-        s = self.settings
-        self.started += 1
-        lane.stage(self.event(TaskProcessing(worker_id=self.worker_id), tid, attempt, state.tenant))
-        fn = REGISTRY.get(state.type)
-        timeout = state.timeout_s or s.default_timeout_s
-        ctx = _Ctx(task_id=str(tid), attempt=attempt, lane=lane, tid=tid, tenant=state.tenant)
-        lane.ctxs[tid] = ctx
-        wmetrics.IN_FLIGHT.inc()
-        t0 = time.monotonic()
-        try:
-            await self._run_handler(lane, tid, state, attempt, ctx, fn, timeout)
-        finally:
-            lane.ctxs.pop(tid, None)
-            wmetrics.IN_FLIGHT.dec()
-            wmetrics.DURATION.labels(state.type).observe(time.monotonic() - t0)
-
-    async def _run_handler(self, lane: Lane, tid: uuid.UUID, state: TaskState, attempt: int,
-                           ctx: _Ctx, fn: AsyncHandler | None, timeout: float) -> None:
-        s = self.settings
-        error: str | None = None
-        reason: FailureReason = "error"
-        retryable = True
-        if fn is None:
-            error, retryable = f"no handler registered for type {state.type!r}", False
-        else:
-            try:
-                async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
-                    result = await fn(dict(state.payload), ctx)
-            except TimeoutError:
-                error, reason = f"timed out after {timeout:g}s", "timeout"
-            except asyncio.CancelledError:
-                raise
-            except HandlerError as exc:  # the handler says retrying cannot help
-                error, retryable = str(exc), False
-            except Exception as exc:  # anything else may be transient: retry it
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                try:
-                    result = storable(result, max_depth=s.max_json_depth,
-                                      max_keys=s.max_json_keys)
-                except ValueError as exc:  # the same result would fail every attempt
-                    error, retryable = str(exc), False
-            if error is None:
-                self.done += 1
-                wmetrics.FINISHED.labels(state.type, "DONE").inc()
-                lane.stage(self.event(TaskDone(result=result), tid, attempt, state.tenant),
-                           resolve=tid)
-                return
-        assert error is not None
-        error = scrub_nul(error)  # exception texts may quote the payload's bytes
-        max_attempts = state.max_attempts or s.default_max_attempts
-        used = attempt - lane.base.get(tid, 0)
-        if retryable and used < max_attempts:
-            delay = backoff(used, base_s=s.retry_base_s, cap_s=s.retry_cap_s)
-            self.retries += 1
-            wmetrics.FINISHED.labels(state.type, "RETRYING").inc()
-            not_before = datetime.now(UTC) + timedelta(seconds=delay)
-            lane.stage(self.event(
-                TaskRetryScheduled(error=error, reason=reason,
-                                   not_before=not_before, delay_s=round(delay, 3)),
-                tid, attempt, state.tenant))  # still open: the retry is read back and run
-            return
-        self.failed += 1
-        wmetrics.FINISHED.labels(state.type, "FAILED").inc()
-        lane.stage(
-            self.event(TaskFailed(error=error, reason=reason), tid, attempt,
-                       state.tenant),
-            self.event(TaskDeadLettered(error=error), tid, attempt, state.tenant),
-            resolve=tid,
-        )
