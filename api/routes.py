@@ -58,10 +58,10 @@ from events.models import (
     Position,
     TaskCancelRequested,
     TaskCreated,
-    TaskRedriven,
     TaskStatus,
     new_event,
 )
+from events.redrive import redrive
 from events.retry import describe
 from events.settings import Settings
 
@@ -426,18 +426,15 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
     if kind == "cancel":
         if status in TERMINAL:
             raise Conflict(f"task {task_id} is already {status.value}", task_status=status.value)
-        data: TaskCancelRequested | TaskRedriven = TaskCancelRequested(reason="api")
+        ev = new_event(TaskCancelRequested(reason="api"), task_id=task_id,
+                       source=constants.API_SOURCE, attempt=row["attempt"],
+                       tenant=row.get("tenant"))
+        [pos] = await producer.append([ev])
     else:
         if status is not TaskStatus.FAILED:
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
-        data = TaskRedriven(reason="api", spec=TaskCreated(
-            title=row["title"], type=row["type"], payload=row["payload"] or {},
-            priority=row["priority"] or 0, max_attempts=row["max_attempts"],
-            timeout_s=row["timeout_s"]))
-    ev = new_event(data, task_id=task_id, source=constants.API_SOURCE, attempt=row["attempt"],
-                   tenant=row.get("tenant"))
-    [pos] = await producer.append([ev])
+        [pos] = await redrive(producer, [row], reason="api", source=constants.API_SOURCE)
     return {"task_id": str(task_id), "status": status.value,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 
