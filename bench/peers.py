@@ -197,7 +197,7 @@ class Peer:
     def _latency_celery(self, n: int, rate: float) -> list[float]:
         # Celery's AsyncResult.get() shares one pub/sub consumer per process; called from
         # many threads, each waiter sleeps through the others' drain intervals and the
-        # tail grows to 100+ ms. One listener thread on the channel the Redis backend
+        # tail grows long. One listener thread on the channel the Redis backend
         # publishes every result to ("celery-task-meta-<id>") is the fair async waiter.
         prefix = "celery-task-meta-"
         started: dict[str, float] = {}

@@ -122,7 +122,7 @@ async def seed(w: World, *, tasks: int) -> dict[str, Any]:
         # As autovacuum would have by then: planner statistics and the visibility map.
         await conn.execute("VACUUM ANALYZE tasks, task_changes, task_events, task_counts")
         n = int(await conn.fetchval("SELECT count(*) FROM tasks"))
-        # The seed left hundreds of MiB dirty: written out now, not during the timed reads
+        # The seed left much of the page cache dirty: written out now, not during the reads
         # (the latency scenario settles for the same reason).
         await conn.execute("CHECKPOINT")
         await asyncio.to_thread(os.sync)

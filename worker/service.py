@@ -129,8 +129,8 @@ class Worker:
         except Exception as exc:
             log.warning("cannot create the dead-letter topic yet: %r", exc)
         # Lanes keep every open task and the ids of up to FINISHED_MEMORY finished ones
-        # each; with the default thresholds, full collections walking all of them stalled
-        # the worker for about 100 ms every second under load.
+        # each; with the default thresholds, frequent full collections walking all of them
+        # stalled the worker under load.
         runtime.tune_gc(*runtime.BATCH_SERVICE_GC)
 
     async def _ensure_dead_letter_topic(self) -> None:
@@ -282,8 +282,8 @@ class Worker:
             if self.in_flight > limit:
                 # Backpressure: stop polling until half the backlog is done. Not
                 # ``consumer.pause``: aiokafka drops a paused partition's fetched records
-                # and fetches them again on resume, so a busy worker read its log about
-                # ten times over. Unpolled, the fetcher holds one response per partition.
+                # and fetches them again on resume, so a busy worker read its log many
+                # times over. Unpolled, the fetcher holds one response per partition.
                 self.room.clear()
                 while self.in_flight > limit // 2 and not self._stopping.is_set():
                     with contextlib.suppress(TimeoutError):
