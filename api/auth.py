@@ -118,7 +118,8 @@ class KeyRing:
         return (1 - b.tokens) / self.rate_per_s
 
 
-async def _tenant(request: Request) -> Tenant:
+async def authenticate(request: Request) -> Tenant:
+    """The caller's tenant from its API key (``TenantDep``); 401 or 429 as a ``Problem``."""
     settings = request.app.state.settings
     ring: KeyRing = request.app.state.keys
     if not settings.auth:
@@ -144,4 +145,4 @@ async def _tenant(request: Request) -> Tenant:
     return tenant
 
 
-TenantDep = Annotated[Tenant, Depends(_tenant)]
+TenantDep = Annotated[Tenant, Depends(authenticate)]

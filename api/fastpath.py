@@ -6,9 +6,9 @@ and exit-stack middlewares, routing, the request-response wrapper and dependency
 This sits just inside ``RequestGuard``, which has already read the body, enforced the
 body limit, the media type and the JSON depth, and handed the body on in the scope
 (``BODY_KEY``). It answers the common case itself: a body that is a valid ``TaskIn``,
-with no ``Idempotency-Key``. It calls the same functions as the route (``_tenant``,
-``_check_type``, ``_created``, ``_accepted``) and renders errors with the same
-problem+json handlers.
+with no ``Idempotency-Key``. It authenticates as the route's dependency does
+(``authenticate``), calls the same submit core (``api.submit.accept_task``) and renders
+errors with the same problem+json handlers.
 
 Everything else goes to the app unchanged, the guard's replay of the body still unread:
 other paths and methods, keyed submits, and bodies ``TaskIn`` refuses, so every
@@ -22,13 +22,12 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import metrics, problems
-from api.auth import _tenant
+from api import problems
+from api.auth import authenticate
 from api.limits import BODY_KEY
-from api.routes import LOG_DOWN_NOTE, _accepted, _check_type, _created, router
+from api.routes import router
 from api.schemas import TaskIn
-from events import ids
-from events.errors import LogUnavailable
+from api.submit import accept_task
 
 PATH = "/tasks"
 
@@ -51,23 +50,11 @@ class FastSubmit:
         except ValidationError:
             await self.app(scope, receive, send)
             return
-        app = scope["app"]
         scope["route"] = self._route  # as routing would set it
         request = Request(scope, receive)
-        state = app.state
         try:
-            tenant = await _tenant(request)
-            _check_type(task, state.settings, ["body"])
-            task_id = ids.uuid4()
-            [p] = await state.producer.append([_created(task, task_id, tenant)])
+            tenant = await authenticate(request)
+            response = await accept_task(request, task, tenant)
         except problems.Problem as exc:
-            await problems.for_problem(request, exc)(scope, receive, send)
-            return
-        except LogUnavailable as exc:
-            # The append may still land: the id lets the client check, as the route does.
-            await problems.for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE
-                                        )(scope, receive, send)
-            return
-        metrics.SUBMITTED.labels(task.type).inc()
-        await _accepted(task_id, p)(scope, receive, send)
-
+            response = problems.for_problem(request, exc)
+        await response(scope, receive, send)

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import uuid
-from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from api import metrics
+from api import metrics, submit
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import Change, ChangeFeed, Filter, Reset, SubscriberDropped
@@ -31,33 +28,28 @@ from api.problems import (
     NotFound,
     Problem,
     Unavailable,
-    for_log_down,
 )
 from api.schemas import (
     TYPE_PATTERN,
     BatchAccepted,
     BatchIn,
     EventPage,
-    PositionOut,
     QueryTime,
     TaskAccepted,
     TaskIn,
     TaskOut,
     TaskPage,
 )
-from events import constants, ids, queries
+from events import constants, queries
 from events.codec import decode
 from events.db import current_revision, migration_head
 from events.errors import LogUnavailable
 from events.fold import fold
-from events.log import EventProducer
 from events.log import ping as kafka_ping
 from events.models import (
     TERMINAL,
     EventType,
-    Position,
     TaskCancelRequested,
-    TaskCreated,
     TaskStatus,
     new_event,
 )
@@ -81,7 +73,6 @@ class BadRequest(Problem):
     pass
 
 
-IDEMPOTENCY_NS = uuid.UUID("6f1c3e52-7d0a-4b8e-9a4f-1d2c3b4a5e6f")  # namespace for uuid5 ids
 _ANY = object()  # list_tasks: no tenant filter
 MinPosition = Annotated[str | None, Query(
     # At most 18 offset digits: every such offset fits Postgres int8, and a log holds fewer.
@@ -149,72 +140,6 @@ async def _wait_for_task(db: DbDep, feed: ChangeFeed, task_id: uuid.UUID,
     return row
 
 
-def _check_type(body: TaskIn, settings: Settings, loc: list[str | int]) -> None:
-    if body.type not in settings.task_type_list:
-        raise Invalid(f"unknown task type {body.type!r}",
-                      errors=[{"loc": [*loc, "type"], "msg": "unknown task type",
-                               "type": "enum", "allowed": settings.task_type_list}])
-
-
-def _created(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> Any:
-    return new_event(
-        TaskCreated(title=body.title, type=body.type, payload=body.payload,
-                    priority=body.priority, max_attempts=body.max_attempts,
-                    timeout_s=body.timeout_s),
-        task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
-    )
-
-
-def _pending(task_id: uuid.UUID, p: Position) -> dict[str, Any]:
-    """A new task as ``TaskAccepted`` gives it in JSON, without validating and dumping a
-    model we just built."""
-    return {"task_id": task_id, "status": TaskStatus.PENDING.value,
-            "position": {"partition": p.partition, "offset": p.offset}}
-
-
-def _accepted(task_id: uuid.UUID, p: Position) -> Response:
-    """The 202 of a new task, encoded directly."""
-    return Response(orjson.dumps(_pending(task_id, p)), status_code=202,
-                    media_type="application/json", headers={"Location": f"/tasks/{task_id}"})
-
-
-_SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
-# Keyed submits of the same task are serialised by a lock striped by task id: a fixed
-# number of locks, however many keys clients send (one lock per key grew without end).
-# Two keys that share a stripe only wait for each other's lookup and append.
-# The stripes live on the app's state: a lock belongs to the event loop it first waited in.
-KEY_LOCK_STRIPES = 1024
-
-
-def _key_locks(state: Any) -> tuple[asyncio.Lock, ...]:
-    locks: tuple[asyncio.Lock, ...] | None = getattr(state, "key_locks", None)
-    if locks is None:
-        locks = state.key_locks = tuple(asyncio.Lock() for _ in range(KEY_LOCK_STRIPES))
-    return locks
-
-
-def _key_lock(state: Any, task_id: uuid.UUID) -> asyncio.Lock:
-    return _key_locks(state)[task_id.int % KEY_LOCK_STRIPES]
-
-
-# Keyed tasks this process appended recently, for retries that come before the projector
-# has applied the first task.created: (digest of its spec, position of that task.created).
-# A digest, not the spec: 10,000 payloads near the body limit would be gigabytes.
-_recent_keyed: OrderedDict[uuid.UUID, tuple[bytes, PositionOut]] = OrderedDict()
-RECENT_KEYED_MAX = 10_000
-
-
-# A submit that answered 503 may still have been appended: the producer keeps the record
-# and can deliver it after the deadline. The 503 names the task id(s) it would create.
-LOG_DOWN_NOTE = ("the write may still be applied: check GET /tasks/{task_id} before "
-                 "submitting again, or retry with the same Idempotency-Key, which names "
-                 "the same task")
-
-
-def _digest(spec: dict[str, Any]) -> bytes:
-    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).digest()
-
-
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"],
              responses={k: v for k, v in _ERRORS.items() if k in (401, 413, 415, 422, 429, 503)})
 async def submit_task(
@@ -225,61 +150,7 @@ async def submit_task(
     = None,
 ) -> Response:
     """Accept a task: append ``task.created`` to the log and answer once Kafka acknowledged."""
-    # The app's state directly, not as dependencies: each one FastAPI solves per request
-    # was a few percent of this, the busiest route's, CPU.
-    state = request.app.state
-    settings: Settings = state.settings
-    producer: EventProducer = state.producer
-    _check_type(body, settings, ["body"])
-    if idempotency_key is None:
-        # A fresh random id: nothing to look up, nothing to serialise against.
-        task_id = ids.uuid4()
-        try:
-            [p] = await producer.append([_created(body, task_id, tenant)])
-        except LogUnavailable as exc:
-            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
-        metrics.SUBMITTED.labels(body.type).inc()
-        return _accepted(task_id, p)
-    # Derived id: the same (tenant, key) always names the same task, with no key store.
-    task_id = uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}")
-    async with _key_lock(state, task_id):
-        spec = body.model_dump(include=set(_SPEC))
-        db: AsyncEngine = state.engine
-        existing = await queries.get_task(db, task_id=task_id)
-        recent = _recent_keyed.get(task_id)
-        if existing is not None or recent is not None:
-            if recent is not None:
-                same = recent[0] == _digest(spec)
-            else:
-                assert existing is not None
-                same = {k: existing[k] for k in _SPEC} == spec
-            if not same:
-                raise Invalid("Idempotency-Key was already used with a different body",
-                              errors=[{"loc": ["header", "Idempotency-Key"],
-                                       "msg": "reused with a different body",
-                                       "type": "idempotency"}])
-            if recent is not None:
-                position = recent[1]
-            else:
-                first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
-                position = PositionOut(**first.get("position",
-                                                   {"partition": 0, "offset": 0}))
-            status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
-            replay = TaskAccepted(task_id=task_id, status=status, position=position)
-            return Response(replay.model_dump_json(), status_code=200,
-                            media_type="application/json",
-                            headers={"Location": f"/tasks/{task_id}",
-                                     "Idempotent-Replayed": "true"})
-        try:
-            [p] = await producer.append([_created(body, task_id, tenant)])
-        except LogUnavailable as exc:
-            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
-        accepted_at = PositionOut(partition=p.partition, offset=p.offset)
-        _recent_keyed[task_id] = (_digest(spec), accepted_at)
-        while len(_recent_keyed) > RECENT_KEYED_MAX:
-            _recent_keyed.popitem(last=False)
-    metrics.SUBMITTED.labels(body.type).inc()
-    return _accepted(task_id, p)
+    return await submit.accept_task(request, body, tenant, idempotency_key=idempotency_key)
 
 
 @router.post("/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"],
@@ -287,24 +158,7 @@ async def submit_task(
 async def submit_batch(body: BatchIn, request: Request,
                        tenant: TenantDep) -> Response:
     """Up to 1,000 tasks in one round trip: all valid or none accepted, one Kafka flush."""
-    settings: Settings = request.app.state.settings
-    producer: EventProducer = request.app.state.producer
-    for i, t in enumerate(body.tasks):
-        _check_type(t, settings, ["body", "tasks", i])
-    task_ids = [ids.uuid4() for _ in body.tasks]
-    try:
-        positions = await producer.append([_created(t, i, tenant)
-                                           for t, i in zip(body.tasks, task_ids, strict=True)])
-    except LogUnavailable as exc:
-        return for_log_down(request, exc, task_ids=[str(i) for i in task_ids],
-                            note=LOG_DOWN_NOTE)
-    for type_, n in Counter(t.type for t in body.tasks).items():
-        metrics.SUBMITTED.labels(type_).inc(n)
-    # The documented BatchAccepted, encoded directly (1,000 models validated and dumped
-    # again were a tenth of a batch's time).
-    return Response(orjson.dumps({"items": [
-        _pending(i, p) for i, p in zip(task_ids, positions, strict=True)]}),
-        status_code=202, media_type="application/json")
+    return await submit.accept_batch(request, body.tasks, tenant)
 
 
 def _parse_as_of(value: str) -> datetime | tuple[int, int]:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api import auth, metrics, routes
+from api import auth, metrics, submit
 from api.app import create_app
 from events import queries
 from events.settings import Settings
@@ -66,13 +66,13 @@ async def test_idempotency_key_locks_stay_at_their_bound(app: FastAPI) -> None:
                              headers={"Idempotency-Key": f"key-{i}"})
             assert r.status_code == 202, r.text
     locks = app.state.key_locks
-    assert len(locks) == routes.KEY_LOCK_STRIPES
-    seen = {id(routes._key_lock(app.state, uuid.uuid4())) for _ in range(12_000)}
-    assert len(seen) <= routes.KEY_LOCK_STRIPES
-    assert app.state.key_locks is locks and len(locks) == routes.KEY_LOCK_STRIPES
+    assert len(locks) == submit.KEY_LOCK_STRIPES
+    seen = {id(submit.key_lock(app.state, uuid.uuid4())) for _ in range(12_000)}
+    assert len(seen) <= submit.KEY_LOCK_STRIPES
+    assert app.state.key_locks is locks and len(locks) == submit.KEY_LOCK_STRIPES
     # The same key always maps to the same lock (the lock is what serialises its retries).
     tid = uuid.uuid4()
-    assert routes._key_lock(app.state, tid) is routes._key_lock(app.state, tid)
+    assert submit.key_lock(app.state, tid) is submit.key_lock(app.state, tid)
 
 
 async def test_made_up_api_keys_leave_the_key_cache_at_its_bound(app: FastAPI) -> None:
@@ -174,7 +174,7 @@ async def test_a_503_on_submit_names_the_task_the_append_may_create(env: Env) ->
         # The same key names the same task on every attempt: the retry is safe.
         assert keyed[0].json()["task_id"] == keyed[1].json()["task_id"]
         assert keyed[0].json()["task_id"] == str(
-            uuid.uuid5(routes.IDEMPOTENCY_NS, "\nretry-me"))
+            uuid.uuid5(submit.IDEMPOTENCY_NS, "\nretry-me"))
 
         b = await c.post("/tasks:batch", json={"tasks": [{"title": f"b{i}"} for i in range(3)]})
         assert b.status_code == 503

@@ -1,0 +1,187 @@
+"""The core of ``POST /tasks`` and ``POST /tasks:batch``: accept tasks into the log.
+
+One implementation for the route (``api/tasks.py``) and for the fast path
+(``api/fastpath.py``), which answers unkeyed submits without FastAPI's layers. Both hand
+it a validated ``TaskIn`` and the caller's tenant; it checks the task type, appends
+``task.created`` and answers 202 once Kafka acknowledged, or 503 naming the task id(s)
+the append may still create. ``Idempotency-Key`` submits are handled here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api import metrics
+from api.auth import Tenant
+from api.problems import Invalid, for_log_down
+from api.schemas import PositionOut, TaskAccepted, TaskIn
+from events import constants, ids, queries
+from events.errors import LogUnavailable
+from events.log import EventProducer
+from events.models import CloudEvent, Position, TaskCreated, TaskStatus, new_event
+from events.settings import Settings
+
+IDEMPOTENCY_NS = uuid.UUID("6f1c3e52-7d0a-4b8e-9a4f-1d2c3b4a5e6f")  # namespace for uuid5 ids
+
+
+def check_type(body: TaskIn, settings: Settings, loc: list[str | int]) -> None:
+    """422 for a task type this deployment does not run (``TASKFLOW_TASK_TYPES``)."""
+    if body.type not in settings.task_type_list:
+        raise Invalid(f"unknown task type {body.type!r}",
+                      errors=[{"loc": [*loc, "type"], "msg": "unknown task type",
+                               "type": "enum", "allowed": settings.task_type_list}])
+
+
+def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEvent:
+    """The ``task.created`` of a submitted task."""
+    return new_event(
+        TaskCreated(title=body.title, type=body.type, payload=body.payload,
+                    priority=body.priority, max_attempts=body.max_attempts,
+                    timeout_s=body.timeout_s),
+        task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
+    )
+
+
+def pending(task_id: uuid.UUID, p: Position) -> dict[str, Any]:
+    """A new task as ``TaskAccepted`` gives it in JSON, without validating and dumping a
+    model we just built."""
+    return {"task_id": task_id, "status": TaskStatus.PENDING.value,
+            "position": {"partition": p.partition, "offset": p.offset}}
+
+
+def accepted_response(task_id: uuid.UUID, p: Position) -> Response:
+    """The 202 of a new task, encoded directly."""
+    return Response(orjson.dumps(pending(task_id, p)), status_code=202,
+                    media_type="application/json", headers={"Location": f"/tasks/{task_id}"})
+
+
+_SPEC = ("title", "type", "payload", "priority", "max_attempts", "timeout_s")
+# Keyed submits of the same task are serialised by a lock striped by task id: a fixed
+# number of locks, however many keys clients send (one lock per key grew without end).
+# Two keys that share a stripe only wait for each other's lookup and append.
+# The stripes live on the app's state: a lock belongs to the event loop it first waited in.
+KEY_LOCK_STRIPES = 1024
+
+
+def _key_locks(state: Any) -> tuple[asyncio.Lock, ...]:
+    locks: tuple[asyncio.Lock, ...] | None = getattr(state, "key_locks", None)
+    if locks is None:
+        locks = state.key_locks = tuple(asyncio.Lock() for _ in range(KEY_LOCK_STRIPES))
+    return locks
+
+
+def key_lock(state: Any, task_id: uuid.UUID) -> asyncio.Lock:
+    """The lock that serialises keyed submits of ``task_id`` in this process."""
+    return _key_locks(state)[task_id.int % KEY_LOCK_STRIPES]
+
+
+# Keyed tasks this process appended recently, for retries that come before the projector
+# has applied the first task.created: (digest of its spec, position of that task.created).
+# A digest, not the spec: 10,000 payloads near the body limit would be gigabytes.
+_recent_keyed: OrderedDict[uuid.UUID, tuple[bytes, PositionOut]] = OrderedDict()
+RECENT_KEYED_MAX = 10_000
+
+
+# A submit that answered 503 may still have been appended: the producer keeps the record
+# and can deliver it after the deadline. The 503 names the task id(s) it would create.
+LOG_DOWN_NOTE = ("the write may still be applied: check GET /tasks/{task_id} before "
+                 "submitting again, or retry with the same Idempotency-Key, which names "
+                 "the same task")
+
+
+def _digest(spec: dict[str, Any]) -> bytes:
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
+                      idempotency_key: str | None = None) -> Response:
+    """Append ``task.created`` and answer once Kafka acknowledged: 202, the 200 replay of
+    a keyed task already accepted, or 503 naming the task id. Raises ``Problem``s (an
+    unknown type, a key reused with another body)."""
+    # The app's state directly, not as dependencies: each one FastAPI solves per request
+    # costs CPU on the busiest route.
+    state = request.app.state
+    settings: Settings = state.settings
+    producer: EventProducer = state.producer
+    check_type(body, settings, ["body"])
+    if idempotency_key is None:
+        # A fresh random id: nothing to look up, nothing to serialise against.
+        task_id = ids.uuid4()
+        try:
+            [p] = await producer.append([created_event(body, task_id, tenant)])
+        except LogUnavailable as exc:
+            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
+        metrics.SUBMITTED.labels(body.type).inc()
+        return accepted_response(task_id, p)
+    # Derived id: the same (tenant, key) always names the same task, with no key store.
+    task_id = uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}")
+    async with key_lock(state, task_id):
+        spec = body.model_dump(include=set(_SPEC))
+        db: AsyncEngine = state.engine
+        existing = await queries.get_task(db, task_id=task_id)
+        recent = _recent_keyed.get(task_id)
+        if existing is not None or recent is not None:
+            if recent is not None:
+                same = recent[0] == _digest(spec)
+            else:
+                assert existing is not None
+                same = {k: existing[k] for k in _SPEC} == spec
+            if not same:
+                raise Invalid("Idempotency-Key was already used with a different body",
+                              errors=[{"loc": ["header", "Idempotency-Key"],
+                                       "msg": "reused with a different body",
+                                       "type": "idempotency"}])
+            if recent is not None:
+                position = recent[1]
+            else:
+                first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
+                position = PositionOut(**first.get("position",
+                                                   {"partition": 0, "offset": 0}))
+            status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+            replay = TaskAccepted(task_id=task_id, status=status, position=position)
+            return Response(replay.model_dump_json(), status_code=200,
+                            media_type="application/json",
+                            headers={"Location": f"/tasks/{task_id}",
+                                     "Idempotent-Replayed": "true"})
+        try:
+            [p] = await producer.append([created_event(body, task_id, tenant)])
+        except LogUnavailable as exc:
+            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
+        accepted_at = PositionOut(partition=p.partition, offset=p.offset)
+        _recent_keyed[task_id] = (_digest(spec), accepted_at)
+        while len(_recent_keyed) > RECENT_KEYED_MAX:
+            _recent_keyed.popitem(last=False)
+    metrics.SUBMITTED.labels(body.type).inc()
+    return accepted_response(task_id, p)
+
+
+async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant) -> Response:
+    """All of ``tasks`` in one append, or none: 202 with each id and position, or 503
+    naming every id the append may still create."""
+    settings: Settings = request.app.state.settings
+    producer: EventProducer = request.app.state.producer
+    for i, t in enumerate(tasks):
+        check_type(t, settings, ["body", "tasks", i])
+    task_ids = [ids.uuid4() for _ in tasks]
+    try:
+        positions = await producer.append([created_event(t, i, tenant)
+                                           for t, i in zip(tasks, task_ids, strict=True)])
+    except LogUnavailable as exc:
+        return for_log_down(request, exc, task_ids=[str(i) for i in task_ids],
+                            note=LOG_DOWN_NOTE)
+    for type_, n in Counter(t.type for t in tasks).items():
+        metrics.SUBMITTED.labels(type_).inc(n)
+    # The documented BatchAccepted, encoded directly: validating and dumping a model per
+    # task again would be a good part of a batch's time.
+    return Response(orjson.dumps({"items": [
+        pending(i, p) for i, p in zip(task_ids, positions, strict=True)]}),
+        status_code=202, media_type="application/json")
