@@ -32,9 +32,11 @@ from events.errors import TaskFlowError
 from events.fold import TaskState, apply
 from events.log import Record
 from events.settings import Settings
-from projector import store
+from projector import connections, store
+from projector.apply import apply_or_park
+from projector.batch import Decoded, decode_slices
 from projector.replay import read_records
-from projector.service import Decoded, apply_or_park, decode_slices, tune_gc
+from projector.service import tune_gc
 
 COMPARED = ("status", "title", "type", "payload", "result", "error", "attempt", "progress",
             "tenant", "dead_lettered", "cancel_requested", "created_at", "finished_at")
@@ -54,7 +56,7 @@ class Diff:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    return await store.connect(asyncpg_dsn(settings.database_url))
+    return await connections.connect(asyncpg_dsn(settings.database_url))
 
 
 async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Diff], int]:

@@ -17,22 +17,25 @@ import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
-import orjson
 
 from events import runtime
-from events.codec import decode_verbatim
 from events.db import asyncpg_dsn
-from events.errors import UndecodableEvent
-from events.fold import TaskState, apply
+from events.fold import TaskState
 from events.log import TP, GroupConsumer, Record
-from events.models import CloudEvent, TaskStatus
 from events.settings import Settings
-from projector import store
+from projector import connections, store
+from projector.apply import apply_batch, apply_or_park, write_folded
+from projector.batch import (
+    BatchResult,
+    Decoded,
+    Folded,
+    decode_records,
+    decode_slices,
+    fold_batch,
+    task_ids_of,
+)
 
 log = logging.getLogger("taskflow.projector")
-
-# A record; its event or its error; the event's JSON when the record's bytes are it as is.
-Decoded = tuple[Record, CloudEvent | None, str | None, bytes | None]
 
 
 def tune_gc() -> None:
@@ -41,58 +44,7 @@ def tune_gc() -> None:
     runtime.tune_gc(*runtime.BATCH_SERVICE_GC)
 
 
-def decode_records(records: list[Record]) -> list[Decoded]:
-    """Decode each record (None and the error for poison records, which get parked)."""
-    out: list[Decoded] = []
-    for r in records:
-        try:
-            ev, verbatim = decode_verbatim(r.value)
-        except UndecodableEvent as exc:
-            out.append((r, None, exc.error, None))
-        else:
-            out.append((r, ev, None, r.value if verbatim else None))
-    return out
-
-
 CONSUMED_REPORT_INTERVAL_S = 1.0  # seconds between two idle reports of consumer positions
-
-# Records decoded or folded between two returns to the event loop. A batch is thousands
-# of events: done in one go, its decode or fold would hold back the transaction of the
-# batch before, whose next statement waits for the loop while Postgres sits idle.
-SLICE = 500
-
-
-async def decode_slices(records: list[Record]) -> list[Decoded]:
-    """``decode_records``, a slice at a time."""
-    out: list[Decoded] = []
-    for i in range(0, len(records), SLICE):
-        if i:
-            await asyncio.sleep(0)
-        out.extend(decode_records(records[i:i + SLICE]))
-    return out
-
-
-def summarize(state: TaskState) -> str | None:
-    """A short, human-sized line for SSE: the result or the error, cut at 200 chars."""
-    if state.status is TaskStatus.DONE and state.result is not None:
-        text = (state.result if isinstance(state.result, str)
-                else orjson.dumps(state.result).decode())
-    elif state.error:
-        text = state.error
-    elif state.progress_message:
-        text = state.progress_message
-    else:
-        return None
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-@dataclass
-class BatchResult:
-    applied: int = 0
-    skipped: int = 0
-    parked: int = 0
-    changes: int = 0
-    last_position: int | None = None
 
 
 @dataclass
@@ -132,7 +84,8 @@ class Projector:
 
     async def start(self) -> None:
         s = self.settings
-        self._pool = await store.create_pool(asyncpg_dsn(s.database_url), min_size=1, max_size=2)
+        self._pool = await connections.create_pool(asyncpg_dsn(s.database_url), min_size=1,
+                                                   max_size=2)
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
             topics=[s.topic],
@@ -366,218 +319,3 @@ class Projector:
                                       projection=self.projection, topic=self.settings.topic)
         self._count(res)
         return res
-
-
-@dataclass
-class Folded:
-    """A batch folded in memory: the rows to write and the states it leaves behind."""
-
-    base: dict[int, int]  # checkpoints the fold started from (offsets at or below: skipped)
-    checkpoints: dict[int, int]  # checkpoints after the batch
-    states: dict[uuid.UUID, TaskState]  # every task of the batch, after it
-    touched: dict[uuid.UUID, tuple[TaskState, int, int]]
-    # Each touched task's state before the batch (None: not in the read model yet).
-    before: dict[uuid.UUID, TaskState | None]
-    journal: list[store.JournalRow]
-    changes: list[store.ChangeRow]
-    parked: list[store.ParkedRow]
-    skipped: int = 0
-    decoded: list[Decoded] = field(default_factory=list)
-    # Set once written: the next batch's fold may rest on it only if it was written as is.
-    outcome: str = "pending"  # "written" | "redone" | "split" | "pending"
-    rests_on: Folded | None = None  # the batch whose states and checkpoints it started from
-
-    @property
-    def advanced(self) -> dict[int, int]:
-        return {p: o for p, o in self.checkpoints.items() if o != self.base[p]}
-
-    def result(self) -> BatchResult:
-        return BatchResult(applied=len(self.journal), skipped=self.skipped,
-                           parked=len(self.parked), changes=len(self.changes))
-
-
-async def fold_batch(decoded: list[Decoded], base: dict[int, int],
-                     states: dict[uuid.UUID, TaskState], *,
-                     record_changes: bool = True) -> Folded:
-    """Fold ``decoded`` onto ``states`` (the tasks' states at checkpoints ``base``).
-
-    No I/O: it only yields to the event loop every ``SLICE`` events. Records at or below
-    a partition's checkpoint are skipped (redelivery). ``states`` is updated in place
-    and returned in ``Folded.states``.
-    """
-    fresh: list[Decoded] = []
-    new_cps = dict(base)
-    skipped = 0
-    for item in sorted(decoded, key=lambda d: (d[0].partition, d[0].offset)):
-        r = item[0]
-        if r.offset <= new_cps[r.partition]:
-            skipped += 1  # already applied: redelivery is a no-op
-            continue
-        new_cps[r.partition] = r.offset
-        fresh.append(item)
-    touched: dict[uuid.UUID, tuple[TaskState, int, int]] = {}
-    before: dict[uuid.UUID, TaskState | None] = {}
-    journal: list[store.JournalRow] = []
-    changes: list[store.ChangeRow] = []
-    parked: list[store.ParkedRow] = []
-    for i, (r, ev, err, verbatim) in enumerate(fresh):
-        if i and not i % SLICE:
-            await asyncio.sleep(0)
-        if ev is None:
-            parked.append(store.ParkedRow(r.partition, r.offset, r.key, r.value, err or ""))
-            continue
-        old = states.get(ev.subject)
-        try:  # everything a record makes, before any of it is kept
-            new = apply(old, ev)
-            entry = store.JournalRow(
-                r.partition, r.offset, ev.subject, ev.id, ev.type.value, ev.time, ev.attempt,
-                verbatim if verbatim is not None else ev.model_dump(mode="json"),
-            )
-            # No visible change: ``new == old``, without pydantic's generic __eq__.
-            same = new is old or (old is not None and new.__dict__ == old.__dict__)
-            change = None if same or not record_changes else store.ChangeRow(
-                new.task_id, new.tenant, ev.type.value, new.status.value, new.attempt,
-                new.progress, summarize(new), ev.time, r.partition, r.offset,
-            )
-        except Exception as exc:  # the fold is total by design; if a record breaks it
-            # anyway, that record is parked rather than the partition stopped on it
-            parked.append(store.ParkedRow(r.partition, r.offset, r.key, r.value,
-                                          store.error_text(exc), "fold"))
-            continue
-        journal.append(entry)
-        if same:
-            continue
-        states[ev.subject] = new
-        if ev.subject not in touched:
-            before[ev.subject] = old  # untouched so far, so still as the batch found it
-        touched[ev.subject] = (new, r.partition, r.offset)
-        if change is not None:
-            changes.append(change)
-    return Folded(base=dict(base), checkpoints=new_cps, states=states, touched=touched,
-                  before=before,
-                  journal=journal, changes=changes, parked=parked, skipped=skipped,
-                  decoded=decoded)
-
-
-def task_ids_of(decoded: list[Decoded]) -> set[uuid.UUID]:
-    return {d[1].subject for d in decoded if d[1] is not None}
-
-
-async def write_folded(conn: asyncpg.Connection, folded: Folded, *, schema: str,
-                       projection: str, topic: str) -> int | None:
-    """Write a folded batch inside the caller's transaction (checkpoints already locked)."""
-    if not folded.advanced:
-        return None
-    for p in folded.parked:
-        log.warning("parked %s partition %d offset %d (%s): %s", topic, p.partition, p.offset,
-                    p.reason, p.error)
-    return await store.write_batch(
-        conn, schema=schema, projection=projection, topic=topic, states=folded.touched,
-        before=folded.before,
-        journal=folded.journal, changes=folded.changes, parked=folded.parked,
-        checkpoints=folded.advanced,
-    )
-
-
-async def apply_batch(
-    conn: asyncpg.Connection,
-    records: list[Record],
-    *,
-    schema: str,
-    projection: str,
-    topic: str,
-    record_changes: bool = True,
-    decoded: list[Decoded] | None = None,
-) -> BatchResult:
-    """Fold ``records`` into the read model inside the caller's transaction.
-
-    ``record_changes=False`` (rebuilds) leaves the SSE change feed alone. ``decoded``
-    is ``decode_records(records)`` if the caller already has it.
-    """
-    partitions = sorted({r.partition for r in records})
-    cps = await store.lock_checkpoints(
-        conn, schema=schema, projection=projection, topic=topic, partitions=partitions
-    )
-    if decoded is None:
-        decoded = decode_records(records)
-    task_ids = list(task_ids_of(decoded))  # fold_batch skips what the checkpoints cover
-    states = await store.load_states(conn, schema=schema, task_ids=task_ids) if task_ids else {}
-    folded = await fold_batch(decoded, cps, states, record_changes=record_changes)
-    res = folded.result()
-    res.last_position = await write_folded(conn, folded, schema=schema, projection=projection,
-                                           topic=topic)
-    return res
-
-
-async def apply_or_park(
-    conn: asyncpg.Connection,
-    decoded: list[Decoded],
-    *,
-    schema: str,
-    projection: str,
-    topic: str,
-    record_changes: bool = True,
-    failed: BaseException | None = None,
-) -> BatchResult:
-    """``apply_batch``, except that a record whose rows Postgres refuses is parked.
-
-    Inside the caller's transaction. The batch is tried in a savepoint; if Postgres
-    refuses it (``store.refused``), it is split in halves, each tried in its own
-    savepoint, down to single records: a single record refused is parked with the error
-    and its checkpoint moved past it. Halves go in log order and each folds from what the
-    ones before it wrote, so every other record lands once, in order. An outage is raised
-    as it is. ``failed``: the whole batch is known to fail with this error already.
-    """
-    # Lock every checkpoint in the outer transaction first: a savepoint rolled back
-    # would release locks taken inside it.
-    await store.lock_checkpoints(conn, schema=schema, projection=projection, topic=topic,
-                                 partitions=sorted({d[0].partition for d in decoded}))
-    total = BatchResult()
-
-    async def attempt(part: list[Decoded], error: BaseException | None) -> None:
-        if error is None:
-            try:
-                async with conn.transaction():
-                    res = await apply_batch(
-                        conn, [d[0] for d in part], schema=schema, projection=projection,
-                        topic=topic, record_changes=record_changes, decoded=part)
-            except Exception as exc:
-                if not store.refused(exc):
-                    raise
-                error = exc
-            else:
-                total.applied += res.applied
-                total.skipped += res.skipped
-                total.parked += res.parked
-                total.changes += res.changes
-                if res.last_position is not None:
-                    total.last_position = res.last_position
-                return
-        if len(part) == 1:
-            total.parked += await _park(conn, part[0][0], error, schema=schema,
-                                        projection=projection, topic=topic)
-            return
-        half = len(part) // 2
-        await attempt(part[:half], None)
-        await attempt(part[half:], None)
-
-    await attempt(sorted(decoded, key=lambda d: (d[0].partition, d[0].offset)), failed)
-    return total
-
-
-async def _park(conn: asyncpg.Connection, r: Record, error: BaseException, *, schema: str,
-                projection: str, topic: str) -> int:
-    """Park one record Postgres refused and move its partition's checkpoint past it; 1 if
-    parked, 0 if the checkpoint was already there (a record applied by another owner)."""
-    cps = await store.lock_checkpoints(conn, schema=schema, projection=projection,
-                                       topic=topic, partitions=[r.partition])
-    if r.offset <= cps[r.partition]:
-        return 0
-    row = store.ParkedRow(r.partition, r.offset, r.key, r.value, store.error_text(error),
-                          "write")
-    await store.write_batch(conn, schema=schema, projection=projection, topic=topic,
-                            states={}, journal=[], changes=[], parked=[row],
-                            checkpoints={r.partition: r.offset})
-    log.warning("parked %s partition %d offset %d (%s): %s", topic, r.partition, r.offset,
-                row.reason, row.error)
-    return 1

@@ -22,7 +22,7 @@ from events.fold import apply
 from events.log import EventProducer
 from events.models import TaskCreated, TaskDone, TaskProcessing, new_event
 from events.settings import Settings
-from projector import store
+from projector import connections, store
 from projector.service import Projector
 from tests.helpers import (
     ROOT,
@@ -431,7 +431,7 @@ async def test_a_projected_task_is_updated_without_its_definition_unless_it_chan
     its changing columns written; a changed definition, or a row that is not there after
     all, is written whole."""
     conn = await env.db()
-    await store.init_connection(conn)
+    await connections.init_connection(conn)
     tid = uuid.uuid4()
     worker = constants.WORKER_SOURCE_PREFIX + "t"
     created = new_event(TaskCreated(title="first", payload={"n": 1}), task_id=tid,
@@ -475,7 +475,7 @@ async def test_the_projectors_connections_plan_each_execution_even_after_reuse(
     undid: from its second use a connection fell back to generic plans, and the lookup
     became a sequential scan of the whole read model per batch (100-600 ms at 40,000
     tasks)."""
-    pool = await store.create_pool(asyncpg_dsn(env.database_url), min_size=1, max_size=1)
+    pool = await connections.create_pool(asyncpg_dsn(env.database_url), min_size=1, max_size=1)
     try:
         for _ in range(3):
             async with pool.acquire() as conn:
@@ -489,7 +489,7 @@ async def test_releasing_a_projector_connection_costs_no_round_trip(env: Env) ->
     batch written; the projector's connections hold no session state, so they skip it.
     (A session setting surviving the release shows no RESET ALL ran.) A transaction left
     open is still rolled back."""
-    pool = await store.create_pool(asyncpg_dsn(env.database_url), min_size=1, max_size=1)
+    pool = await connections.create_pool(asyncpg_dsn(env.database_url), min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             await conn.execute("SET application_name = 'kept'")
@@ -516,7 +516,7 @@ async def test_a_small_and_a_big_batch_write_the_same_journal_and_changes(
     COPY. Either way: every row as given, positions after the last, one wake-up naming
     the last position, the checkpoint moved."""
     conn = await env.db()
-    await store.init_connection(conn)
+    await connections.init_connection(conn)
     listener = await env.db()
     woken: list[str] = []
     await listener.add_listener(constants.CHANGES_CHANNEL, lambda *a: woken.append(a[3]))
