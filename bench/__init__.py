@@ -9,7 +9,8 @@ The bench brings up everything it measures and tears it down again, by PID:
 * The peers: Celery 5 (prefork, 2 processes) and Dramatiq 2 (2 processes x 8 threads),
   each with a no-op task.
 
-Scenarios (``bench.taskflow_runner``, ``bench.fanout``, ``bench.peers``):
+Scenarios (``bench.scenarios``, which runs ``bench.taskflow_runner``, ``bench.fanout``,
+``bench.reads`` and ``bench.peers``):
 
 1. ``submit``     enqueue rate: concurrent ``POST /tasks``, ``POST /tasks:batch``,
                   ``.delay()``, ``.send()``.
