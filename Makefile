@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps bench-deps run test lint bench stack-up stack-down clean
+.PHONY: install system-deps bench-deps run test test-fast lint bench stack-up stack-down clean
 
 install: system-deps $(STAMP)
 
@@ -46,6 +46,11 @@ run: stack-up
 
 test: stack-up bench-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The tests that need neither Kafka nor Postgres (fold, codec, schemas, limits, planners,
+# pure logic): no stack is started, and they pass with it down.
+test-fast: install
+	$(BIN)/pytest -m "not stack" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

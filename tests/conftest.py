@@ -2,7 +2,12 @@
 
 ``make test`` starts the stack (``taskflow stack up``) before pytest runs; the session
 fixture only checks that it is there and prepares a migrated template database, which
-each test clones (CREATE DATABASE ... TEMPLATE takes a few milliseconds).
+each test clones (CREATE DATABASE ... TEMPLATE is quick next to migrating).
+
+A test that needs the stack carries the ``stack`` marker: put on here for every test
+that uses one of ``STACK_FIXTURES``, and by hand on the few that reach the stack some
+other way. ``make test-fast`` runs the rest (``pytest -m "not stack"``), with no Kafka
+or Postgres; the session fixtures connect only when a selected test asks for them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from tests.helpers import Env, free_port, new_name
 # One template per pytest session, so that concurrent sessions never clone a template
 # another session is rebuilding.
 TEMPLATE = f"taskflow_tpl_{os.getpid()}"
+# Fixtures that reach the stack: a test using any of them is marked ``stack``.
+STACK_FIXTURES = frozenset({"env", "template_db", "private_stack"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 def _url(base: str, db: str) -> str:

@@ -20,6 +20,7 @@ from tests.helpers import ARTIFACTS, ROOT
 
 @pytest.mark.timeout(600)
 @pytest.mark.slow
+@pytest.mark.stack
 def test_bench_smoke_runs_every_scenario_and_prints_its_table() -> None:
     out_dir = ARTIFACTS / "bench-smoke"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     assert not cid.startswith("-")
 
 
+@pytest.mark.stack
 def test_the_local_broker_runs_with_a_fixed_heap_and_zgc_and_logs_its_collections() -> None:
     """A fixed heap as kafka-run-class.sh sets it, and ZGC, which does not stop the broker
     for a young collection as G1 did; each collection goes to .stack/kafka/gc.log (the
