@@ -11,12 +11,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, problems
+from api import dashboard, metrics, ops, problems, stream, tasks
 from api.auth import KeyRing
 from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
 from api.limits import RequestGuard
-from api.routes import router
 from events.db import DB_ERRORS, database_down, make_engine
 from events.errors import LogUnavailable
 from events.log import EventProducer
@@ -121,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])
-    app.include_router(router)
+    for module in (tasks, stream, ops):
+        app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

@@ -25,9 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import problems
 from api.auth import authenticate
 from api.limits import BODY_KEY
-from api.routes import router
 from api.schemas import TaskIn
 from api.submit import accept_task
+from api.tasks import router
 
 PATH = "/tasks"
 

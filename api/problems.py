@@ -1,6 +1,7 @@
 """RFC 9457 problem details: the only shape an error leaves the API in.
 
     Problem                      an HTTP-facing error with status, title and detail
+    ├── BadRequest               400
     ├── NotFound                 404
     ├── Conflict                 409
     └── Unavailable              503 (the log did not acknowledge)
@@ -36,6 +37,10 @@ class Problem(Exception):
         return f"{type(self).__name__}(status={self.status}, detail={self.detail!r})"
 
 
+class BadRequest(Problem):
+    pass
+
+
 class NotFound(Problem):
     status, title, kind = 404, "Not found", "not-found"
 
@@ -50,6 +55,22 @@ class Invalid(Problem):
 
 class Unavailable(Problem):
     status, title, kind = 503, "Service unavailable", "unavailable"
+
+
+# What each problem status means where a route documents it (OpenAPI ``responses``).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {PROBLEM: {}}}
+    for code, desc in [(400, "Bad request"), (401, "Missing or invalid API key"),
+                       (404, "No such task"), (409, "Not allowed in the task's state"),
+                       (413, "Body too large"), (415, "Body is not JSON"),
+                       (422, "Invalid input"), (429, "Rate limit exceeded"),
+                       (503, "The event log did not acknowledge")]
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route that answers these problem statuses."""
+    return {k: v for k, v in ERRORS.items() if k in statuses}
 
 
 def problem_response(status: int, title: str, detail: str, *, kind: str, instance: str,
