@@ -216,6 +216,16 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
         deferred = await _create_shadow(conn, shadow)
         await conn.execute("SET synchronous_commit = off")
 
+        async def live_checkpoints() -> dict[int, int]:
+            return await store.read_checkpoints(live_conn, schema="public",
+                                                projection=settings.projection,
+                                                topic=settings.topic)
+
+        async def shadow_checkpoints() -> dict[int, int]:
+            return await store.read_checkpoints(conn, schema=shadow,
+                                                projection=settings.projection,
+                                                topic=settings.topic)
+
         async def flush(decoded: list[Decoded]) -> None:
             if decoded:
                 async with conn.transaction():
@@ -263,12 +273,8 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
         # with what the live projector applied meanwhile.
         indexed = False
         for _round in range(100):
-            live = await store.read_checkpoints(live_conn, schema="public",
-                                                projection=settings.projection,
-                                                topic=settings.topic)
-            mine = await store.read_checkpoints(conn, schema=shadow,
-                                                projection=settings.projection,
-                                                topic=settings.topic)
+            live = await live_checkpoints()
+            mine = await shadow_checkpoints()
             behind = sum(max(0, o - mine.get(p, -1)) for p, o in live.items())
             if behind <= batch and _round > 0:
                 if indexed:
@@ -279,9 +285,7 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                 continue
             total = sum(o + 1 for o in live.values())
             await catch_up(mine, live, total)
-            after = await store.read_checkpoints(conn, schema=shadow,
-                                                 projection=settings.projection,
-                                                 topic=settings.topic)
+            after = await shadow_checkpoints()
             if after == mine:  # a round that read nothing: the log ends short of ``live``
                 _refuse_if_short(after, live)
         if not indexed:
@@ -291,16 +295,10 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
         async with live_conn.transaction():
             await live_conn.execute(
                 "LOCK TABLE public.projector_offsets IN SHARE ROW EXCLUSIVE MODE")
-            live = await store.read_checkpoints(live_conn, schema="public",
-                                                projection=settings.projection,
-                                                topic=settings.topic)
-            mine = await store.read_checkpoints(conn, schema=shadow,
-                                                projection=settings.projection,
-                                                topic=settings.topic)
+            live = await live_checkpoints()
+            mine = await shadow_checkpoints()
             await catch_up(mine, live)
-            mine = await store.read_checkpoints(conn, schema=shadow,
-                                                projection=settings.projection,
-                                                topic=settings.topic)
+            mine = await shadow_checkpoints()
             _refuse_if_short(mine, live)
             for t in SWAPPED:
                 await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
