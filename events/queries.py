@@ -124,16 +124,6 @@ async def task_history(engine: AsyncEngine, *, task_id: uuid.UUID) -> list[dict[
     return [{**r.event, "position": {"partition": r.partition, "offset": r.offset}} for r in rows]
 
 
-async def checkpoint(engine: AsyncEngine, *, projection: str, topic: str,
-                     partition: int) -> int:
-    q = select(projector_offsets.c.offset).where(
-        projector_offsets.c.projection == projection, projector_offsets.c.topic == topic,
-        projector_offsets.c.partition == partition)
-    async with engine.connect() as conn:
-        v = (await conn.execute(q)).scalar()
-    return int(v) if v is not None else -1
-
-
 async def checkpoints(engine: AsyncEngine, *, projection: str, topic: str) -> dict[int, int]:
     """Next offset the projection needs per partition (past idle transaction markers)."""
     q = select(projector_offsets.c.partition, projector_offsets.c.offset,
@@ -149,19 +139,6 @@ async def parked_counts(engine: AsyncEngine) -> dict[tuple[str, str], int]:
          .group_by(dead_letters.c.projection, dead_letters.c.reason))
     async with engine.connect() as conn:
         return {(str(p), str(r)): int(n) for p, r, n in (await conn.execute(q)).all()}
-
-
-async def changes_after(engine: AsyncEngine, *, after: int, limit: int) -> list[dict[str, Any]]:
-    q = (select(task_changes).where(task_changes.c.position > after)
-         .order_by(task_changes.c.position).limit(limit))
-    async with engine.connect() as conn:
-        return [dict(r._mapping) for r in await conn.execute(q)]
-
-
-async def last_change(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        v = (await conn.execute(select(func.max(task_changes.c.position)))).scalar()
-    return int(v or 0)
 
 
 async def ping(engine: AsyncEngine) -> None:
