@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.http import Connection
+from bench.http import Connection, Pool, paced
 from bench.procs import BenchError, cpu_seconds, rss_mib
 from bench.stats import bar, say, summary_ms
 from bench.subscribers import Subscribers
@@ -255,17 +255,11 @@ async def _flow(world: World, api_pid: int, *, rate: float, seconds: float,
                 clients: Subscribers, label: str) -> dict[str, float]:
     """Submit no-op tasks at ``rate`` per second (about three changes each)."""
     n = max(1, int(rate * seconds))
-    pool: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(8):
-        pool.put_nowait(Connection("127.0.0.1", world.api_port))
+    pool = Pool("127.0.0.1", world.api_port, 8)
     errors: Counter[int] = Counter()
 
     async def one() -> None:
-        conn = await pool.get()
-        try:
-            resp = await conn.request("POST", "/tasks", TASK_BODY)
-        finally:
-            pool.put_nowait(conn)
+        resp = await pool.request("POST", "/tasks", TASK_BODY)
         if resp.status != 202:
             errors[resp.status] += 1
 
@@ -274,17 +268,14 @@ async def _flow(world: World, api_pid: int, *, rate: float, seconds: float,
         pos0 = int(await db.fetchval("SELECT coalesce(max(position), 0) FROM task_changes"))
         got0 = clients.count()
         cpu0 = cpu_seconds(api_pid)
-        tasks: list[asyncio.Task[None]] = []
         with bar(f"{label:<8} flow {rate * 3:.0f} changes/s", n) as pb:
+
+            def progress(k: int) -> None:
+                pb.update(k)
+                pb.set_postfix_str(f"{clients.count() - got0} delivered", refresh=False)
+
             t0 = time.perf_counter()
-            for i in range(n):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one()))
-                pb.update(1)
-                pb.set_postfix_str(f"{clients.count() - got0} delivered",
-                                   refresh=False)
+            tasks = await paced(n, rate, one, progress)
             _, late = await asyncio.wait(tasks, timeout=seconds * 3 + 30)
             for t in late:
                 t.cancel()
@@ -296,9 +287,7 @@ async def _flow(world: World, api_pid: int, *, rate: float, seconds: float,
         pos1 = int(await db.fetchval("SELECT coalesce(max(position), 0) FROM task_changes"))
     finally:
         await db.close()
-        while not pool.empty():
-            with contextlib.suppress(Exception):
-                await pool.get_nowait().close()
+        await pool.close()
     if errors:
         say(f"fan-out submits rejected: {dict(errors)}")
     return {"changes_per_s": (pos1 - pos0) / elapsed,

@@ -1,18 +1,20 @@
 """A minimal HTTP/1.1 keep-alive client for load generation.
 
-httpx costs a few hundred microseconds of client CPU per request. On a 2-core machine
-the load generator shares the cores with the API, Kafka and Postgres, so that cost
-would be measured as TaskFlow's. One connection per coroutine, requests written as
-prepared bytes, responses parsed just enough (status, Content-Length or chunked body):
-a few tens of microseconds per request. It only talks to our own API on 127.0.0.1.
+httpx spends much client CPU per request, and on a small machine the load generator
+shares the cores with the API, Kafka and Postgres, so that cost would be measured as
+TaskFlow's. One connection per coroutine, requests written as prepared bytes, responses
+parsed just enough (status, Content-Length or chunked body): a fraction of httpx's cost.
+It only talks to our own API on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 
 class HTTPError(Exception):
@@ -125,3 +127,39 @@ async def hammer(host: str, port: int, *, total: int, concurrency: int,
             await conn.close()
 
     await asyncio.gather(*(lane() for _ in range(min(concurrency, total))))
+
+
+class Pool:
+    """``size`` keep-alive connections to one server; a request waits for a free one."""
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self._free: asyncio.Queue[Connection] = asyncio.Queue()
+        for _ in range(size):
+            self._free.put_nowait(Connection(host, port))
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        conn = await self._free.get()
+        try:
+            return await conn.request(method, path, body)
+        finally:
+            self._free.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self._free.empty():
+            with contextlib.suppress(Exception):
+                await self._free.get_nowait().close()
+
+
+async def paced(n: int, rate: float, fire: Callable[[], Coroutine[Any, Any, None]],
+                progress: Callable[[int], object]) -> list[asyncio.Task[None]]:
+    """Start ``fire()`` ``n`` times at a steady ``rate`` per second, from now, without
+    waiting for any of them; returns their tasks."""
+    tasks: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire()))
+        progress(1)
+    return tasks

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.http import Connection, Response, hammer
+from bench.http import Connection, Pool, Response, hammer, paced
 from bench.procs import ROOT, BenchError, Proc, python
 from bench.stats import bar, say, summary_ms
 from bench.world import TERMINAL_SQL, World, fill_topic
@@ -186,33 +186,21 @@ async def latency(world: World, *, rate: float, seconds: float,
     reader = asyncio.create_task(
         _sse_terminals(f"http://127.0.0.1:{world.api_port}/events?{q}", arrivals, ready))
     await asyncio.wait_for(ready.wait(), 15)
-    pool: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(32):
-        pool.put_nowait(Connection("127.0.0.1", world.api_port))
+    pool = Pool("127.0.0.1", world.api_port, 32)
     errors: list[str] = []
 
     async def one() -> None:
         t = time.perf_counter(), time.time()
-        conn = await pool.get()
-        try:
-            resp = await conn.request("POST", "/tasks", TASK_BODY)
-        finally:
-            pool.put_nowait(conn)
+        resp = await pool.request("POST", "/tasks", TASK_BODY)
         if resp.status != 202:
             errors.append(f"{resp.status}: {resp.body[:200]!r}")
             return
         started[orjson.loads(resp.body)["task_id"]] = t
 
-    inflight: list[asyncio.Task[None]] = []
     try:
         with bar("latency  taskflow ", n) as pb:
             t0 = time.perf_counter()
-            for i in range(n):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                inflight.append(asyncio.create_task(one()))
-                pb.update(1)
+            inflight = await paced(n, rate, one, pb.update)
             achieved = n / (time.perf_counter() - t0)
             await asyncio.gather(*inflight)
             deadline = time.monotonic() + timeout_s
@@ -227,8 +215,7 @@ async def latency(world: World, *, rate: float, seconds: float,
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
             await reader
-        while not pool.empty():
-            await pool.get_nowait().close()
+        await pool.close()
     if errors:
         raise BenchError(f"{len(errors)} submits failed, first: {errors[0]}")
     lat = [arrivals[k][0] - t[0] for k, t in started.items() if k in arrivals]
