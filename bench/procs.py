@@ -1,4 +1,5 @@
-"""Child processes the bench starts, and stops again by PID.
+"""Child processes the bench starts, and stops again by PID (the tests start theirs
+with ``spawn`` and ``service_env`` too).
 
 Every child runs in its own session, so its PID is also its process-group id: a peer
 worker that forks its pool (Celery prefork, Dramatiq) is stopped with SIGTERM to the
@@ -52,6 +53,29 @@ def wait_for(pred: Callable[[], bool], *, timeout: float, what: str,
         time.sleep(interval)
 
 
+def spawn(argv: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` from the repository root in a session of its own, with ``env`` over
+    this process's environment, its output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def service_env(*, database_url: str, topic: str, bootstrap: str,
+                api_port: int) -> dict[str, str]:
+    """The ``TASKFLOW_*`` variables that point a service at one topic and database."""
+    return {
+        "TASKFLOW_DATABASE_URL": database_url,
+        "TASKFLOW_TOPIC": topic,
+        "TASKFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "TASKFLOW_WORKER_GROUP": f"{topic}.worker",
+        "TASKFLOW_API_PORT": str(api_port),
+    }
+
+
 @dataclass
 class Proc:
     """One child process with its log file."""
@@ -67,12 +91,7 @@ class Proc:
         return self.log_dir / f"{self.name}.log"
 
     def start(self) -> Proc:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.popen = subprocess.Popen(
-                self.argv, cwd=ROOT, env={**os.environ, **self.env}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self.popen = spawn(self.argv, env=self.env, log_path=self.log_path)
         return self
 
     @property

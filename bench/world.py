@@ -29,6 +29,7 @@ from bench.procs import (
     free_port,
     group_cpu_seconds,
     python,
+    service_env,
     tree_cpu_seconds,
 )
 from events import constants
@@ -73,11 +74,8 @@ class World:
     @property
     def env(self) -> dict[str, str]:
         return {
-            "TASKFLOW_DATABASE_URL": self.database_url,
-            "TASKFLOW_TOPIC": self.topic,
-            "TASKFLOW_KAFKA_BOOTSTRAP": self.bootstrap,
-            "TASKFLOW_WORKER_GROUP": f"{self.topic}.worker",
-            "TASKFLOW_API_PORT": str(self.api_port),
+            **service_env(database_url=self.database_url, topic=self.topic,
+                          bootstrap=self.bootstrap, api_port=self.api_port),
             "TASKFLOW_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
             **self.extra_env,
         }

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import orjson
 
+from bench.procs import service_env, spawn
 from events.codec import decode
 from events.db import asyncpg_dsn
 from events.errors import UndecodableEvent
@@ -62,13 +63,8 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:  # the child keeps its own copy
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", *self.argv], cwd=ROOT,
-                env={**os.environ, **self.env}, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self.popen = spawn([sys.executable, "-m", "cli.main", *self.argv], env=self.env,
+                           log_path=self.log_path)
         return self
 
     @property
@@ -117,11 +113,8 @@ class Env:
     @property
     def vars(self) -> dict[str, str]:
         return {
-            "TASKFLOW_DATABASE_URL": self.database_url,
-            "TASKFLOW_TOPIC": self.topic,
-            "TASKFLOW_KAFKA_BOOTSTRAP": self.bootstrap,
-            "TASKFLOW_WORKER_GROUP": f"{self.topic}.worker",
-            "TASKFLOW_API_PORT": str(self.api_port),
+            **service_env(database_url=self.database_url, topic=self.topic,
+                          bootstrap=self.bootstrap, api_port=self.api_port),
             "TASKFLOW_RETRY_BASE_S": "0.05",
             "TASKFLOW_RETRY_CAP_S": "0.5",
             "TASKFLOW_LOG_LEVEL": "info",
