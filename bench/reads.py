@@ -194,6 +194,9 @@ async def reads(w: World, *, tasks: int, requests: int) -> dict[str, Any]:
             # trigram index reads long posting lists for about a hundred matches.
             "GET /tasks?q=#NNNN (digits)": [q(f"#{rng.randrange(1000, 10_000)}")
                                             for _ in range(200)],
+            # Common words: every title, or a tenth of them, matches.
+            "GET /tasks?q=<common word>": [q(w) for w in ("report", "for ", "port f",
+                                                          "#12", "report for")],
             "GET /tasks?cursor= (page 2)": [page2],
             "GET /tasks/{id}": [f"/tasks/{i}" for i in ids],
             "GET /tasks/{id}/events": [f"/tasks/{i}/events" for i in ids],

@@ -51,3 +51,8 @@ FETCH_BUSY_MIN_BYTES: Final = 256 * 1024  # a gathering fetch while events flow 
 FETCH_BUSY_MAX_WAIT_MS: Final = 50  # ... this much, or this long; and ...
 FETCH_BUSY_BYTES_PER_MS: Final = 1024  # ... "fast" starts here (bytes/ms), ...
 FETCH_CALM_BYTES_PER_MS: Final = 512  # ... and ends below this
+# A title search (`GET /tasks?q=`) first asks the trigram index for every match; a term
+# with more matches than this, or one the index cannot answer within the time, is common
+# enough that walking the tasks newest first finds a page sooner.
+SEARCH_FEW_ROWS: Final = 5000  # rows
+SEARCH_FEW_TIMEOUT_MS: Final = 25  # ms

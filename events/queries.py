@@ -12,8 +12,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, select, text, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from events import constants
 from events.db import make_engine
 from events.models import TaskStatus
 from events.tables import (
@@ -27,6 +29,11 @@ from events.tables import (
 )
 
 _TASK_COLS = [c for c in tasks.c if c.name not in ("partition", "last_offset")]
+QUERY_CANCELED = "57014"  # SQLSTATE of a statement stopped by statement_timeout
+# SET LOCAL of three settings in one round trip (set_config's third argument: local).
+_BITMAP_ONLY = text("SELECT set_config('enable_indexscan', 'off', true), "
+                    "set_config('enable_seqscan', 'off', true), "
+                    "set_config('statement_timeout', :ms, true)")
 
 
 @contextlib.asynccontextmanager
@@ -82,30 +89,35 @@ async def list_tasks(
 
     ``tenant`` is a tenant name, or any other object (not a str/None) for no filter.
     """
-    q = select(*_TASK_COLS)
+    conds: list[Any] = []
     if tenant is None or isinstance(tenant, str):
-        q = q.where(tasks.c.tenant.is_(None) if tenant is None else tasks.c.tenant == tenant)
+        conds.append(tasks.c.tenant.is_(None) if tenant is None else tasks.c.tenant == tenant)
     if created_after is not None:
-        q = q.where(tasks.c.created_at >= created_after)
+        conds.append(tasks.c.created_at >= created_after)
     if created_before is not None:
-        q = q.where(tasks.c.created_at < created_before)
+        conds.append(tasks.c.created_at < created_before)
     if search:
         escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        q = q.where(tasks.c.title.ilike(f"%{escaped}%", escape="\\"))
+        conds.append(tasks.c.title.ilike(f"%{escaped}%", escape="\\"))
     if status:
-        q = q.where(tasks.c.status == status)
+        conds.append(tasks.c.status == status)
     if type_:
-        q = q.where(tasks.c.type == type_)
+        conds.append(tasks.c.type == type_)
     if cursor:
         ts, tid = decode_cursor(cursor)
         # A row comparison, not (a < x OR a = x AND b < y): Postgres uses it as the index
         # condition, so page N starts where page N-1 ended instead of scanning up to it.
         key = tuple_(tasks.c.created_at, tasks.c.task_id)
-        q = q.where(key < tuple_(ts, tid) if descending else key > tuple_(ts, tid))
+        conds.append(key < tuple_(ts, tid) if descending else key > tuple_(ts, tid))
     order = (tasks.c.created_at.desc(), tasks.c.task_id.desc()) if descending else (
         tasks.c.created_at.asc(), tasks.c.task_id.asc())
-    q = q.order_by(*order).limit(limit + 1)
     async with engine.connect() as conn:
+        if search:
+            few = await _few_matches(conn, conds)
+            if few is not None:  # every match is known: the page is the first of them
+                few.sort(reverse=descending)
+                conds = [tasks.c.task_id.in_([t for _, t in few[:limit + 1]])]
+        q = select(*_TASK_COLS).where(*conds).order_by(*order).limit(limit + 1)
         rows = [dict(r._mapping) for r in await conn.execute(q)]
     nxt = None
     if len(rows) > limit:
@@ -113,6 +125,35 @@ async def list_tasks(
         last = rows[-1]
         nxt = encode_cursor(last["created_at"], last["task_id"])
     return rows, nxt
+
+
+async def _few_matches(conn: AsyncConnection,
+                       conds: list[Any]) -> list[tuple[datetime, uuid.UUID]] | None:
+    """Every task matching ``conds`` as (created_at, task_id), if there are at most
+    ``SEARCH_FEW_ROWS`` and the title index finds them within ``SEARCH_FEW_TIMEOUT_MS``;
+    None otherwise.
+
+    A title search has two good plans, and Postgres cannot tell which one a term needs:
+    its estimate of how many titles hold a substring is a guess. Walking the tasks
+    newest first and filtering stops early for a common term, but reads the whole table
+    for a rare one; the trigram index finds a rare term's few rows at once, but builds
+    a bitmap of most of the table for a common one. So the index is tried first, with
+    a bound on rows and time, and the walk is left for the terms that bound proves
+    common. Both give the same page.
+    """
+    probe = select(tasks.c.created_at, tasks.c.task_id).where(*conds).limit(
+        constants.SEARCH_FEW_ROWS + 1)
+    try:
+        async with conn.begin_nested():
+            # Only bitmap scans are left: the title's trigram index (and any index of
+            # another filter it can be combined with).
+            await conn.execute(_BITMAP_ONLY, {"ms": str(int(constants.SEARCH_FEW_TIMEOUT_MS))})
+            found = [(r[0], r[1]) for r in await conn.execute(probe)]
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:
+            raise
+        return None
+    return found if len(found) <= constants.SEARCH_FEW_ROWS else None
 
 
 async def task_history(engine: AsyncEngine, *, task_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 
 from api import auth, metrics, submit
 from api.app import create_app
-from events import queries
+from events import constants, queries
 from events.settings import Settings
 from tests.helpers import Env, free_port, wait_until
 from tests.test_projections import cli, count, produce_tasks
@@ -306,12 +306,19 @@ async def test_each_read_of_the_read_model_uses_an_index(env: Env) -> None:
         for name, read in reads.items():
             sent.clear()
             await read()
-            [(statement, params)] = sent
-            async with engine.connect() as conn:
-                doc: Any = (await conn.exec_driver_sql(
-                    "EXPLAIN (FORMAT JSON) " + statement, params)).scalar()
-            plans[name] = _plan_nodes((doc if isinstance(doc, list) else
-                                       json.loads(doc))[0]["Plan"])
+            assert sent, name
+            statements = list(sent)  # what runs below is captured too
+            plans[name] = []
+            # Each statement planned as it ran: after the settings the read set for it.
+            async with engine.connect() as conn, conn.begin():
+                for statement, params in statements:
+                    if "set_config(" in statement:
+                        await conn.exec_driver_sql(statement, params)
+                        continue
+                    doc: Any = (await conn.exec_driver_sql(
+                        "EXPLAIN (FORMAT JSON) " + statement, params)).scalar()
+                    plans[name] += _plan_nodes((doc if isinstance(doc, list) else
+                                                json.loads(doc))[0]["Plan"])
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
         await engine.dispose()
@@ -328,3 +335,44 @@ async def test_each_read_of_the_read_model_uses_an_index(env: Env) -> None:
     # The cursor is the index condition: page N starts where N-1 ended.
     assert any(n.get("Index Name") == "tasks_created" and "Index Cond" in n
                for n in plans["cursor"]), plans["cursor"]
+
+
+async def test_a_title_search_pages_alike_for_rare_and_common_terms(env: Env) -> None:
+    """``?q=`` asks the trigram index for every match first and walks the tasks newest
+    first only for a term with more than ``SEARCH_FEW_ROWS`` matches: either way the
+    pages are exactly what the plain query gives, in order, cursor included."""
+    from bench.reads import seed
+    from events.db import make_engine
+
+    await seed(_Seeded(env), tasks=12_000)  # type: ignore[arg-type]
+    conn = await env.db()
+    try:
+        rare = (await conn.fetchval("SELECT title FROM tasks ORDER BY created_at LIMIT 1"))[11:19]
+
+        async def truth(term: str) -> list[uuid.UUID]:
+            rows = await conn.fetch(
+                "SELECT task_id FROM tasks WHERE title ILIKE $1 "
+                "ORDER BY created_at DESC, task_id DESC LIMIT 60", f"%{term}%")
+            return [r["task_id"] for r in rows]
+
+        engine = make_engine(env.database_url)
+        try:
+            for term, many in ((rare, False), ("report", True)):
+                want = await truth(term)
+                n = await conn.fetchval("SELECT count(*) FROM tasks WHERE title ILIKE $1",
+                                        f"%{term}%")
+                assert (n > constants.SEARCH_FEW_ROWS) is many, (term, n)
+                got: list[uuid.UUID] = []
+                cursor = None
+                while len(got) < len(want):
+                    rows, cursor = await queries.list_tasks(
+                        engine, status=None, type_=None, limit=25, cursor=cursor,
+                        search=term, tenant=object())
+                    got += [r["task_id"] for r in rows]
+                    if cursor is None:
+                        break
+                assert got[:len(want)] == want, term
+        finally:
+            await engine.dispose()
+    finally:
+        await conn.close()
