@@ -16,6 +16,7 @@ from api.auth import KeyRing
 from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
 from api.limits import RequestGuard
+from events import __version__
 from events.db import DB_ERRORS, database_down, make_engine
 from events.errors import LogUnavailable
 from events.log import EventProducer
@@ -25,7 +26,7 @@ from events.settings import Settings, get_settings
 log = logging.getLogger("taskflow.api")
 # Young collections every 10,000 allocations (CPython: 700); a full collection is tried
 # every 100 middle ones (CPython: 10). An API process holding thousands of SSE
-# subscribers walked all of them in full collections of up to 650 ms.
+# subscribers walks all of them in every full collection, a pause its streams all feel.
 GC_THRESHOLDS = (10_000, 10, 100)
 
 
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="TaskFlow",
-        version="0.1.0",
+        version=__version__,
         summary="Event-sourced tasks: every state change is an event in Kafka.",
         lifespan=lifespan,
     )

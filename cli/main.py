@@ -20,6 +20,21 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and Postgres
 app.add_typer(stack_app, name="stack")
 
 
+def _version(show: bool) -> None:
+    if show:
+        from events import __version__
+
+        print(f"taskflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
+         = False) -> None:
+    """TaskFlow: event-sourced tasks."""
+
+
 @stack_app.command("up")
 def stack_up() -> None:
     """Start Kafka and Postgres (idempotent), create the topic and the database."""
