@@ -129,6 +129,7 @@ class ChangeFeed:
     dropped: int = 0
     subscribers: set[Subscriber] = field(default_factory=set)
     _conn: asyncpg.Connection | None = None
+    _positioned: bool = False  # ``last`` has been read from Postgres once
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -166,11 +167,17 @@ class ChangeFeed:
             raise ConnectionError("the change feed is reconnecting to Postgres")
         return self._conn
 
+    async def _position(self) -> None:
+        """Start at the newest change: the feed hands on what is committed from now on
+        (a client resuming from older positions reads those itself)."""
+        self.last = int(await self._live().fetchval(_TOP))
+        self._positioned = True
+
     async def start(self) -> None:
         """Connect and LISTEN; if Postgres is away, start anyway and keep reconnecting."""
         try:
             await self._connect()
-            self.last = int(await self._live().fetchval(_TOP))
+            await self._position()
         except _DOWN as exc:
             self._outage.failed(exc)
             await self._disconnect()
@@ -210,6 +217,8 @@ class ChangeFeed:
                 if self._conn is None or self._conn.is_closed():
                     await self._disconnect()
                     await self._connect()
+                if not self._positioned:  # started while Postgres was away
+                    await self._position()
                 await self._read_new()
             except _DOWN as exc:
                 await self._disconnect()

@@ -94,8 +94,11 @@ RECENT_KEYED_MAX = 10_000
 # A submit that answered 503 may still have been appended: the producer keeps the record
 # and can deliver it after the deadline. The 503 names the task id(s) it would create.
 LOG_DOWN_NOTE = ("the write may still be applied: check GET /tasks/{task_id} before "
-                 "submitting again, or retry with the same Idempotency-Key, which names "
-                 "the same task")
+                 "submitting again; a submit with an Idempotency-Key can be retried with "
+                 "the same key, which names the same task")
+KEYED_LOG_DOWN_NOTE = ("the write may still be applied: retry with the same "
+                       "Idempotency-Key, which names the same task, or check "
+                       "GET /tasks/{task_id}")
 
 
 def _digest(spec: dict[str, Any]) -> bytes:
@@ -155,7 +158,8 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
         try:
             [p] = await producer.append([created_event(body, task_id, tenant)])
         except LogUnavailable as exc:
-            return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
+            return for_log_down(request, exc, task_id=str(task_id),
+                               note=KEYED_LOG_DOWN_NOTE)
         accepted_at = PositionOut(partition=p.partition, offset=p.offset)
         _recent_keyed[task_id] = (_digest(spec), accepted_at)
         while len(_recent_keyed) > RECENT_KEYED_MAX:

@@ -38,9 +38,6 @@ from events.errors import UnsafeJson
 
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
-# The deepest value orjson writes (it refuses 256 levels and more): what the read model
-# can hold at all, whatever the API's own, smaller limit.
-DEPTH_CARRIED: Final = 255
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")  # one character class: no backtracking
 # A number with a positive exponent (``1e16``, ``1E+16``): a fixed-length pattern.
 _EXPONENT: Final = re.compile(rb"[0-9][eE]\+?[0-9]")
@@ -167,6 +164,22 @@ def _spelled_out(v: Any, *, big_ints: bool = False) -> Any:
     if big_ints and t is int and not INT_MIN <= v <= 2**64 - 1:
         return orjson.Fragment(str(v).encode())
     return v
+
+
+def row_refusal(title: str, payload: Any) -> str | None:
+    """Why the read model cannot store a task with this title and payload, or None.
+
+    What the projector's own write does with them, not the API's stricter ``check``:
+    a value the edge refuses but the read model can hold (an integer up to 2**64-1, a
+    negative zero) is stored by the projector, so a consumer that parks on this agrees
+    with it. (NUL never gets this far: ``events.codec`` refuses it.)
+    """
+    try:
+        title.encode()
+        jsonb_text(payload)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def jsonb_text(value: Any) -> bytes:

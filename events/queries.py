@@ -143,16 +143,20 @@ async def _few_matches(conn: AsyncConnection,
     """
     probe = select(tasks.c.created_at, tasks.c.task_id).where(*conds).limit(
         constants.SEARCH_FEW_ROWS + 1)
+    # The settings are local to the savepoint only if it is rolled back: released, they
+    # would hold for the rest of the transaction, and the page's own query with them.
+    savepoint = await conn.begin_nested()
     try:
-        async with conn.begin_nested():
-            # Only bitmap scans are left: the title's trigram index (and any index of
-            # another filter it can be combined with).
-            await conn.execute(_BITMAP_ONLY, {"ms": str(int(constants.SEARCH_FEW_TIMEOUT_MS))})
-            found = [(r[0], r[1]) for r in await conn.execute(probe)]
+        # Only bitmap scans are left: the title's trigram index (and any index of
+        # another filter it can be combined with).
+        await conn.execute(_BITMAP_ONLY, {"ms": str(int(constants.SEARCH_FEW_TIMEOUT_MS))})
+        found = [(r[0], r[1]) for r in await conn.execute(probe)]
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:
             raise
         return None
+    finally:
+        await savepoint.rollback()
     return found if len(found) <= constants.SEARCH_FEW_ROWS else None
 
 

@@ -23,6 +23,7 @@ from api import auth, metrics, submit
 from api.app import create_app
 from events import constants, queries
 from events.settings import Settings
+from events.tables import tasks
 from tests.helpers import Env, free_port, wait_until
 from tests.test_projections import cli, count, produce_tasks
 
@@ -372,6 +373,14 @@ async def test_a_title_search_pages_alike_for_rare_and_common_terms(env: Env) ->
                     if cursor is None:
                         break
                 assert got[:len(want)] == want, term
+            # The index-only settings and the time bound end with the probe: the walk
+            # that follows a common term's probe runs under the server's own settings.
+            from sqlalchemy import text
+
+            async with engine.connect() as c:
+                assert await queries._few_matches(c, [tasks.c.title.ilike("%report%")]) is None
+                assert (await c.execute(text("SHOW statement_timeout"))).scalar() == "0"
+                assert (await c.execute(text("SHOW enable_indexscan"))).scalar() == "on"
         finally:
             await engine.dispose()
     finally:

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from events import constants
+from events.jsonsafe import jsonb_text, row_refusal
 from events.log import EventProducer, LogReader, delete_topics, ensure_topic, partition_for
 from events.models import (
     CloudEvent,
@@ -397,3 +398,21 @@ async def test_worker_whose_dead_letter_topic_vanished_recreates_it(env: Env) ->
         await reader.stop()
     assert parked.value == b"\x00 not a CloudEvent"
     assert worker.alive()
+
+
+def test_the_worker_parks_a_created_task_exactly_when_the_projector_would() -> None:
+    """``row_refusal``, the worker's test of a ``task.created`` that came past the API,
+    refuses what the projector's write refuses and nothing the projector stores: an
+    integer up to 2**64-1 or a negative zero is stored (and so run), however the API
+    refuses them."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    for stored in ({"n": 2**64 - 1}, {"n": -(2**63)}, {"z": -0.0}, {"f": 4.73643996407975e16}):
+        assert row_refusal("t", stored) is None, stored
+        jsonb_text(stored)  # what the projector writes
+    for refused_payload in ({"n": 2**64}, {"n": -(2**63) - 1}, {"s": "\ud800"}, {"d": deep}):
+        assert row_refusal("t", refused_payload), refused_payload
+        with pytest.raises((TypeError, ValueError)):
+            jsonb_text(refused_payload)
+    assert row_refusal("\udc00", {})

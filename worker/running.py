@@ -9,7 +9,6 @@ which releases its trigger offset, only together with the events that end it.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from events import constants, jsonsafe
 from events.codec import decode, scrub_nul
-from events.errors import UndecodableEvent, UnsafeJson
+from events.errors import UndecodableEvent
 from events.fold import TaskState, apply
 from events.log import RawMessage, Record, dead_letter_topic
 from events.models import (
@@ -81,18 +80,13 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
         return
     if ev.type is EventType.CREATED:
         # A task.created that did not come through the API's edge (another producer,
-        # an older release) may hold a value the read model cannot store exactly; the
-        # projector parks it too, so running it would finish a task nobody can see.
-        # Only the values are checked, not the API's size limits, which the projector
-        # does not enforce either.
+        # an older release) may hold a value the read model cannot store; the projector
+        # parks it, so running it would finish a task nobody can see.
         data = cast(TaskCreated, ev.data)
-        try:
-            jsonsafe.check(data.title, loc=["title"])
-            jsonsafe.check(data.payload, max_depth=jsonsafe.DEPTH_CARRIED,
-                           max_keys=sys.maxsize, loc=["payload"])
-        except UnsafeJson as exc:
-            _park(worker, lane, r, f"task.created holds a value TaskFlow cannot carry "
-                                f"exactly: {exc}")
+        refusal = jsonsafe.row_refusal(data.title, data.payload)
+        if refusal is not None:
+            _park(worker, lane, r, f"task.created holds a value the read model cannot "
+                                   f"store: {refusal}")
             return
     tid = ev.subject
     if ev.type is EventType.CREATED and tid in lane.finished:
