@@ -30,6 +30,8 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 # The scope key under which the guard hands on the body it read and checked, so that an
 # app inside it (``api.fastpath``) need not read and replay it again.
 BODY_KEY = "taskflow.body"
+# ... and the body as the guard parsed it: parsing a large body again costs as much again.
+DOC_KEY = "taskflow.doc"
 
 # orjson reads an integer past 64 bits as a float, so a body with a run of this many
 # digits is parsed by the stdlib instead, which keeps every integer exact. Signed 64-bit
@@ -38,8 +40,9 @@ _LONG_DIGITS: Final = b"9" * 19
 _DIGITS_AS_9: Final = bytes.maketrans(b"0123456789", b"9" * 10)
 
 
-def inspect_json(body: bytes, *, max_depth: int, max_keys: int = MAX_JSON_KEYS) -> None:
+def inspect_json(body: bytes, *, max_depth: int, max_keys: int = MAX_JSON_KEYS) -> Any:
     """Parse ``body`` once and walk it once; raise ``UnsafeJson`` (``loc`` from "body").
+    Returns the parsed body, for an app inside the guard to use instead of parsing again.
 
     orjson parses almost every body. The stdlib parses the rest: a body orjson refuses
     (NaN, an infinity, a lone surrogate, or not JSON at all) or one with a long run of
@@ -52,13 +55,13 @@ def inspect_json(body: bytes, *, max_depth: int, max_keys: int = MAX_JSON_KEYS) 
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _inspect(body, max_depth, max_keys)
+        return _inspect(body, max_depth, max_keys)
     finally:
         if collecting:
             gc.enable()
 
 
-def _inspect(body: bytes, max_depth: int, max_keys: int) -> None:
+def _inspect(body: bytes, max_depth: int, max_keys: int) -> Any:
     try:
         doc = orjson.loads(body)
         exact = _LONG_DIGITS not in body.translate(_DIGITS_AS_9)
@@ -73,6 +76,7 @@ def _inspect(body: bytes, max_depth: int, max_keys: int) -> None:
         except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of 4,300+ digits
             raise UnsafeJson(f"not valid JSON: {exc}", "json_invalid", ["body"]) from None
     jsonsafe.check(doc, max_depth=max_depth, max_keys=max_keys, loc=["body"])
+    return doc
 
 
 def _printable(loc: list[str | int]) -> list[str | int]:
@@ -138,7 +142,8 @@ class RequestGuard:
                                     "send the body as application/json")
                 return
             try:
-                inspect_json(body, max_depth=self.max_depth, max_keys=self.max_keys)
+                scope[DOC_KEY] = inspect_json(body, max_depth=self.max_depth,
+                                              max_keys=self.max_keys)
             except UnsafeJson as exc:
                 await self._problem(scope, send, 422, "Unprocessable content", "validation",
                                     str(exc), errors=[{"loc": _printable(exc.loc),

@@ -102,16 +102,19 @@ def api_gc() -> Iterator[None]:
 
 @pytest.mark.parametrize("name", list(worst_bodies()))
 def test_any_body_up_to_the_limit_costs_under_50ms_of_cpu(name: str, api_gc: None) -> None:
-    """The guard, then both parsers behind it (the fast path's pydantic and the route's
-    stdlib + pydantic), on the worst body of each kind: each under 50 ms of CPU."""
+    """The guard, then both parsers behind it (the fast path's pydantic over the guard's
+    parse, and the route's stdlib + pydantic), on the worst body of each kind: a
+    request's whole check, the guard and the parser behind it, under 50 ms of CPU."""
     body = worst_bodies()[name]
     assert len(body) <= LIMIT
     guard = _cpu_ms(lambda: inspect_json(body, max_depth=MAX_JSON_DEPTH))
     assert guard < 50, f"{name}: the guard took {guard:.1f} ms"
     try:
-        inspect_json(body, max_depth=MAX_JSON_DEPTH)
+        doc = inspect_json(body, max_depth=MAX_JSON_DEPTH)
     except UnsafeJson:
         return  # refused: nothing behind the guard sees it
-    fast = _cpu_ms(lambda: TaskIn.model_validate_json(body))
+    fast = _cpu_ms(lambda: TaskIn.model_validate(doc))  # the guard's parse, validated
     route = _cpu_ms(lambda: TaskIn.model_validate(json.loads(body)))
-    assert fast < 50 and route < 50, f"{name}: pydantic {fast:.1f} ms, route {route:.1f} ms"
+    # A request pays for the guard and then one of the two parsers.
+    assert guard + max(fast, route) < 50, (
+        f"{name}: guard {guard:.1f} ms + pydantic {fast:.1f} ms / route {route:.1f} ms")
