@@ -27,7 +27,7 @@ from events.db import ensure_database, migrate
 from events.log import delete_topics, ensure_topic
 from events.models import EventType
 from tests.faultstack import FaultStack, private_stack
-from tests.helpers import Env, Proc, free_port, new_name, wait_until
+from tests.helpers import Env, Proc, SSEReader, free_port, new_name, wait_until
 
 __all__ = ["private_stack"]  # the fixture, imported for the tests below
 
@@ -293,3 +293,55 @@ async def test_a_killed_child_of_taskflow_run_is_restarted(run: Run) -> None:
 
 async def _said(p: Proc, text: str) -> bool:
     return text in p.output()
+
+
+async def test_an_api_started_while_postgres_is_away_streams_from_now_on(run: Run) -> None:
+    """An API process that starts while Postgres is away has no position in the change
+    feed yet. A client that connects to its SSE stream then, without Last-Event-ID, asks
+    for what happens from now on: once Postgres is back it gets the new changes only,
+    not the whole history of the read model."""
+    async with httpx.AsyncClient(timeout=15) as c:
+        before = [await run.submit(c) for _ in range(3)]
+        assert before == [202] * 3
+
+        async def finished() -> bool:
+            docs = [(await c.get(f"{run.url}/tasks/{t}")).json() for t in run.accepted]
+            return all(d.get("status") == "DONE" for d in docs)
+
+        await wait_until(finished, timeout=60, what="the first tasks to finish")
+        conn = await run.env.db()
+        try:
+            history = int(await conn.fetchval("SELECT max(position) FROM task_changes"))
+        finally:
+            await conn.close()
+        assert history > 0
+
+        await asyncio.to_thread(run.stack.stop_postgres)
+        try:
+            port = free_port()
+            await run.env.api(port=port)  # starts, and answers /healthz, without Postgres
+            async with SSEReader(f"http://127.0.0.1:{port}/events") as sse:
+                assert sse.status == 200
+                await asyncio.to_thread(run.stack.start_postgres)
+                await wait_until(lambda: _answers_ready(c, f"http://127.0.0.1:{port}"),
+                                 timeout=60,
+                                 what="the second API to see Postgres again")
+                assert await run.submit(c) == 202
+                new = run.accepted[-1]
+
+                async def streamed_new() -> bool:
+                    return any(new.hex in e.get("data", "").replace("-", "")
+                               for e in sse.events)
+
+                await wait_until(streamed_new, timeout=60, what="the new task on the stream")
+            positions = [int(e["id"]) for e in sse.events if "id" in e]
+            assert positions and min(positions) > history, (history, positions[:10])
+        finally:
+            await asyncio.to_thread(run.stack.start_postgres)  # idempotent
+
+
+async def _answers_ready(c: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await c.get(f"{url}/readyz", timeout=10)).status_code == 200
+    except httpx.TransportError:
+        return False
