@@ -92,52 +92,36 @@ def _walk(v: Any, depth: int, max_depth: int, max_keys: int) -> None:
     # Scalars inside a container are checked inline: a body of many small values spends
     # its time in this loop, and a call per value would double it.
     t = type(v)
-    if t is dict:
-        if depth > max_depth:
-            raise UnsafeJson(f"nested deeper than {max_depth} levels", "json_depth")
-        if len(v) > max_keys:
-            raise UnsafeJson(f"an object with {len(v)} keys; at most {max_keys}", "json_keys")
-        for k, x in v.items():
-            try:
+    keyed = t is dict
+    if not keyed and t is not list:
+        _check_scalar(v)
+        return
+    if depth > max_depth:
+        raise UnsafeJson(f"nested deeper than {max_depth} levels", "json_depth")
+    if keyed and len(v) > max_keys:
+        raise UnsafeJson(f"an object with {len(v)} keys; at most {max_keys}", "json_keys")
+    members: Any = v.items() if keyed else enumerate(v)
+    for k, x in members:
+        try:
+            if keyed:
                 if type(k) is not str:
                     raise UnsafeJson(f"key {k!r} is not a string", "not_json")
                 if not k.isascii() or "\x00" in k:
                     _check_str(k, "the key")
-                tx = type(x)
-                if tx is str:
-                    if not x.isascii() or "\x00" in x:
-                        _check_str(x, "the string")
-                elif tx is int:
-                    if not INT_MIN <= x <= INT_MAX:
-                        raise UnsafeJson("integer outside signed 64 bits", "int_range")
-                elif tx is dict or tx is list:
-                    _walk(x, depth + 1, max_depth, max_keys)
-                elif x is not None and tx is not bool:
-                    _check_scalar(x)
-            except UnsafeJson as exc:
-                exc.loc.insert(0, k)
-                raise
-    elif t is list:
-        if depth > max_depth:
-            raise UnsafeJson(f"nested deeper than {max_depth} levels", "json_depth")
-        for i, x in enumerate(v):
-            try:
-                tx = type(x)
-                if tx is str:
-                    if not x.isascii() or "\x00" in x:
-                        _check_str(x, "the string")
-                elif tx is int:
-                    if not INT_MIN <= x <= INT_MAX:
-                        raise UnsafeJson("integer outside signed 64 bits", "int_range")
-                elif tx is dict or tx is list:
-                    _walk(x, depth + 1, max_depth, max_keys)
-                elif x is not None and tx is not bool:
-                    _check_scalar(x)
-            except UnsafeJson as exc:
-                exc.loc.insert(0, i)
-                raise
-    else:
-        _check_scalar(v)
+            tx = type(x)
+            if tx is str:
+                if not x.isascii() or "\x00" in x:
+                    _check_str(x, "the string")
+            elif tx is int:
+                if not INT_MIN <= x <= INT_MAX:
+                    raise UnsafeJson("integer outside signed 64 bits", "int_range")
+            elif tx is dict or tx is list:
+                _walk(x, depth + 1, max_depth, max_keys)
+            elif x is not None and tx is not bool:
+                _check_scalar(x)
+        except UnsafeJson as exc:
+            exc.loc.insert(0, k)
+            raise
 
 
 # --- jsonb ---------------------------------------------------------------------------
