@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +32,11 @@ log = logging.getLogger("taskflow.api.feed")
 _SELECT = ("SELECT position, task_id, tenant, type, status, attempt, progress, summary, time "
            "FROM task_changes WHERE position > $1 ORDER BY position LIMIT $2")
 _TOP = "SELECT coalesce(max(position), 0) FROM task_changes"
+# The last change recorded before a moment (Postgres's clock stamps ``recorded_at``), or
+# the retention watermark if that change was trimmed.
+_BEFORE = ("SELECT greatest((SELECT coalesce(max(position), 0) FROM task_changes "
+           "WHERE recorded_at < $1), "
+           "(SELECT coalesce(max(trimmed_upto), 0) FROM change_retention))")
 PAGE = 1000
 FEED_APP_NAME = "taskflow-feed"  # application_name of the one reader per API process
 CONNECT_TIMEOUT_S = 5.0  # seconds a (re)connection of the feed may take
@@ -130,6 +135,7 @@ class ChangeFeed:
     subscribers: set[Subscriber] = field(default_factory=set)
     _conn: asyncpg.Connection | None = None
     _positioned: bool = False  # ``last`` has been read from Postgres once
+    _origin: int = 0  # where the feed started handing on changes
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -170,8 +176,10 @@ class ChangeFeed:
     async def _position(self) -> None:
         """Start at the newest change: the feed hands on what is committed from now on
         (a client resuming from older positions reads those itself)."""
-        self.last = int(await self._live().fetchval(_TOP))
+        self.last = self._origin = int(await self._live().fetchval(_TOP))
         self._positioned = True
+        for sub in list(self.subscribers):  # anyone who joined while Postgres was away
+            sub.wake.set()
 
     async def start(self) -> None:
         """Connect and LISTEN; if Postgres is away, start anyway and keep reconnecting."""
@@ -312,6 +320,10 @@ class ChangeFeed:
                 "ORDER BY position LIMIT $3", after, upto, PAGE)
         return [_row(r) for r in rows]
 
+    async def _recorded_before(self, moment: datetime) -> int:
+        async with self._lock:
+            return int(await self._live().fetchval(_BEFORE, moment))
+
     async def trimmed_upto(self) -> int:
         async with self._lock:
             v = await self._live().fetchval(
@@ -328,12 +340,29 @@ class ChangeFeed:
         The subscriber joins the live fan-out first and only then reads the backlog up to
         the position the feed had reached when it joined, so nothing falls between the
         two and nothing is sent twice.
+
+        A subscriber that joins while the feed has not yet reached Postgres (the API
+        started during an outage) waits for it. It then reads its backlog up to where the
+        feed started; without ``after``, "from now on" means the changes Postgres recorded
+        after the subscriber joined.
         """
         sub = Subscriber(flt, everything=flt.everything)
         self.subscribers.add(sub)
         try:
-            joined_at = self.last
-            cursor = joined_at if after is None else after
+            since = datetime.now(UTC)
+            waited = not self._positioned
+            while not self._positioned:
+                await sub.wake.wait()
+                sub.wake.clear()
+                if sub.closed:
+                    return
+            joined_at = self._origin if waited else self.last
+            if after is not None:
+                cursor = after
+            elif waited:
+                cursor = await self._recorded_before(since)
+            else:
+                cursor = joined_at
             while cursor < joined_at:
                 page = await self.backlog(cursor, joined_at)
                 # Checked after each read: retention may trim while we page.
