@@ -298,17 +298,10 @@ def test_a_parked_record_error_is_always_storable() -> None:
     assert "\x00" not in text and text.encode()  # encodes as UTF-8: no lone surrogate
 
 
-# A record near the broker's size limit: with the dead-letter headers added, a whole copy
-# would not fit, and the lane would fail on it at every attempt.
-NEAR_LIMIT = b"\x00" + b"x" * 1_048_300
-
-
-@pytest.mark.parametrize("poison_value", [b"\x00 not a CloudEvent", NEAR_LIMIT],
-                         ids=["small", "near-the-size-limit"])
-async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(
-        env: Env, poison_value: bytes) -> None:
-    dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
-    worker = env.proc("worker")
+async def _poison_then_task(env: Env, worker: Any, poison_value: bytes,
+                            timeout: float) -> Any:
+    """Write ``poison_value`` and then a task.created in the same partition; wait until
+    the worker has finished that task (alive all along). Returns the poison's metadata."""
     producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
     await producer.start()
     try:
@@ -324,8 +317,14 @@ async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(
         return any(ev.subject == tid and ev.type is EventType.DONE
                    for _, ev in await env.log_events())
 
-    await wait_until(done, timeout=60, what="the task after the poison record to finish")
-    reader = LogReader(bootstrap=env.bootstrap, topic=dlt)
+    await wait_until(done, timeout=timeout, what="the task after the poison record to finish")
+    return poison
+
+
+async def _the_dead_letter(env: Env) -> Any:
+    """The one record in the worker's dead-letter topic."""
+    reader = LogReader(bootstrap=env.bootstrap,
+                       topic=env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX)
     await reader.start()
     try:
         reader.seek(0, 0)
@@ -333,6 +332,21 @@ async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(
                                     what="the dead-letter record")
     finally:
         await reader.stop()
+    return parked
+
+
+# A record near the broker's size limit: with the dead-letter headers added, a whole copy
+# would not fit, and the lane would fail on it at every attempt.
+NEAR_LIMIT = b"\x00" + b"x" * 1_048_300
+
+
+@pytest.mark.parametrize("poison_value", [b"\x00 not a CloudEvent", NEAR_LIMIT],
+                         ids=["small", "near-the-size-limit"])
+async def test_worker_without_a_dead_letter_topic_parks_and_keeps_running(
+        env: Env, poison_value: bytes) -> None:
+    worker = env.proc("worker")
+    poison = await _poison_then_task(env, worker, poison_value, timeout=60)
+    parked = await _the_dead_letter(env)
     headers = dict(parked.headers)
     assert headers[constants.HEADER_DLT_OFFSET] == str(poison.offset).encode()
     if len(poison_value) > constants.DLT_VALUE_MAX:  # cut, saying how long it was
@@ -372,30 +386,8 @@ async def test_worker_whose_dead_letter_topic_vanished_recreates_it(env: Env) ->
     await wait_until(lambda: asyncio.to_thread(lambda: "assigned" in worker.output()),
                      timeout=60, what="the worker to start")
     await delete_topics(env.bootstrap, [dlt])
-    producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=10)
-    await producer.start()
-    try:
-        tid = uuid.uuid4()
-        await producer.append_raw(env.topic, str(tid).encode(), b"\x00 not a CloudEvent")
-        await producer.append([created(tid, "after the poison")])
-    finally:
-        await producer.stop()
-
-    async def done() -> bool:
-        if not worker.alive():
-            raise AssertionError(f"the worker exited:\n{worker.output()[-3000:]}")
-        return any(ev.subject == tid and ev.type is EventType.DONE
-                   for _, ev in await env.log_events())
-
-    await wait_until(done, timeout=90, what="the task after the poison record to finish")
-    reader = LogReader(bootstrap=env.bootstrap, topic=dlt)
-    await reader.start()
-    try:
-        reader.seek(0, 0)
-        [parked] = await wait_until(lambda: reader.poll(timeout_ms=500), timeout=30,
-                                    what="the dead-letter record")
-    finally:
-        await reader.stop()
+    await _poison_then_task(env, worker, b"\x00 not a CloudEvent", timeout=90)
+    parked = await _the_dead_letter(env)
     assert parked.value == b"\x00 not a CloudEvent"
     assert worker.alive()
 
