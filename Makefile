@@ -28,10 +28,11 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium </dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e sdk/python
 	touch $(STAMP)
 
 stack-up: install
@@ -55,6 +56,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	cd sdk/python && ../../$(BIN)/mypy --strict taskflow_client
 
 # The peers (Celery, Dramatiq) and their broker: redis-server from Debian's packages.
 bench-deps: install $(VENV)/.bench-installed

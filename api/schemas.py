@@ -111,8 +111,45 @@ class BatchIn(BaseModel):
         {"tasks": [{"title": "one", "payload": {"message": "a"}},
                    {"title": "two", "type": "sleep", "payload": {"seconds": 1}}]}]})
 
-    tasks: list[TaskIn] = Field(min_length=1, max_length=1000)
+    # Each item is validated on its own (``api/submit.py``), so that ``?partial=true`` can
+    # refuse one task and accept the others; the document still says each is a TaskIn.
+    tasks: list[Any] = Field(min_length=1, max_length=1000,
+                             json_schema_extra={"items": {"$ref": "#/components/schemas/TaskIn"}})
 
 
 class BatchAccepted(BaseModel):
     items: list[TaskAccepted]
+
+
+IDEMPOTENCY_KEY = Field(default=None, max_length=255, pattern=r"^[\x21-\x7e]+$")
+
+
+class BatchItemIn(TaskIn):
+    """A task of ``POST /tasks:batch?partial=true``: a TaskIn, with its own idempotency key."""
+
+    idempotency_key: str | None = IDEMPOTENCY_KEY
+
+
+class BatchItemOut(BaseModel):
+    """One task's outcome in ``?partial=true``: accepted (``task_id``, ``status``,
+    ``position``; ``replayed`` when its key named a task accepted before), or ``problem``."""
+
+    task_id: uuid.UUID | None = None
+    status: TaskStatus | None = None
+    position: PositionOut | None = None
+    replayed: bool = False
+    problem: dict[str, Any] | None = None
+
+
+class BatchOutcome(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {"task_id": "0b7f3c1e-3f4e-4a59-9d7c-6f1d2a3b4c5d", "status": "PENDING",
+         "position": {"partition": 3, "offset": 41}},
+        {"problem": {"type": "https://taskflow.dev/problems/validation",
+                     "title": "Unprocessable content", "status": 422,
+                     "detail": "the task is not valid",
+                     "errors": [{"loc": ["body", "tasks", 1, "title"],
+                                 "msg": "String should have at least 1 character",
+                                 "type": "string_too_short"}]}}]}]})
+
+    items: list[BatchItemOut]

@@ -10,6 +10,7 @@ the append may still create. ``Idempotency-Key`` submits are handled here too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections import Counter, OrderedDict
@@ -18,12 +19,14 @@ from typing import Any
 
 import orjson
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import metrics
 from api.auth import Tenant
-from api.problems import Invalid, for_log_down
-from api.schemas import PositionOut, TaskAccepted, TaskIn
+from api.problems import BASE, Invalid, Problem, for_log_down
+from api.schemas import BatchItemIn, PositionOut, TaskAccepted, TaskIn
 from events import constants, ids, queries
 from events.errors import LogUnavailable
 from events.log import EventProducer
@@ -105,6 +108,54 @@ def _digest(spec: dict[str, Any]) -> bytes:
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).digest()
 
 
+def keyed_id(tenant: Tenant, key: str) -> uuid.UUID:
+    """The task an ``Idempotency-Key`` names: the same (tenant, key), the same task."""
+    return uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{key}")
+
+
+_KEY_REUSED = Invalid("Idempotency-Key was already used with a different body",
+                      errors=[{"loc": ["header", "Idempotency-Key"],
+                               "msg": "reused with a different body", "type": "idempotency"}])
+
+
+async def _keyed_known(state: Any, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """The read model's rows of these keyed tasks (one query for a whole batch)."""
+    if not task_ids:
+        return {}
+    db: AsyncEngine = state.engine
+    return await queries.get_tasks(db, task_ids=task_ids)
+
+
+async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: bytes,
+                  existing: dict[str, Any] | None) -> TaskAccepted | None:
+    """The earlier acceptance of a keyed task, if there was one; ``Invalid`` if that
+    task had another body. Call it holding the task's ``key_lock``."""
+    recent = _recent_keyed.get(task_id)
+    if existing is None and recent is None:
+        return None
+    if recent is not None:
+        same = recent[0] == digest
+    else:
+        assert existing is not None
+        same = {k: existing[k] for k in _SPEC} == spec
+    if not same:
+        raise _KEY_REUSED
+    if recent is not None:
+        position = recent[1]
+    else:
+        db: AsyncEngine = state.engine
+        first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
+        position = PositionOut(**first.get("position", {"partition": 0, "offset": 0}))
+    status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+    return TaskAccepted(task_id=task_id, status=status, position=position)
+
+
+def _remember(task_id: uuid.UUID, digest: bytes, p: Position) -> None:
+    _recent_keyed[task_id] = (digest, PositionOut(partition=p.partition, offset=p.offset))
+    while len(_recent_keyed) > RECENT_KEYED_MAX:
+        _recent_keyed.popitem(last=False)
+
+
 async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
                       idempotency_key: str | None = None) -> Response:
     """Append ``task.created`` and answer once Kafka acknowledged: 202, the 200 replay of
@@ -126,31 +177,13 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
         metrics.SUBMITTED.labels(body.type).inc()
         return accepted_response(task_id, p)
     # Derived id: the same (tenant, key) always names the same task, with no key store.
-    task_id = uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}")
+    task_id = keyed_id(tenant, idempotency_key)
     async with key_lock(state, task_id):
         spec = body.model_dump(include=set(_SPEC))
-        db: AsyncEngine = state.engine
-        existing = await queries.get_task(db, task_id=task_id)
-        recent = _recent_keyed.get(task_id)
-        if existing is not None or recent is not None:
-            if recent is not None:
-                same = recent[0] == _digest(spec)
-            else:
-                assert existing is not None
-                same = {k: existing[k] for k in _SPEC} == spec
-            if not same:
-                raise Invalid("Idempotency-Key was already used with a different body",
-                              errors=[{"loc": ["header", "Idempotency-Key"],
-                                       "msg": "reused with a different body",
-                                       "type": "idempotency"}])
-            if recent is not None:
-                position = recent[1]
-            else:
-                first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
-                position = PositionOut(**first.get("position",
-                                                   {"partition": 0, "offset": 0}))
-            status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
-            replay = TaskAccepted(task_id=task_id, status=status, position=position)
+        digest = _digest(spec)
+        known = await _keyed_known(state, [task_id])
+        replay = await _replay(state, task_id, spec, digest, known.get(task_id))
+        if replay is not None:
             return Response(replay.model_dump_json(), status_code=200,
                             media_type="application/json",
                             headers={"Location": f"/tasks/{task_id}",
@@ -160,17 +193,24 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
         except LogUnavailable as exc:
             return for_log_down(request, exc, task_id=str(task_id),
                                note=KEYED_LOG_DOWN_NOTE)
-        accepted_at = PositionOut(partition=p.partition, offset=p.offset)
-        _recent_keyed[task_id] = (_digest(spec), accepted_at)
-        while len(_recent_keyed) > RECENT_KEYED_MAX:
-            _recent_keyed.popitem(last=False)
+        _remember(task_id, digest, p)
     metrics.SUBMITTED.labels(body.type).inc()
     return accepted_response(task_id, p)
 
 
-async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant) -> Response:
-    """All of ``tasks`` in one append, or none: 202 with each id and position, or 503
-    naming every id the append may still create."""
+def validation_errors(exc: ValidationError, prefix: list[str | int]) -> list[dict[str, Any]]:
+    """pydantic's errors as the API's problem+json lists them (``api/problems.py``)."""
+    return [{"loc": [*prefix, *(p if isinstance(p, int) else str(p) for p in e["loc"])],
+             "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+async def accept_batch(request: Request, raw: Sequence[Any], tenant: Tenant) -> Response:
+    """All of ``raw`` in one append, or none: 202 with each id and position, or 503
+    naming every id the append may still create; any invalid task refuses the batch."""
+    try:
+        tasks = _TASKS.validate_python(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(validation_errors(exc, ["body", "tasks"])) from None
     settings: Settings = request.app.state.settings
     producer: EventProducer = request.app.state.producer
     for i, t in enumerate(tasks):
@@ -189,3 +229,88 @@ async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant
     return Response(orjson.dumps({"items": [
         pending(i, p) for i, p in zip(task_ids, positions, strict=True)]}),
         status_code=202, media_type="application/json")
+
+
+_TASKS = TypeAdapter(list[TaskIn])
+
+
+def _item_problem(request: Request, exc: Problem) -> dict[str, Any]:
+    return {"type": BASE + exc.kind, "title": exc.title, "status": exc.status,
+            "detail": exc.detail, "instance": request.url.path, **exc.extra}
+
+
+async def accept_batch_partial(request: Request, raw: Sequence[Any],
+                               tenant: Tenant) -> Response:
+    """Each task of ``raw`` on its own: 207 with, per task, its id and position or its
+    problem. Items may carry an ``idempotency_key`` with ``POST /tasks``' meaning: the
+    same key names the same task, whether it came alone or in a batch. The accepted ones
+    go in one append; if the log does not acknowledge it, 503 names their ids."""
+    state = request.app.state
+    settings: Settings = state.settings
+    producer: EventProducer = state.producer
+    out: list[dict[str, Any] | None] = [None] * len(raw)
+    todo: list[tuple[int, BatchItemIn, uuid.UUID, bytes | None]] = []
+    for i, item in enumerate(raw):
+        try:
+            t = BatchItemIn.model_validate(item)
+            check_type(t, settings, ["body", "tasks", i])
+        except ValidationError as exc:
+            out[i] = {"problem": _item_problem(request, Invalid(
+                "the task is not valid",
+                errors=validation_errors(exc, ["body", "tasks", i])))}
+            continue
+        except Problem as exc:
+            out[i] = {"problem": _item_problem(request, exc)}
+            continue
+        if t.idempotency_key is None:
+            todo.append((i, t, ids.uuid4(), None))
+        else:
+            todo.append((i, t, keyed_id(tenant, t.idempotency_key),
+                         _digest(t.model_dump(include=set(_SPEC)))))
+    locks = sorted({key_lock(state, tid) for _, _, tid, d in todo if d is not None}, key=id)
+    async with contextlib.AsyncExitStack() as stack:
+        for lock in locks:
+            await stack.enter_async_context(lock)
+        new: list[tuple[int, BatchItemIn, uuid.UUID, bytes | None]] = []
+        first: dict[uuid.UUID, tuple[int, bytes]] = {}  # keyed tasks new in this batch
+        known = await _keyed_known(state, [tid for _, _, tid, d in todo if d is not None])
+        for i, t, tid, digest in todo:
+            if digest is None:
+                new.append((i, t, tid, None))
+                continue
+            seen = first.get(tid)
+            if seen is not None:
+                if seen[1] != digest:
+                    out[i] = {"problem": _item_problem(request, _KEY_REUSED)}
+                else:
+                    out[i] = {"same_as": seen[0]}
+                continue
+            try:
+                replay = await _replay(state, tid, t.model_dump(include=set(_SPEC)), digest,
+                                       known.get(tid))
+            except Problem as exc:
+                out[i] = {"problem": _item_problem(request, exc)}
+                continue
+            if replay is not None:
+                out[i] = {**replay.model_dump(mode="json"), "replayed": True}
+                continue
+            first[tid] = (i, digest)
+            new.append((i, t, tid, digest))
+        if new:
+            try:
+                positions = await producer.append([created_event(t, tid, tenant)
+                                                   for _, t, tid, _ in new])
+            except LogUnavailable as exc:
+                return for_log_down(request, exc, task_ids=[str(tid) for _, _, tid, _ in new],
+                                    note=KEYED_LOG_DOWN_NOTE)
+            for (i, _, tid, digest), p in zip(new, positions, strict=True):
+                out[i] = pending(tid, p)
+                if digest is not None:
+                    _remember(tid, digest, p)
+    for type_, n in Counter(t.type for _, t, _, _ in new).items():
+        metrics.SUBMITTED.labels(type_).inc(n)
+    for i, o in enumerate(out):
+        if o is not None and "same_as" in o:
+            out[i] = {**(out[o["same_as"]] or {}), "replayed": True}
+    return Response(orjson.dumps({"items": out}), status_code=207,
+                    media_type="application/json")

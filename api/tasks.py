@@ -23,6 +23,7 @@ from api.schemas import (
     TYPE_PATTERN,
     BatchAccepted,
     BatchIn,
+    BatchOutcome,
     EventPage,
     QueryTime,
     TaskAccepted,
@@ -60,10 +61,20 @@ async def submit_task(
 
 
 @router.post("/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"],
-             responses=documented(401, 413, 415, 422, 429, 503))
-async def submit_batch(body: BatchIn, request: Request,
-                       tenant: TenantDep) -> Response:
-    """Up to 1,000 tasks in one round trip: all valid or none accepted, one Kafka flush."""
+             responses={**documented(401, 413, 415, 422, 429, 503),
+                        207: {"model": BatchOutcome,
+                              "description": "With ?partial=true: each task's own outcome"}})
+async def submit_batch(
+    body: BatchIn, request: Request, tenant: TenantDep,
+    partial: Annotated[bool, Query(
+        description="Accept the valid tasks and refuse the others, each on its own (207 "
+        "with an outcome per task); a task may carry an idempotency_key. Without it the "
+        "batch is all or nothing.")] = False,
+) -> Response:
+    """Up to 1,000 tasks in one round trip and one Kafka flush: all valid or none accepted,
+    or with ``?partial=true`` each task accepted or refused on its own."""
+    if partial:
+        return await submit.accept_batch_partial(request, body.tasks, tenant)
     return await submit.accept_batch(request, body.tasks, tenant)
 
 

@@ -72,6 +72,15 @@ async def get_task(engine: AsyncEngine, *, task_id: uuid.UUID) -> dict[str, Any]
     return dict(row._mapping) if row else None
 
 
+async def get_tasks(engine: AsyncEngine, *,
+                    task_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """The rows of those of ``task_ids`` that exist, by id, in one query."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(*_TASK_COLS).where(
+            tasks.c.task_id.in_(task_ids)))).all()
+    return {r.task_id: dict(r._mapping) for r in rows}
+
+
 async def list_tasks(
     engine: AsyncEngine,
     *,
