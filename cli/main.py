@@ -362,6 +362,63 @@ def keys_list() -> None:
         print(orjson.dumps(r, default=str).decode())
 
 
+def _api_url() -> str:
+    s = get_settings()
+    return f"http://{s.api_host}:{s.api_port}"
+
+
+Url = Annotated[str | None, typer.Option(
+    envvar="TASKFLOW_URL", help="the API (default: http://TASKFLOW_API_HOST:TASKFLOW_API_PORT)")]
+ApiKey = Annotated[str | None, typer.Option(envvar="TASKFLOW_API_KEY", help="API key")]
+
+
+@app.command()
+def submit(
+    type: Annotated[str, typer.Option(help="the task type (handler name)")] = "echo",
+    payload: Annotated[str, typer.Option(help="the payload, a JSON object")] = "{}",
+    title: Annotated[str | None, typer.Option(help="default: the type")] = None,
+    priority: Annotated[int | None, typer.Option()] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="default: a new one")] = None,
+    delay_s: Annotated[float | None, typer.Option(help="start after this many seconds")]
+    = None,
+    run_at: Annotated[str | None, typer.Option(help="start at this RFC 3339 time")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="print the final state too")] = False,
+    timeout: Annotated[float | None, typer.Option(help="for --wait, in seconds")] = None,
+    url: Url = None, api_key: ApiKey = None,
+) -> None:
+    """Submit a task through the SDK; print it as JSON (with --wait, its end too)."""
+    from cli import client
+
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(body, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--payload")
+    raise typer.Exit(client.submit(url or _api_url(), api_key, title=title or type,
+                                   type_=type, payload=body, priority=priority,
+                                   idempotency_key=idempotency_key, delay_s=delay_s,
+                                   run_at=run_at, wait=wait, timeout=timeout))
+
+
+@app.command()
+def watch(
+    status: Annotated[list[str] | None, typer.Option(help="only these statuses (repeat)")]
+    = None,
+    task_id: Annotated[list[str] | None, typer.Option(help="only these tasks (repeat)")]
+    = None,
+    after: Annotated[int | None, typer.Option(help="start after this change position")]
+    = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many changes")] = None,
+    url: Url = None, api_key: ApiKey = None,
+) -> None:
+    """Print every change as a JSON line as it happens; resumes by itself."""
+    from cli import client
+
+    raise typer.Exit(client.watch(url or _api_url(), api_key, status=status,
+                                  task_id=task_id, after=after, count=count))
+
+
 @app.command()
 def run() -> None:
     """Run API, worker and projector together; a child that dies is restarted (Ctrl-C stops
