@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--api-workers", type=int, default=2,
                     help="uvicorn processes of the API (one per core of this 2-core machine)")
     ap.add_argument("--workers", type=int, default=1, help="TaskFlow worker processes")
-    ap.add_argument("--n", type=int, help="override the end-to-end N")
+    ap.add_argument("--n", type=int, help="override the end-to-end N (e2e and sdk)")
     ap.add_argument("--subscribers", type=int, help="override the SSE fan-out subscribers")
     ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
     ap.add_argument("--keep", action="store_true",

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import scenarios
+from bench import scenarios, sdk
 from bench.peers import Peer
 from bench.procs import LOGS, Redis
 from bench.report import machine, table, write_json
@@ -22,7 +22,7 @@ from bench.world import TEMPLATE, Lab, db_url
 from events.db import asyncpg_dsn
 from events.settings import get_settings
 
-SCENARIOS = ("submit", "e2e", "latency", "projector", "fanout", "reads")
+SCENARIOS = ("submit", "e2e", "latency", "sdk", "projector", "fanout", "reads")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Sizes:
     concurrency: int = 64  # connections of the single-POST client
     batch_concurrency: int = 8
     e2e_n: int = 20_000
+    sdk_n: int = 20_000  # the sdk scenario: tasks submitted through the Python SDK
     latency_rate: float = 200.0  # tasks/s
     latency_s: float = 10.0
     rest_s: float = 5.0  # CPU of every service at rest, measured before the latency run
@@ -57,14 +58,16 @@ class Sizes:
     reads_p99_target_ms: float = 50.0
 
 
-QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, latency_s=2.0, rest_s=2.0,
+QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latency_s=2.0,
+              rest_s=2.0,
               projector_tasks=2000,
               rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0,
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000,
               reads_tasks=100_000, reads_requests=300)
 # For a test that only asserts the bench runs and prints its table.
-SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=1.0,
+SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
+              latency_s=1.0,
               rest_s=0.5,
               projector_tasks=300,
               projector_repeats=2,
@@ -81,7 +84,7 @@ class Run:
         self.args = args
         sizes = SMOKE if args.smoke else QUICK if args.quick else Sizes()
         if args.n:
-            sizes = Sizes(**{**asdict(sizes), "e2e_n": args.n})
+            sizes = Sizes(**{**asdict(sizes), "e2e_n": args.n, "sdk_n": args.n})
         if args.subscribers:
             sizes = Sizes(**{**asdict(sizes), "fanout_subscribers": args.subscribers})
         self.sizes = sizes
@@ -140,7 +143,8 @@ class Run:
         t0 = time.monotonic()
         await self.lab.prepare()
         pg = await self._postgres_version()
-        need_peers = not a.no_peers and bool({"submit", "e2e", "latency"} & set(a.scenarios))
+        need_peers = not a.no_peers and bool({"submit", "e2e", "latency", "sdk"}
+                                               & set(a.scenarios))
         try:
             if need_peers:
                 self.redis = Redis().start(self.log_dir)
@@ -149,6 +153,8 @@ class Run:
                 await scenarios.submit(self)
             if {"e2e", "latency"} & set(a.scenarios):
                 await scenarios.live(self)
+            if "sdk" in a.scenarios:
+                await sdk.scenario(self)
             if "projector" in a.scenarios:
                 await scenarios.projector(self)
             if "fanout" in a.scenarios:
