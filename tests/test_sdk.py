@@ -15,13 +15,17 @@ from taskflow_client import (
     Conflict,
     NotFound,
     ProblemError,
+    RateLimited,
+    Retry,
     TaskFlow,
     TaskFlowError,
     TaskSpec,
+    Unauthorized,
     ValidationError,
 )
 
 from tests.helpers import ROOT, Env, wait_until
+from tests.test_api import cli
 
 
 async def _stack(env: Env) -> None:
@@ -133,6 +137,27 @@ async def test_sync_client(env: Env) -> None:
     status, result, pages, kinds = await asyncio.to_thread(use)
     assert (status, result, pages) == ("DONE", "s", 1)
     assert kinds[0] == "task.created" and kinds[-1] == "task.done"
+
+
+async def test_api_key_and_rate_limit(env: Env) -> None:
+    env.proc("projector")
+    await env.api(TASKFLOW_AUTH="true", TASKFLOW_RATE_LIMIT_PER_S="2",
+                  TASKFLOW_RATE_LIMIT_BURST="3")
+    key = cli(env, "keys", "create", "--tenant", "acme")
+    async with AsyncTaskFlow(env.base_url) as anonymous:
+        with pytest.raises(Unauthorized) as denied:
+            await anonymous.get(str(uuid.uuid4()))
+        assert denied.value.status == 401
+    async with AsyncTaskFlow(env.base_url, key, retries=Retry(attempts=1)) as tf:
+        h = await tf.submit("mine", payload={"message": "k"})
+        with pytest.raises(RateLimited) as limited:
+            for _ in range(10):
+                await tf.get(h.id)
+        assert limited.value.status == 429 and (limited.value.retry_after or 0) >= 1
+    async with AsyncTaskFlow(env.base_url, key) as patient:
+        # Retried after Retry-After, every call gets through.
+        got = [await patient.get(h.id) for _ in range(6)]
+        assert {t.id for t in got} == {h.id}
 
 
 def test_sdk_passes_mypy_strict() -> None:
