@@ -9,7 +9,7 @@ import contextlib
 import time
 
 import pytest
-from taskflow_client import AsyncTaskFlow, Retry, Unavailable, ValidationError
+from taskflow_client import AsyncTaskFlow, Retry, TransportError, Unavailable, ValidationError
 
 from tests.helpers import Env, free_port, wait_until
 from tests.test_sse import positions
@@ -188,3 +188,31 @@ async def test_stream_resumes_across_an_api_restart_without_gap_or_repeat(env: E
 
 async def _some(seen: list[int], n: int) -> bool:
     return len(seen) >= n
+
+
+async def test_a_silent_stream_counts_as_broken() -> None:
+    """A stream whose connection died without a FIN or RST sends nothing, not even the
+    heartbeat: the reader gives up after ``idle_s`` instead of waiting forever."""
+    from taskflow_client._http import Transport
+
+    async def mute(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\n: hi\n\r\n")
+        await w.drain()
+        await asyncio.sleep(30)
+
+    port = free_port()
+    server = await asyncio.start_server(mute, "127.0.0.1", port)
+    t = Transport(f"http://127.0.0.1:{port}")
+    got: list[bytes] = []
+    try:
+        async with t.stream("/events", idle_s=0.5) as (resp, chunks):
+            assert resp.status == 200
+            with pytest.raises(TransportError, match=r"nothing for 0\.5 s"):
+                async for c in chunks:
+                    got.append(c)
+    finally:
+        server.close()
+        await t.close()
+    assert got == [b": hi\n"]

@@ -19,6 +19,9 @@ from taskflow_client.errors import TransportError
 
 MAX_HEAD = 1 << 16  # bytes of a response's status line and headers
 READ_LIMIT = 1 << 20  # the stream reader's buffer
+# seconds without a byte before a stream counts as dead: the API sends a heartbeat
+# comment every 15 s (TASKFLOW_SSE_HEARTBEAT_S), so this allows for three lost ones
+STREAM_IDLE_S = 60.0
 
 
 @dataclass(slots=True)
@@ -153,12 +156,14 @@ class Transport:
         return Response(status, headers, body), keep
 
     @contextlib.asynccontextmanager
-    async def stream(self, path: str, headers: dict[str, str] | None = None
+    async def stream(self, path: str, headers: dict[str, str] | None = None, *,
+                     idle_s: float = STREAM_IDLE_S
                      ) -> AsyncIterator[tuple[Response, AsyncIterator[bytes]]]:
         """A GET whose body is read as it comes, on its own connection (an SSE stream).
 
         Yields the response (status and headers; ``body`` holds an error answer's body)
-        and an iterator over the body's chunks.
+        and an iterator over the body's chunks, which raises ``TransportError`` when
+        nothing arrives for ``idle_s`` seconds (a connection that died silently).
         """
         conn = await self._open()
         try:
@@ -183,7 +188,7 @@ class Transport:
                                 int(head.get("content-length", "0")))
                 yield Response(status, head, body), _empty()
                 return
-            yield Response(status, head, b""), _body(conn.r, chunked, path)
+            yield Response(status, head, b""), _body(conn.r, chunked, path, idle_s)
         finally:
             conn.close()
 
@@ -198,16 +203,26 @@ async def _empty() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover
 
 
-async def _body(r: asyncio.StreamReader, chunked: bool, path: str) -> AsyncIterator[bytes]:
+async def _body(r: asyncio.StreamReader, chunked: bool, path: str,
+                idle_s: float) -> AsyncIterator[bytes]:
+    chunks = _chunks(r) if chunked else _raw(r)
     try:
-        if chunked:
-            async for c in _chunks(r):
-                yield c
-        else:
-            while data := await r.read(65536):
-                yield data
+        while True:
+            async with asyncio.timeout(idle_s):
+                data = await anext(chunks, None)
+            if data is None:
+                return
+            yield data
+    except TimeoutError:
+        raise TransportError(f"GET {path}: nothing for {idle_s:g} s, not even a heartbeat",
+                             url=path) from None
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         raise TransportError(f"GET {path}: the stream broke: {exc!r}", url=path) from None
+
+
+async def _raw(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    while data := await r.read(65536):
+        yield data
 
 
 async def _read_head(r: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
