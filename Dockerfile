@@ -15,7 +15,9 @@ COPY events ./events
 COPY migrations ./migrations
 COPY projector ./projector
 COPY worker ./worker
-RUN pip install . \
+# The SDK: `taskflow submit` and `taskflow watch` use it.
+COPY sdk/python ./sdk/python
+RUN pip install . ./sdk/python \
     && useradd --system --uid 10001 --no-create-home taskflow
 
 WORKDIR /
