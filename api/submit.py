@@ -113,9 +113,11 @@ def keyed_id(tenant: Tenant, key: str) -> uuid.UUID:
     return uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{key}")
 
 
-_KEY_REUSED = Invalid("Idempotency-Key was already used with a different body",
-                      errors=[{"loc": ["header", "Idempotency-Key"],
-                               "msg": "reused with a different body", "type": "idempotency"}])
+def _key_reused(loc: list[str | int] | None = None) -> Invalid:
+    # A new one each time: an exception raised again keeps growing its traceback.
+    return Invalid("Idempotency-Key was already used with a different body",
+                   errors=[{"loc": loc or ["header", "Idempotency-Key"],
+                            "msg": "reused with a different body", "type": "idempotency"}])
 
 
 async def _keyed_known(state: Any, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
@@ -127,7 +129,8 @@ async def _keyed_known(state: Any, task_ids: list[uuid.UUID]) -> dict[uuid.UUID,
 
 
 async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: bytes,
-                  existing: dict[str, Any] | None) -> TaskAccepted | None:
+                  existing: dict[str, Any] | None,
+                  loc: list[str | int] | None = None) -> TaskAccepted | None:
     """The earlier acceptance of a keyed task, if there was one; ``Invalid`` if that
     task had another body. Call it holding the task's ``key_lock``."""
     recent = _recent_keyed.get(task_id)
@@ -139,7 +142,7 @@ async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: 
         assert existing is not None
         same = {k: existing[k] for k in _SPEC} == spec
     if not same:
-        raise _KEY_REUSED
+        raise _key_reused(loc)
     if recent is not None:
         position = recent[1]
     else:
@@ -281,13 +284,14 @@ async def accept_batch_partial(request: Request, raw: Sequence[Any],
             seen = first.get(tid)
             if seen is not None:
                 if seen[1] != digest:
-                    out[i] = {"problem": _item_problem(request, _KEY_REUSED)}
+                    out[i] = {"problem": _item_problem(request, _key_reused(
+                        ["body", "tasks", i, "idempotency_key"]))}
                 else:
                     out[i] = {"same_as": seen[0]}
                 continue
             try:
                 replay = await _replay(state, tid, t.model_dump(include=set(_SPEC)), digest,
-                                       known.get(tid))
+                                       known.get(tid), ["body", "tasks", i, "idempotency_key"])
             except Problem as exc:
                 out[i] = {"problem": _item_problem(request, exc)}
                 continue

@@ -33,7 +33,9 @@ async def test_partial_batch_answers_each_task(env: Env) -> None:
         assert unknown["problem"]["errors"][0]["loc"] == ["body", "tasks", 2, "type"]
         assert not keyed.get("replayed") and again["replayed"]
         assert again["task_id"] == keyed["task_id"] and again["position"] == keyed["position"]
-        assert clash["problem"]["errors"][0]["type"] == "idempotency"
+        assert clash["problem"]["errors"] == [{"loc": ["body", "tasks", 5, "idempotency_key"],
+                                               "msg": "reused with a different body",
+                                               "type": "idempotency"}]
         assert junk["problem"]["errors"][0]["loc"] == ["body", "tasks", 6]
         assert badkey["problem"]["errors"][0]["loc"] == ["body", "tasks", 7,
                                                         "idempotency_key"]
@@ -45,10 +47,15 @@ async def test_partial_batch_answers_each_task(env: Env) -> None:
                              json={"tasks": [{"title": "keyed", "idempotency_key": "k1"}]})
         assert later.json()["items"][0]["task_id"] == keyed["task_id"]
         assert later.json()["items"][0]["replayed"] is True
+        changed = await c.post("/tasks:batch?partial=true", json={"tasks": [
+            {"title": "fine"}, {"title": "changed", "idempotency_key": "k1"}]})
+        assert changed.json()["items"][1]["problem"]["errors"][0]["loc"] == [
+            "body", "tasks", 1, "idempotency_key"]
         # Without the flag the batch stays all-or-nothing.
         strict = await c.post("/tasks:batch", json={"tasks": [{"title": "fine"},
                                                                {"title": ""}]})
         assert strict.status_code == 422
     created = sorted(str(ev.subject) for _, ev in await env.log_events()
                      if ev.type == "task.created")
-    assert created == sorted([ok["task_id"], keyed["task_id"]])
+    fine = changed.json()["items"][0]["task_id"]
+    assert created == sorted([ok["task_id"], keyed["task_id"], fine])
