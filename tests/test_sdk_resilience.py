@@ -125,6 +125,17 @@ async def test_auto_batching_1000_concurrent_submits(env: Env) -> None:
     assert sorted(await _created(env)) == sorted(ids)
 
 
+async def test_a_batch_goes_out_at_its_size_or_its_window(env: Env) -> None:
+    await env.api()
+    async with Proxy(env.api_port, fail_first=False) as proxy, \
+            AsyncTaskFlow(proxy.url, batch_max=100, batch_window_s=0.3) as tf:
+        first = await asyncio.gather(*(tf.submit(f"z{i}") for i in range(250)))
+        alone = await tf.submit("late")
+    assert len({h.id for h in first} | {alone.id}) == 251
+    # 100 + 100 at their size, 50 when the window closed, then the late one alone.
+    assert proxy.requests == ["POST /tasks:batch?partial=true HTTP/1.1"] * 4
+
+
 async def test_auto_batching_can_be_turned_off(env: Env) -> None:
     await env.api()
     async with Proxy(env.api_port, fail_first=False) as proxy, \
