@@ -206,12 +206,15 @@ async def test_a_silent_stream_counts_as_broken() -> None:
     heartbeat: the reader gives up after ``idle_s`` instead of waiting forever."""
     from taskflow_client._http import Transport
 
+    release = asyncio.Event()
+
     async def mute(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.readuntil(b"\r\n\r\n")
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n5\r\n: hi\n\r\n")
         await w.drain()
-        await asyncio.sleep(30)
+        await release.wait()
+        w.close()
 
     port = free_port()
     server = await asyncio.start_server(mute, "127.0.0.1", port)
@@ -224,6 +227,9 @@ async def test_a_silent_stream_counts_as_broken() -> None:
                 async for c in chunks:
                     got.append(c)
     finally:
+        release.set()
+        await asyncio.sleep(0.1)  # the handler closes its side
         server.close()
+        await server.wait_closed()
         await t.close()
     assert got == [b": hi\n"]
