@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps bench-deps run test test-fast lint bench stack-up stack-down clean
+.PHONY: install system-deps bench-deps tools run test test-fast lint bench stack-up stack-down clean
 
 install: system-deps $(STAMP)
 
@@ -44,7 +44,7 @@ stack-down:
 run: stack-up
 	$(BIN)/taskflow run
 
-test: stack-up bench-deps
+test: stack-up bench-deps tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests that need neither Kafka nor Postgres (fold, codec, schemas, limits, planners,
@@ -55,6 +55,16 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+
+# helm for the chart's tests (tests/test_helm.py), built from the Go module proxy.
+HELM_VERSION := v3.17.3
+TOOLS := $(CURDIR)/.tools
+
+tools: $(TOOLS)/helm
+
+$(TOOLS)/helm:
+	@command -v go >/dev/null || { echo "Go is required to build helm" >&2; exit 1; }
+	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 # The peers (Celery, Dramatiq) and their broker: redis-server from Debian's packages.
 bench-deps: install $(VENV)/.bench-installed

@@ -64,7 +64,9 @@ async def _ensure_topics(who: str, *, attempts: int) -> None:
     s = get_settings()
     for attempt in range(attempts):
         try:
-            created = await ensure_topics(s.kafka_bootstrap, s.topic, s.partitions)
+            created = await ensure_topics(s.kafka_bootstrap, s.topic, s.partitions,
+                                          replication_factor=s.replication_factor,
+                                          min_insync_replicas=s.min_insync_replicas)
             break
         except Exception:
             if attempt == attempts - 1:

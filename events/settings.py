@@ -20,11 +20,28 @@ class Settings(BaseSettings):
     stack_dir: str = ""  # default: <project>/.stack
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
+    # `taskflow stack up --brokers N`: N combined broker+controller nodes. Their client
+    # and controller ports, comma-separated; by default kafka_port and
+    # kafka_controller_port, then each two higher per node.
+    stack_brokers: int = Field(default=1, ge=1)
+    kafka_ports: str = ""
+    kafka_controller_ports: str = ""
     pg_port: int = 15432
     kafka_bootstrap: str = ""  # default: 127.0.0.1:<kafka_port>
     database_url: str = ""  # default: postgresql+asyncpg://taskflow:taskflow@127.0.0.1:<pg_port>/taskflow
     topic: str = constants.TOPIC
     partitions: int = Field(default=constants.PARTITIONS, ge=1)
+    # Copies of each partition the topics are created with, and how many must hold a
+    # write before it is acknowledged (acks=all). 3 and 2 on a three-broker cluster.
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
+    # How clients reach the cluster (see docs/deploy.md): PLAINTEXT, SSL, SASL_PLAINTEXT
+    # or SASL_SSL; SASL with PLAIN or SCRAM-SHA-256/512; a CA file for SSL.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
     worker_group: str = constants.WORKER_GROUP
     worker_id: str = ""  # defaults to hostname-pid
     worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
@@ -37,6 +54,9 @@ class Settings(BaseSettings):
     # with ``@handler("name")`` (from worker.handlers).
     handler_modules: str = ""
     worker_metrics_port: int = Field(default=0, ge=0)  # 0 = no metrics endpoint
+    # A file the worker and projector touch each time round their consumer loop (at most
+    # once a second); its age is their liveness and readiness probe. Empty = none.
+    heartbeat_file: str = ""
     # How long a worker lane lets events gather before it opens a Kafka transaction (five
     # requests and two log writes on the broker). 0 by default: a quick task finishes in
     # the loop turn that started it, so its task.processing and task.done share one anyway.

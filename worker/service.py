@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from events import constants, runtime
 from events.errors import LogUnavailable, ProducerFencedOff
+from events.heartbeat import Heartbeat
 from events.log import (
     TP,
     GroupConsumer,
@@ -136,7 +137,9 @@ class Worker:
     async def _ensure_dead_letter_topic(self) -> None:
         s = self.settings
         if await ensure_topic(s.kafka_bootstrap, dead_letter_topic(s.topic),
-                              constants.DEAD_LETTER_PARTITIONS):
+                              constants.DEAD_LETTER_PARTITIONS,
+                              replication_factor=s.replication_factor,
+                              min_insync_replicas=s.min_insync_replicas):
             log.info("created the dead-letter topic %s", dead_letter_topic(s.topic))
         self._dlt_ready = True
 
@@ -278,7 +281,9 @@ class Worker:
         idle_since = time.monotonic()
         next_stall_check = time.monotonic() + STALL_CHECK_S
         limit = self.settings.worker_concurrency * 8
+        heartbeat = Heartbeat(self.settings.heartbeat_file)
         while not self._stopping.is_set():
+            heartbeat.beat()
             if self.in_flight > limit:
                 # Backpressure: stop polling until half the backlog is done. Not
                 # ``consumer.pause``: aiokafka drops a paused partition's fetched records

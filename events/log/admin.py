@@ -12,16 +12,25 @@ from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError,
 
 from events import constants
 from events.errors import LogUnavailable, ProducerFencedOff
+from events.log.security import client_options
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
-    """Create the event topic (kept forever) if it is missing; True if it was created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+async def ensure_topic(bootstrap: str, topic: str, partitions: int, *,
+                       replication_factor: int = 1, min_insync_replicas: int = 1) -> bool:
+    """Create the event topic (kept forever) if it is missing; True if it was created.
+
+    On a cluster, ``replication_factor`` 3 with ``min_insync_replicas`` 2 keeps every
+    acknowledged write (acks=all) through the loss of any one broker.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000,
+                                **client_options())
     await admin.start()
     try:
-        configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+        configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
+                   "min.insync.replicas": str(min_insync_replicas)}
         resp = await admin.create_topics(
-            [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
+            [NewTopic(topic, partitions, replication_factor, topic_configs=configs)],
+            timeout_ms=15_000,
         )
         # aiokafka returns the broker's per-topic errors rather than raising them.
         for _name, code, *rest in resp.topic_errors:
@@ -40,7 +49,8 @@ def dead_letter_topic(topic: str) -> str:
     return topic + constants.DEAD_LETTER_TOPIC_SUFFIX
 
 
-async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:
+async def ensure_topics(bootstrap: str, topic: str, partitions: int, *,
+                        replication_factor: int = 1, min_insync_replicas: int = 1) -> list[str]:
     """Create the event topic and its dead-letter topic where missing; the names created.
 
     Both are made wherever one is (``stack up``, ``migrate``, the worker at start), so
@@ -49,7 +59,8 @@ async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str
     created = []
     for name, n in ((topic, partitions),
                     (dead_letter_topic(topic), constants.DEAD_LETTER_PARTITIONS)):
-        if await ensure_topic(bootstrap, name, n):
+        if await ensure_topic(bootstrap, name, n, replication_factor=replication_factor,
+                              min_insync_replicas=min_insync_replicas):
             created.append(name)
     return created
 
@@ -62,7 +73,8 @@ async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
     """
     if not topics:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **client_options())
     try:
         await admin.start()
         await admin.delete_topics(list(topics), timeout_ms=30_000)
@@ -79,7 +91,8 @@ async def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, 
     error codes, and a broker's group-level error (a coordinator still loading, say) came
     back as an empty answer, indistinguishable from a group that committed nothing.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000,
+                                **client_options())
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
@@ -114,7 +127,7 @@ def log_down(exc: BaseException) -> bool:
 
 async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(),
                                 request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)

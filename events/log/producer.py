@@ -17,6 +17,7 @@ from events.errors import LogUnavailable, ProducerFencedOff
 from events.log import internals
 from events.log.partition import PARTITIONER, task_key
 from events.log.records import TP, RawMessage
+from events.log.security import client_options
 from events.models import CloudEvent, Position
 
 BATCHED_APPEND_MIN = 16  # from this many events, an append fills record batches itself
@@ -61,7 +62,7 @@ class EventProducer:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            bootstrap_servers=self._bootstrap, **client_options(),
             acks="all",
             enable_idempotence=True,
             # No linger: under load, submits that arrive while a partition's request is
@@ -180,7 +181,7 @@ class TransactionalProducer:
         self.timeout_s = timeout_s
         internals.set_txn_conflict_backoff(constants.TXN_CONFLICT_BACKOFF_S)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=bootstrap, **client_options(),
             transactional_id=transactional_id,
             enable_idempotence=True,
             acks="all",
