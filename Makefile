@@ -60,11 +60,24 @@ lint: install
 HELM_VERSION := v3.17.3
 TOOLS := $(CURDIR)/.tools
 
-tools: $(TOOLS)/helm
+# The Docker client's compose plugin, for `docker compose config` (tests/test_compose_config.py);
+# no engine is needed. Its module has exclude directives, so `go install` refuses it: it is
+# built from its own module directory.
+COMPOSE_VERSION := v5.6.0
+COMPOSE_PLUGIN := $(TOOLS)/docker/cli-plugins/docker-compose
+
+tools: $(TOOLS)/helm $(COMPOSE_PLUGIN)
 
 $(TOOLS)/helm:
 	@command -v go >/dev/null || { echo "Go is required to build helm" >&2; exit 1; }
 	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(COMPOSE_PLUGIN):
+	@command -v go >/dev/null || { echo "Go is required to build docker compose" >&2; exit 1; }
+	src=$$(go mod download -json github.com/docker/compose/v5@$(COMPOSE_VERSION) | \
+		$(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') && \
+	tmp=$$(mktemp -d) && cp -r "$$src/." "$$tmp" && chmod -R u+w "$$tmp" && \
+	(cd "$$tmp" && go build -o $(COMPOSE_PLUGIN) ./cmd) && rm -rf "$$tmp"
 
 # The peers (Celery, Dramatiq) and their broker: redis-server from Debian's packages.
 bench-deps: install $(VENV)/.bench-installed

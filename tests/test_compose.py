@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,9 @@ def env_of(service: str) -> dict[str, str]:
 
 def command_of(service: str) -> list[str]:
     cmd = SERVICES[service]["command"]
-    return cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+    cmd = cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+    # ${VAR:-default}, as compose interpolates it when VAR is unset
+    return [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", c) for c in cmd]
 
 
 def test_services_are_exactly_the_system() -> None:
