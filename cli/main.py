@@ -36,27 +36,38 @@ def main(version: Annotated[bool, typer.Option(
 
 
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(brokers: Annotated[int | None, typer.Option(
+        min=1, help="Kafka nodes (each broker and controller); ports from "
+        "TASKFLOW_KAFKA_PORTS and TASKFLOW_KAFKA_CONTROLLER_PORTS")] = None) -> None:
     """Start Kafka and Postgres (idempotent), create the topic and the database."""
+    import os
+
     from cli.stack import Stack
 
+    if brokers is not None:  # the default bootstrap (every node) follows it
+        os.environ["TASKFLOW_STACK_BROKERS"] = str(brokers)
+        get_settings.cache_clear()
     s = get_settings()
     st = Stack(s)
     st.pg_up()
     st.kafka_up()
-    asyncio.run(_bootstrap())
+    # On a cluster the topics get 3 copies, of which 2 must hold each write.
+    rf = max(s.replication_factor, min(3, s.stack_brokers))
+    asyncio.run(_bootstrap(rf, max(s.min_insync_replicas, rf - 1)))
 
 
-async def _bootstrap() -> None:
+async def _bootstrap(replication_factor: int, min_insync_replicas: int) -> None:
     from events.db import ensure_database
 
     s = get_settings()
     if await ensure_database(s.database_url):
         print(f"stack: created database {s.database_url.rsplit('/', 1)[-1]}", file=sys.stderr)
-    await _ensure_topics("stack", attempts=60)
+    await _ensure_topics("stack", attempts=60, replication_factor=replication_factor,
+                         min_insync_replicas=min_insync_replicas)
 
 
-async def _ensure_topics(who: str, *, attempts: int) -> None:
+async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | None = None,
+                         min_insync_replicas: int | None = None) -> None:
     """Create the event topic and its dead-letter topic if missing, retrying twice a second
     (the broker may still be electing itself controller); raises the last error."""
     from events.log import ensure_topics
@@ -64,9 +75,10 @@ async def _ensure_topics(who: str, *, attempts: int) -> None:
     s = get_settings()
     for attempt in range(attempts):
         try:
-            created = await ensure_topics(s.kafka_bootstrap, s.topic, s.partitions,
-                                          replication_factor=s.replication_factor,
-                                          min_insync_replicas=s.min_insync_replicas)
+            created = await ensure_topics(
+                s.kafka_bootstrap, s.topic, s.partitions,
+                replication_factor=replication_factor or s.replication_factor,
+                min_insync_replicas=min_insync_replicas or s.min_insync_replicas)
             break
         except Exception:
             if attempt == attempts - 1:

@@ -107,10 +107,24 @@ class Settings(BaseSettings):
         # Cached: POST /tasks:batch asks once per task (it was 4 % of a batch's CPU).
         return tuple(t.strip() for t in self.task_types.split(",") if t.strip())
 
+    def stack_node_ports(self, brokers: int) -> list[tuple[int, int]]:
+        """(client port, controller port) of each node of a local ``brokers``-node stack."""
+        def ports(listed: str, first: int) -> list[int]:
+            given = [int(p) for p in listed.split(",") if p.strip()]
+            return given + [first + 2 * i for i in range(len(given), brokers)]
+
+        client = ports(self.kafka_ports, self.kafka_port)
+        controller = ports(self.kafka_controller_ports, self.kafka_controller_port)
+        if brokers == 1:  # the single node: kafka_port, as it always was
+            return [(self.kafka_port, self.kafka_controller_port)]
+        return list(zip(client[:brokers], controller[:brokers], strict=True))
+
     @model_validator(mode="after")
     def _local_stack_defaults(self) -> Settings:
         if not self.kafka_bootstrap:
-            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+            nodes = self.stack_node_ports(self.stack_brokers)
+            object.__setattr__(self, "kafka_bootstrap",
+                               ",".join(f"127.0.0.1:{c}" for c, _ in nodes))
         if not self.database_url:
             url = f"postgresql+asyncpg://taskflow:taskflow@127.0.0.1:{self.pg_port}/taskflow"
             object.__setattr__(self, "database_url", url)

@@ -20,6 +20,7 @@ unfinished task.
 from events.log.admin import (
     dead_letter_topic,
     delete_topics,
+    describe_partitions,
     ensure_topic,
     ensure_topics,
     fenced,
@@ -62,6 +63,7 @@ __all__ = [
     "_send_batches",
     "dead_letter_topic",
     "delete_topics",
+    "describe_partitions",
     "ensure_topic",
     "ensure_topics",
     "fenced",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -134,5 +135,21 @@ async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
         await asyncio.wait_for(admin.describe_cluster(), timeout_s)
     except (TimeoutError, KafkaError, OSError) as exc:
         raise LogUnavailable(f"kafka at {bootstrap}: {exc!r}") from None
+    finally:
+        await admin.close()
+
+
+async def describe_partitions(bootstrap: str, topic: str) -> dict[int, dict[str, Any]]:
+    """Each partition of ``topic``: its ``leader`` (a broker id, -1 if none), ``replicas``
+    and in-sync replicas (``isr``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000,
+                                **client_options())
+    await admin.start()
+    try:
+        (desc,) = await admin.describe_topics([topic])
+        if desc["error_code"]:
+            raise for_code(desc["error_code"])(f"cannot describe topic {topic!r}")
+        return {p["partition"]: {"leader": p["leader"], "replicas": list(p["replicas"]),
+                                 "isr": list(p["isr"])} for p in desc["partitions"]}
     finally:
         await admin.close()
