@@ -183,18 +183,21 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
     if row is None or not visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     status = TaskStatus(row["status"])
+    # Later events go where the task lives, even if the topic has grown since.
+    partition = (await queries.task_partitions(db, task_ids=[task_id])).get(task_id)
     if kind == "cancel":
         if status in TERMINAL:
             raise Conflict(f"task {task_id} is already {status.value}", task_status=status.value)
         ev = new_event(TaskCancelRequested(reason="api"), task_id=task_id,
                        source=constants.API_SOURCE, attempt=row["attempt"],
                        tenant=row.get("tenant"))
-        [pos] = await producer.append([ev])
+        [pos] = await producer.append([ev], partitions=[partition])
     else:
         if status is not TaskStatus.FAILED:
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
-        [pos] = await redrive(producer, [row], reason="api", source=constants.API_SOURCE)
+        [pos] = await redrive(producer, [{**row, "partition": partition}], reason="api",
+                              source=constants.API_SOURCE)
     return {"task_id": str(task_id), "status": status.value,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 

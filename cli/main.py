@@ -199,6 +199,28 @@ def projector(
     uvloop.run(serve(lambda: Projector(s), name="projector", burst=burst))
 
 
+topics_app = typer.Typer(no_args_is_help=True, help="The event topic.")
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("grow")
+def topics_grow(partitions: Annotated[int, typer.Option(
+        min=1, help="the partition count to grow the event topic to")]) -> None:
+    """Add partitions to the event topic; every task keeps the partition it is on."""
+    from events.log import grow_partitions
+
+    s = get_settings()
+    try:
+        before = asyncio.run(grow_partitions(s.kafka_bootstrap, s.topic, partitions))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--partitions") from None
+    if before == partitions:
+        print(f"topics: {s.topic} already has {partitions} partitions", file=sys.stderr)
+    else:
+        print(f"topics: {s.topic} grown from {before} to {partitions} partitions",
+              file=sys.stderr)
+
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
 app.add_typer(dlq_app, name="dlq")
 

@@ -5,7 +5,10 @@ from typing import Final
 TOPIC: Final = "taskflow.task-events"
 DEAD_LETTER_TOPIC_SUFFIX: Final = ".dlt"  # worker poison records go to <topic>.dlt
 DEAD_LETTER_PARTITIONS: Final = 1  # poison records are a trickle: one partition, in order
-PARTITIONS: Final = 6
+PARTITIONS: Final = 12  # of a new event topic; `taskflow topics grow` adds more later
+# ms between two metadata refreshes of a client (Kafka's default is 5 min): partitions a
+# grown topic gained are consumed, and hashed to, within this.
+METADATA_MAX_AGE_MS: Final = 30_000
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SPEC_VERSION: Final = "1.0"
 API_SOURCE: Final = "taskflow/api"

@@ -25,6 +25,7 @@ from events.log.admin import (
     ensure_topics,
     fenced,
     group_offsets,
+    grow_partitions,
     log_down,
     ping,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "ensure_topics",
     "fenced",
     "group_offsets",
+    "grow_partitions",
     "log_down",
     "murmur2",
     "partition_for",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError, for_code
 
 from events import constants
@@ -151,5 +151,32 @@ async def describe_partitions(bootstrap: str, topic: str) -> dict[int, dict[str,
             raise for_code(desc["error_code"])(f"cannot describe topic {topic!r}")
         return {p["partition"]: {"leader": p["leader"], "replicas": list(p["replicas"]),
                                  "isr": list(p["isr"])} for p in desc["partitions"]}
+    finally:
+        await admin.close()
+
+
+async def grow_partitions(bootstrap: str, topic: str, partitions: int) -> int:
+    """Give ``topic`` ``partitions`` partitions in all; the count it had before.
+
+    Kafka only ever adds partitions. Tasks already in the log keep theirs: their later
+    events are appended to the partition their read-model row records
+    (``EventProducer.append``), not to where their key hashes on the new count.
+    """
+    before = len(await describe_partitions(bootstrap, topic))
+    if partitions < before:
+        raise ValueError(f"topic {topic!r} has {before} partitions; Kafka cannot remove any")
+    if partitions == before:
+        return before
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **client_options())
+    await admin.start()
+    try:
+        resp = await admin.create_partitions({topic: NewPartitions(total_count=partitions)},
+                                             timeout_ms=30_000)
+        for _name, code, *rest in resp.topic_errors:
+            if code:
+                detail = (rest[0] if rest else None) or f"error code {code}"
+                raise for_code(code)(f"cannot grow topic {topic!r}: {detail}")
+        return before
     finally:
         await admin.close()

@@ -68,6 +68,7 @@ class GroupConsumer:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
+            metadata_max_age_ms=constants.METADATA_MAX_AGE_MS,
         )
 
     async def start(self) -> None:
