@@ -164,6 +164,11 @@ async def _lose_a_broker_while_tasks_flow(cluster: Cluster, env: Env) -> None:
             await asyncio.gather(*tasks)
 
     codes = Counter(st for _, st in statuses)
+    first_503 = min((t for t, st in statuses if st == 503), default=killed_at)
+    print(f"broker {victim} (leader of {led} partitions) killed: {dict(codes)}; 503s from "
+          f"{first_503 - killed_at:.1f} s to "
+          f"{max((t for t, st in statuses if st == 503), default=killed_at) - killed_at:.1f} s "
+          "after the kill")
     assert set(codes) <= {202, 503}, codes  # never a 500
     unavailable = [t for t, st in statuses if st == 503]
     assert all(t > killed_at for t in unavailable)  # only while leaders were elected
