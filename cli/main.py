@@ -179,10 +179,12 @@ def projector(
 ) -> None:
     """Run a projector: folds the log into the Postgres read model."""
     from projector.service import Projector
+    from projector.webhooks import WebhookProjector, WithWebhooks
 
     s = get_settings()
     setup_logging(s.log_level)
-    uvloop.run(serve(lambda: Projector(s), name="projector", burst=burst))
+    uvloop.run(serve(lambda: WithWebhooks(Projector(s), WebhookProjector(s)), name="projector",
+                     burst=burst))
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
@@ -276,12 +278,17 @@ app.add_typer(projections_app, name="projections")
 def projections_verify() -> None:
     """Fold the whole log and compare it with the live read model; exit 1 on any difference."""
     from projector.maintenance import verify
+    from projector.webhooks import verify as verify_webhooks
 
     diffs, n = asyncio.run(verify(get_settings(), progress=True))
     for d in diffs:
         print(str(d))
-    print(f"verified {n} event(s): {len(diffs)} difference(s)", file=sys.stderr)
-    raise typer.Exit(1 if diffs else 0)
+    hook_diffs = asyncio.run(verify_webhooks(get_settings()))
+    for line in hook_diffs:
+        print(line)
+    bad = len(diffs) + len(hook_diffs)
+    print(f"verified {n} event(s): {bad} difference(s)", file=sys.stderr)
+    raise typer.Exit(1 if bad else 0)
 
 
 @projections_app.command("rebuild")
@@ -307,6 +314,10 @@ def projections_rebuild() -> None:
         raise typer.Exit(1) from None
     print(f"\nrebuild: {stats.events} event(s) in {stats.seconds:.1f}s, swapped in",
           file=sys.stderr)
+    from projector.webhooks import rebuild as rebuild_webhooks
+
+    rows = asyncio.run(rebuild_webhooks(get_settings()))
+    print(f"rebuild: {rows} webhook and delivery row(s) refolded", file=sys.stderr)
 
 
 @projections_app.command("dead-letters")
