@@ -187,6 +187,18 @@ def projector(
                      burst=burst))
 
 
+@app.command()
+def notifier(
+    burst: Annotated[bool, typer.Option(help="exit once nothing is left to deliver")] = False,
+) -> None:
+    """Run a notifier: delivers task events to webhooks, as one member of its group."""
+    from notifier.service import Notifier
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Notifier(s), name="notifier", burst=burst))
+
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
 app.add_typer(dlq_app, name="dlq")
 
@@ -375,8 +387,8 @@ def keys_list() -> None:
 
 @app.command()
 def run() -> None:
-    """Run API, worker and projector together; a child that dies is restarted (Ctrl-C stops
-    them all)."""
+    """Run API, worker, projector and notifier together; a child that dies is restarted
+    (Ctrl-C stops them all)."""
     raise typer.Exit(run_all(get_settings()))
 
 

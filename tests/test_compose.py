@@ -17,7 +17,7 @@ from events.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKFLOW = Path(sys.executable).parent / "taskflow"
-APP_SERVICES = ("migrate", "api", "worker", "projector")
+APP_SERVICES = ("migrate", "api", "worker", "projector", "notifier")
 SETTINGS_ENV = {"TASKFLOW_" + name.upper() for name in Settings.model_fields}
 
 
