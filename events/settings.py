@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     list_limit_max: int = Field(default=500, ge=1)
     # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in
     # sync with the handlers your workers register.
-    task_types: str = "echo,sleep,fail,flaky,compute,noop"
+    task_types: str = "echo,sleep,fail,flaky,compute,noop,http,email"
 
     @cached_property
     def task_type_list(self) -> tuple[str, ...]:

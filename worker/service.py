@@ -47,6 +47,7 @@ from events.log import (
 from events.models import CloudEvent, EventData, new_event
 from events.settings import Settings
 from worker import metrics as wmetrics
+from worker import outbound as _outbound  # noqa: F401  (registers http and email)
 from worker.lane import Lane
 from worker.running import on_record, schedule
 
