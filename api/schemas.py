@@ -42,6 +42,8 @@ class TaskIn(BaseModel):
     priority: int = Field(default=0, ge=-100, le=100)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+    # Webhook for this task alone: its terminal events, signed (see docs/webhooks.md).
+    callback_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @field_validator("title")
     @classmethod

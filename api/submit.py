@@ -20,7 +20,7 @@ import orjson
 from fastapi import Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import metrics
+from api import metrics, task_callback
 from api.auth import Tenant
 from api.problems import Invalid, for_log_down
 from api.schemas import PositionOut, TaskAccepted, TaskIn
@@ -106,7 +106,8 @@ def _digest(spec: dict[str, Any]) -> bytes:
 
 
 async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
-                      idempotency_key: str | None = None) -> Response:
+                      idempotency_key: str | None = None,
+                      task_id: uuid.UUID | None = None) -> Response:
     """Append ``task.created`` and answer once Kafka acknowledged: 202, the 200 replay of
     a keyed task already accepted, or 503 naming the task id. Raises ``Problem``s (an
     unknown type, a key reused with another body)."""
@@ -116,9 +117,18 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
     settings: Settings = state.settings
     producer: EventProducer = state.producer
     check_type(body, settings, ["body"])
+    if body.callback_url is not None:
+        # The task's own webhook is in the log before the task, so no event of the task
+        # can come before it.
+        task_id = (ids.uuid4() if idempotency_key is None else
+                   uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}"))
+        sub = await task_callback.subscribe(request, body.callback_url, tenant, task_id)
+        resp = await accept_task(request, body.model_copy(update={"callback_url": None}),
+                                 tenant, idempotency_key=idempotency_key, task_id=task_id)
+        return task_callback.with_callback(resp, sub)
     if idempotency_key is None:
         # A fresh random id: nothing to look up, nothing to serialise against.
-        task_id = ids.uuid4()
+        task_id = task_id or ids.uuid4()
         try:
             [p] = await producer.append([created_event(body, task_id, tenant)])
         except LogUnavailable as exc:
@@ -175,6 +185,7 @@ async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant
     producer: EventProducer = request.app.state.producer
     for i, t in enumerate(tasks):
         check_type(t, settings, ["body", "tasks", i])
+        task_callback.refuse_in_batch(t, i)
     task_ids = [ids.uuid4() for _ in tasks]
     try:
         positions = await producer.append([created_event(t, i, tenant)

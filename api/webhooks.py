@@ -63,6 +63,7 @@ class WebhookOut(BaseModel):
     events: list[str]
     description: str | None = None
     tenant: str | None = None
+    task_id: uuid.UUID | None = Field(default=None, description="set for a task's callback_url")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

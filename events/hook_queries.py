@@ -11,14 +11,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-_PUBLIC = ("webhook_id, tenant, url, events, description, deleted, created_at, updated_at")
+_PUBLIC = ("webhook_id, tenant, url, events, description, task_id, deleted, created_at, "
+           "updated_at")
 _SCOPE = "(CAST(:scoped AS boolean) IS FALSE OR tenant IS NOT DISTINCT FROM :tenant)"
 
 
 async def list_webhooks(engine: AsyncEngine, *, scoped: bool, tenant: str | None,
                         limit: int) -> list[dict[str, Any]]:
-    q = text(f"SELECT {_PUBLIC} FROM webhooks WHERE NOT deleted AND {_SCOPE} "
-             "ORDER BY created_at, webhook_id LIMIT :limit")
+    q = text(f"SELECT {_PUBLIC} FROM webhooks WHERE NOT deleted AND task_id IS NULL "
+             f"AND {_SCOPE} ORDER BY created_at, webhook_id LIMIT :limit")
     async with engine.connect() as conn:
         rows = await conn.execute(q, {"scoped": scoped, "tenant": tenant, "limit": limit})
         return [dict(r._mapping) for r in rows]

@@ -134,6 +134,7 @@ class Webhook(BaseModel):
     events: list[str] = []
     description: str | None = None
     secret: str = ""
+    task_id: uuid.UUID | None = None  # a task's callback_url: that task's events only
     deleted: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -167,7 +168,8 @@ def apply_webhook(state: Webhook | None, ev: HookEvent) -> Webhook | None:
             return state
         return Webhook(webhook_id=ev.subject, tenant=ev.tenant, url=d["url"],
                        events=list(d["events"]), description=d.get("description"),
-                       secret=d["secret"], created_at=ev.time, updated_at=ev.time)
+                       secret=d["secret"], created_at=ev.time, updated_at=ev.time,
+                       task_id=uuid.UUID(d["task_id"]) if d.get("task_id") else None)
     if state is None or state.deleted:
         return state
     if ev.type is HookType.SECRET_ROTATED:

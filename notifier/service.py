@@ -210,7 +210,7 @@ class Notifier:
                 jobs = [Job(wh.delivery_id(t.webhook_id, ev.id), t, r.value or b"",
                             (r.topic, r.partition), r.offset, event_id=ev.id,
                             event_type=etype, task_id=ev.subject)
-                        for t in targets if t.tenant == ev.tenant and etype in t.events]
+                        for t in targets if t.wants(ev.tenant, etype, ev.subject)]
             if jobs:
                 self._open.setdefault((r.topic, r.partition), {})[r.offset] = len(jobs)
             for job in jobs:

@@ -18,23 +18,32 @@ class Target:
     url: str
     secret: str
     events: tuple[str, ...]
+    task_id: uuid.UUID | None = None  # a task's callback: that task's events only
+
+    def wants(self, tenant: str | None, etype: str, task_id: uuid.UUID) -> bool:
+        return (self.tenant == tenant and etype in self.events
+                and (self.task_id is None or self.task_id == task_id))
+
+
+_COLS = "webhook_id, tenant, url, secret, events, task_id"
 
 
 def _target(r: asyncpg.Record) -> Target:
-    return Target(r["webhook_id"], r["tenant"], r["url"], r["secret"], tuple(r["events"]))
+    return Target(r["webhook_id"], r["tenant"], r["url"], r["secret"], tuple(r["events"]),
+                  r["task_id"])
 
 
 async def subscribers(pool: asyncpg.Pool, tenants: set[str | None]) -> list[Target]:
     """Every live webhook of these tenants (``None``: the unscoped one)."""
     named = [t for t in tenants if t is not None]
     rows = await pool.fetch(
-        "SELECT webhook_id, tenant, url, secret, events FROM webhooks WHERE NOT deleted "
+        f"SELECT {_COLS} FROM webhooks WHERE NOT deleted "
         "AND (tenant = ANY($1::text[]) OR ($2 AND tenant IS NULL))", named, None in tenants)
     return [_target(r) for r in rows]
 
 
 async def target(pool: asyncpg.Pool, webhook_id: uuid.UUID) -> Target | None:
-    r = await pool.fetchrow("SELECT webhook_id, tenant, url, secret, events FROM webhooks "
+    r = await pool.fetchrow(f"SELECT {_COLS} FROM webhooks "
                             "WHERE webhook_id = $1 AND NOT deleted", webhook_id)
     return _target(r) if r is not None else None
 

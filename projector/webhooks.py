@@ -30,8 +30,8 @@ from projector.replay import read_records
 log = logging.getLogger("taskflow.projector.webhooks")
 
 PROJECTION: Final = wh.PROJECTION
-_HOOK_COLS = ("webhook_id", "tenant", "url", "events", "description", "secret", "deleted",
-              "created_at", "updated_at")
+_HOOK_COLS = ("webhook_id", "tenant", "url", "events", "description", "secret", "task_id",
+              "deleted", "created_at", "updated_at")
 _DELIVERY_COLS = ("delivery_id", "webhook_id", "tenant", "event_id", "event_type", "task_id",
                   "status", "attempts", "last_status_code", "last_error", "body",
                   "created_at", "updated_at")

@@ -255,3 +255,40 @@ async def test_connect_time_check_refuses_what_the_api_allowed(
         [d] = await wait_until(dead, what="the refused delivery dead-lettered")
         assert d["last_error"].startswith("refused") and d["last_status_code"] is None
     assert receiver.received == [] and receiver.rejected == []
+
+
+async def test_a_task_callback_url_gets_that_tasks_terminal_events(
+        hooks_env: Env, receiver: Receiver) -> None:
+    env = hooks_env
+    env.proc("projector")
+    env.proc("worker")
+    env.proc("notifier")
+    await env.api()
+    await receiver.start()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        r = await c.post("/tasks", json={"title": "cb", "type": "echo",
+                                         "payload": {"message": "hi"},
+                                         "callback_url": receiver.url("/cb")})
+        assert r.status_code == 202, r.text
+        tid, cb = r.json()["task_id"], r.json()["callback"]
+        receiver.secrets["/cb"] = cb["secret"]
+        await submit(c, 3)  # other tasks: not for this callback
+
+        async def got() -> bool:
+            return bool(receiver.event_ids("/cb"))
+
+        await wait_until(got, what="the callback")
+        await asyncio.sleep(1)  # room for anything that should not come
+        assert [(r.body["type"], r.body["subject"]) for r in receiver.received] == [
+            ("task.done", tid)]
+        assert receiver.rejected == []
+        assert_duplicates_share_webhook_id(receiver, "/cb", cb["webhook_id"])
+        # A task's callback is not a tenant subscription: not listed, but readable.
+        assert (await c.get("/webhooks")).json()["items"] == []
+        assert (await c.get(f"/webhooks/{cb['webhook_id']}")).json()["task_id"] == tid
+        for bad in ({"callback_url": "http://169.254.169.254/"}, {"callback_url": "ftp://x/"}):
+            r = await c.post("/tasks", json={"title": "x", **bad})
+            assert r.status_code == 422, r.text
+        r = await c.post("/tasks:batch", json={"tasks": [
+            {"title": "x", "callback_url": receiver.url("/cb")}]})
+        assert r.status_code == 422, r.text

@@ -5,7 +5,8 @@ Revises: 0006
 Create Date: 2026-12-05
 
 * ``webhooks``            one row per subscription (the fold of its webhook.* events);
-  ``secret`` is the signing secret, which the notifier needs in the clear to sign.
+  ``secret`` is the signing secret, which the notifier needs in the clear to sign;
+  ``task_id`` is set for a task's ``callback_url`` (that task's events only).
 * ``webhook_deliveries``  one row per (webhook, task event): status, attempts, the last
   response code, and the CloudEvent body it sends (for redelivery).
 
@@ -31,6 +32,7 @@ def upgrade() -> None:
             events text[] NOT NULL,
             description text,
             secret text NOT NULL,
+            task_id uuid,
             deleted boolean NOT NULL DEFAULT false,
             created_at timestamptz,
             updated_at timestamptz
