@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.http import Connection
 from bench.procs import free_port
@@ -31,6 +31,51 @@ if TYPE_CHECKING:
     from bench.run import Run
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The whole body of an ASGI request."""
+    body = b""
+    while True:
+        msg = await receive()
+        body += bytes(msg.get("body", b""))
+        if not msg.get("more_body"):
+            return body
+
+
+async def answer(send: Send, status: int, body: bytes = b"",
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or []})
+    await send({"type": "http.response.body", "body": body})
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that runs it handles its own."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp, port: int) -> AsyncIterator[None]:
+    """A real HTTP server for ``app`` on 127.0.0.1:``port`` while the block runs."""
+    server = QuietServer(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                        log_level="warning", lifespan="off",
+                                        access_log=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):  # uvicorn sets a flag, not an event, once it listens
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError(f"the HTTP server on port {port} did not start")
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+
+
 class FastReceiver:
     """Answers 204 at once and notes when each event arrived (wall clock)."""
 
@@ -41,25 +86,10 @@ class FastReceiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
         self.requests += 1
-        ev = orjson.loads(body)
+        ev = orjson.loads(await read_body(receive))
         self.arrived.setdefault(ev["id"], (time.time(), ev["time"]))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-
-class QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the bench process handles its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+        await answer(send, 204)
 
 
 async def webhooks(run: Run) -> None:
@@ -67,12 +97,10 @@ async def webhooks(run: Run) -> None:
     w = await run.lab.world("webhooks", TASKFLOW_OUTBOUND_ALLOW="127.0.0.1",
                             TASKFLOW_NOTIFIER_ENDPOINT_CONCURRENCY="32")
     receiver, port = FastReceiver(), free_port()
-    server = QuietServer(uvicorn.Config(receiver, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off",
-                                           access_log=False))
-    serving = asyncio.create_task(server.serve())
     res: dict[str, Any] = {}
+    hold = contextlib.AsyncExitStack()
     try:
+        await hold.enter_async_context(serving(receiver, port))
         w.start("notifier")
         await w.start_all(api_workers=run.args.api_workers, workers=run.args.workers)
         conn = Connection("127.0.0.1", w.api_port)
@@ -108,9 +136,7 @@ async def webhooks(run: Run) -> None:
         run.failed("webhooks", "taskflow", exc)
     finally:
         w.stop()
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(serving, 10)
+        await hold.aclose()
         with contextlib.suppress(Exception):
             await delete_topics(w.bootstrap, [wh.topic_for(w.topic)])
     rate = run.figure("webhooks", f"deliveries to a fast receiver, {n:,} tasks", "deliveries/s",

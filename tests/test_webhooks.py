@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from events import webhooks as wh
-from events.log import LogReader, delete_topics
+from events.log import delete_topics
 from events.settings import Settings
 from projector import webhooks as hooks_projection
 from tests.helpers import ROOT, Env, wait_until
@@ -40,24 +40,7 @@ def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def hook_events(env: Env) -> list[wh.HookEvent]:
-    reader = LogReader(bootstrap=env.bootstrap, topic=wh.topic_for(env.topic))
-    parts = await reader.start()
-    try:
-        bounds = await reader.bounds()
-        out = []
-        for p in parts:
-            reader.seek(p, bounds[p][0])
-        remaining = {p for p in parts if bounds[p][1] > bounds[p][0]}
-        while remaining:
-            for r in await reader.poll(timeout_ms=500):
-                if r.offset < bounds[r.partition][1]:
-                    out.append(wh.decode_hook(r.value))
-            for p in list(remaining):
-                if await reader.position(p) >= bounds[p][1]:
-                    remaining.discard(p)
-        return out
-    finally:
-        await reader.stop()
+    return [wh.decode_hook(r.value) for r in await env.read_log(wh.topic_for(env.topic))]
 
 
 def problem(resp: httpx.Response, status: int) -> dict[str, object]:

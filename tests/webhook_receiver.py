@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import Receive, Scope, Send
+
+from bench.webhooks import answer, read_body, serving
 
 
 @dataclass
@@ -35,18 +36,12 @@ class Receiver:
     delay_s: dict[str, float] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
+    _hold: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         await asyncio.sleep(self.delay_s.get(path, 0))
@@ -59,25 +54,13 @@ class Receiver:
             code = self.status.get(path, 204)
             if code < 300:
                 self.received.append(Received(path, headers["webhook-id"], orjson.loads(body)))
-        await send({"type": "http.response.start", "status": code, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await answer(send, code)
 
     async def start(self) -> None:
-        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        for _ in range(500):  # uvicorn sets a flag, not an event, once it listens
-            if self._server.started:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("the receiver did not start")
+        await self._hold.enter_async_context(serving(self, self.port))
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 10)
+        await self._hold.aclose()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
