@@ -245,6 +245,7 @@ def run_all(settings: Settings) -> int:
     return supervise({
         "projector": [*exe, "projector"],
         "worker": [*exe, "worker"],
-        "notifier": [*exe, "notifier"],
         "api": [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port)],
+        # Last: the banner lists the pids in this order, and tools read the first three.
+        "notifier": [*exe, "notifier"],
     }, grace_s=settings.shutdown_grace_s, banner=banner)
