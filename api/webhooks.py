@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, LogDep, SettingsDep
 from api.problems import Invalid, NotFound, documented
+from api.tasks import parse_as_of
 from events import constants, hook_queries
 from events import webhooks as wh
 from events.log import EventProducer, ensure_topic
@@ -170,9 +171,27 @@ async def rotate_secret(webhook_id: uuid.UUID, request: Request, db: DbDep, tena
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookOut,
-            responses=documented(401, 404, 429))
-async def get_webhook(webhook_id: uuid.UUID, db: DbDep, tenant: TenantDep) -> WebhookOut:
-    return WebhookOut(**await _owned(db, webhook_id, tenant))
+            responses=documented(401, 404, 422, 429))
+async def get_webhook(
+    webhook_id: uuid.UUID, db: DbDep, tenant: TenantDep,
+    as_of: Annotated[str | None, Query(
+        max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the subscription then",
+        examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
+) -> WebhookOut:
+    """The subscription; with ``as_of``, as it was then (folded from its journal)."""
+    if as_of is None:
+        return WebhookOut(**await _owned(db, webhook_id, tenant))
+    point = parse_as_of(as_of)
+    state: wh.Webhook | None = None
+    for p, o, raw in await hook_queries.webhook_history(db, webhook_id=webhook_id):
+        ev = wh.HookEvent.model_validate(raw)
+        if (p, o) > point if isinstance(point, tuple) else ev.time > point:
+            break
+        state = wh.apply_webhook(state, ev)
+    if (state is None or state.deleted
+            or (tenant.scoped and state.tenant != tenant.name)):
+        raise NotFound(f"webhook {webhook_id} did not exist at {as_of}")
+    return WebhookOut(**state.model_dump(exclude={"secret", "deleted"}))
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204,

@@ -62,3 +62,13 @@ async def applied(engine: AsyncEngine, *, projection: str, topic: str, partition
     async with engine.connect() as conn:
         got = (await conn.execute(q, {"p": projection, "t": topic, "n": partition})).scalar()
         return got is not None and int(got) >= offset
+
+
+async def webhook_history(engine: AsyncEngine, *,
+                          webhook_id: uuid.UUID) -> list[tuple[int, int, Any]]:
+    """(partition, offset, event) of the webhook's subscription changes, in log order."""
+    q = text('SELECT partition, "offset", event FROM webhook_events WHERE webhook_id = :id '
+             "AND type <> 'webhook.delivery_attempted' ORDER BY partition, \"offset\"")
+    async with engine.connect() as conn:
+        rows = await conn.execute(q, {"id": webhook_id})
+        return [(int(p), int(o), e) for p, o, e in rows.all()]

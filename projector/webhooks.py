@@ -54,6 +54,7 @@ class Folded:
     hooks: dict[uuid.UUID, wh.Webhook] = field(default_factory=dict)
     deliveries: dict[uuid.UUID, wh.Delivery] = field(default_factory=dict)
     parked: list[store.ParkedRow] = field(default_factory=list)
+    journal: list[tuple[int, int, uuid.UUID, str, Any, bytes]] = field(default_factory=list)
     applied: int = 0
 
     def fold(self, r: Record) -> None:
@@ -64,6 +65,8 @@ class Folded:
                                                exc.error[:2000], "decode"))
             return
         self.applied += 1
+        self.journal.append((r.partition, r.offset, ev.subject, ev.type.value, ev.time,
+                             r.value or b""))
         hook = wh.apply_webhook(self.hooks.get(ev.subject), ev)
         if hook is not None:
             self.hooks[ev.subject] = hook
@@ -98,6 +101,11 @@ async def _load(conn: asyncpg.Connection, schema: str, records: list[Record]) ->
 
 
 async def _write(conn: asyncpg.Connection, schema: str, folded: Folded) -> None:
+    if folded.journal:
+        await conn.executemany(
+            f"INSERT INTO {schema}.webhook_events (partition, \"offset\", webhook_id, type, "
+            "time, event) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            folded.journal)
     if folded.hooks:
         await conn.executemany(_UPSERT_HOOK.format(schema=schema), [
             tuple(getattr(h, c) for c in _HOOK_COLS) for h in folded.hooks.values()])
@@ -311,6 +319,7 @@ async def rebuild(settings: Settings) -> int:
                 'SELECT partition, "offset" FROM dead_letters WHERE projection = $1 '
                 "AND topic = $2", PROJECTION, topic)}
             folded = await _fold_log(settings, cps, parked)
+            await conn.execute("DELETE FROM webhook_events")
             await conn.execute("DELETE FROM webhook_deliveries")
             await conn.execute("DELETE FROM webhooks")
             await _write(conn, "public", folded)

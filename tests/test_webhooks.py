@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -63,6 +64,7 @@ async def test_subscription_lifecycle_is_events_in_the_log(hooks_env: Env) -> No
     env = hooks_env
     await start(env)
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        before = datetime.now(UTC).isoformat()
         r = await c.post("/webhooks", json={"url": "http://127.0.0.1:9/hook",
                                             "events": ["task.done", "task.dead_lettered"],
                                             "description": "ops"})
@@ -87,8 +89,17 @@ async def test_subscription_lifecycle_is_events_in_the_log(hooks_env: Env) -> No
                                        uuid.UUID(hid)) == new_secret
         finally:
             await conn.close()
+        alive = datetime.now(UTC).isoformat()
         assert (await c.delete(f"/webhooks/{hid}")).status_code == 204
         problem(await c.get(f"/webhooks/{hid}"), 404)
+        # ?as_of= folds the webhook's journal up to a time or a position.
+        then = await c.get(f"/webhooks/{hid}", params={"as_of": alive})
+        assert then.status_code == 200, then.text
+        assert then.json()["url"] == "http://127.0.0.1:9/hook" and "secret" not in then.json()
+        problem(await c.get(f"/webhooks/{hid}", params={"as_of": before}), 404)
+        problem(await c.get(f"/webhooks/{hid}",
+                            params={"as_of": datetime.now(UTC).isoformat()}), 404)
+        problem(await c.get(f"/webhooks/{hid}", params={"as_of": "soon"}), 422)
         assert (await c.get("/webhooks")).json()["items"] == []
         problem(await c.delete(f"/webhooks/{hid}"), 404)
         problem(await c.post(f"/webhooks/{uuid.uuid4()}:rotate-secret"), 404)

@@ -10,6 +10,9 @@ Create Date: 2026-12-05
 * ``webhook_deliveries``  one row per (webhook, task event): status, attempts, the last
   response code, and the CloudEvent body it sends (for redelivery).
 
+* ``webhook_events``      the journal of subscription changes and attempts, in log order:
+  what ``GET /webhooks/{id}?as_of=`` folds.
+
 Their checkpoints are rows of ``projector_offsets`` (projection ``webhooks``).
 """
 
@@ -57,8 +60,21 @@ def upgrade() -> None:
         )""")
     op.execute("CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries "
                "(webhook_id, created_at DESC)")
+    op.execute("""
+        CREATE TABLE webhook_events (
+            partition integer NOT NULL,
+            "offset" bigint NOT NULL,
+            webhook_id uuid NOT NULL,
+            type text NOT NULL,
+            time timestamptz NOT NULL,
+            event jsonb NOT NULL,
+            PRIMARY KEY (partition, "offset")
+        )""")
+    op.execute("CREATE INDEX webhook_events_webhook ON webhook_events (webhook_id, time) "
+               "WHERE type <> 'webhook.delivery_attempted'")
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE webhook_events")
     op.execute("DROP TABLE webhook_deliveries")
     op.execute("DROP TABLE webhooks")
