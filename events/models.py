@@ -19,6 +19,7 @@ from events import constants, ids
 
 class TaskStatus(StrEnum):
     PENDING = "PENDING"
+    DELAYED = "DELAYED"  # created with a run_at in the future; not_before is its due time
     PROCESSING = "PROCESSING"
     RETRYING = "RETRYING"
     DONE = "DONE"
@@ -55,6 +56,11 @@ class TaskCreated(EventData):
     priority: int = 0
     max_attempts: int | None = None
     timeout_s: float | None = None
+    # Delayed task: no worker starts it before this time.
+    run_at: AwareDatetime | None = None
+    # A schedule's fire: the schedule and the due time this task is for (scheduler/).
+    schedule_id: uuid.UUID | None = None
+    due_at: AwareDatetime | None = None
 
 
 class TaskProcessing(EventData):

@@ -51,6 +51,8 @@ tasks = Table(
     Column("max_attempts", Integer, nullable=True),
     Column("timeout_s", Float, nullable=True),
     Column("not_before", DateTime(timezone=True), nullable=True),
+    Column("schedule_id", Uuid, nullable=True),  # the schedule that fired it (0007)
+    Column("due_at", DateTime(timezone=True), nullable=True),  # that fire's due time
     Column("cancel_requested", Boolean, nullable=False),
     Column("dead_lettered", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=True),
@@ -62,6 +64,9 @@ tasks = Table(
     Index("tasks_created", "created_at", "task_id"),
     Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("tasks_type_created", "type", "created_at", "task_id"),
+    # GET /schedules/{id}/runs: a schedule's fires, latest due time first.
+    Index("tasks_schedule_due", "schedule_id", "due_at",
+          postgresql_where=text("schedule_id IS NOT NULL")),
     # ?q= (ILIKE '%q%'): pg_trgm's trigram index, no full scan.
     Index("tasks_title_trgm", "title", postgresql_using="gin",
           postgresql_ops={"title": "gin_trgm_ops"}),
