@@ -185,6 +185,18 @@ def projector(
     uvloop.run(serve(lambda: Projector(s), name="projector", burst=burst))
 
 
+@app.command()
+def scheduler(
+    burst: Annotated[bool, typer.Option(help="exit once the log is drained")] = False,
+) -> None:
+    """Run a scheduler: fires schedules as one member of the scheduler group."""
+    from scheduler.service import Scheduler
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Scheduler(s), name="scheduler", burst=burst))
+
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
 app.add_typer(dlq_app, name="dlq")
 

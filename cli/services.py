@@ -228,7 +228,8 @@ def supervise(argvs: dict[str, list[str]], *, grace_s: float,
 
 
 def run_all(settings: Settings) -> int:
-    """Run API, worker and projector as child processes; Ctrl-C or SIGTERM stops all three.
+    """Run API, worker, projector and scheduler as child processes; Ctrl-C or SIGTERM
+    stops them all.
 
     A child that dies is restarted (see ``supervise``); the others keep running.
     """
@@ -244,5 +245,6 @@ def run_all(settings: Settings) -> int:
     return supervise({
         "projector": [*exe, "projector"],
         "worker": [*exe, "worker"],
+        "scheduler": [*exe, "scheduler"],
         "api": [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port)],
     }, grace_s=settings.shutdown_grace_s, banner=banner)

@@ -41,6 +41,13 @@ class EventType(StrEnum):
     CANCELLED = "task.cancelled"
     DEAD_LETTERED = "task.dead_lettered"
     REDRIVEN = "task.redriven"
+    # Schedules (scheduler/): on the schedule topic, keyed and subject-ed by schedule id.
+    SCHEDULE_CREATED = "schedule.created"
+    SCHEDULE_UPDATED = "schedule.updated"
+    SCHEDULE_PAUSED = "schedule.paused"
+    SCHEDULE_RESUMED = "schedule.resumed"
+    SCHEDULE_DELETED = "schedule.deleted"
+    SCHEDULE_FIRED = "schedule.fired"
 
 
 class EventData(BaseModel):
@@ -111,6 +118,58 @@ class TaskRedriven(EventData):
     spec: TaskCreated | None = None
 
 
+class ScheduleTask(EventData):
+    """What each fire of a schedule submits."""
+
+    title: str
+    type: str = "echo"
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+class ScheduleCreated(EventData):
+    """A schedule's whole definition. Exactly one of ``cron`` and ``every_s`` is set."""
+
+    name: str
+    cron: str | None = None
+    every_s: float | None = None
+    timezone: str = "UTC"
+    task: ScheduleTask
+    overlap: Literal["allow", "skip"] = "allow"
+    catchup: Literal["none", "latest", "all"] = "none"
+
+
+class ScheduleUpdated(ScheduleCreated):
+    """The whole new definition (a PATCH is merged at the edge)."""
+
+
+class SchedulePaused(EventData):
+    pass
+
+
+class ScheduleResumed(EventData):
+    pass
+
+
+class ScheduleDeleted(EventData):
+    pass
+
+
+FireOutcome = Literal["fired", "missed", "overlap"]
+
+
+class ScheduleFired(EventData):
+    """The scheduler handled the due times up to ``due_at``: it fired ``task_id`` for it,
+    or skipped ``count`` due times ending there (missed while down, or overlapping)."""
+
+    due_at: AwareDatetime
+    task_id: uuid.UUID | None = None
+    outcome: FireOutcome = "fired"
+    count: int = Field(default=1, ge=1)
+
+
 DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CREATED: TaskCreated,
     EventType.PROCESSING: TaskProcessing,
@@ -122,6 +181,12 @@ DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CANCELLED: TaskCancelled,
     EventType.DEAD_LETTERED: TaskDeadLettered,
     EventType.REDRIVEN: TaskRedriven,
+    EventType.SCHEDULE_CREATED: ScheduleCreated,
+    EventType.SCHEDULE_UPDATED: ScheduleUpdated,
+    EventType.SCHEDULE_PAUSED: SchedulePaused,
+    EventType.SCHEDULE_RESUMED: ScheduleResumed,
+    EventType.SCHEDULE_DELETED: ScheduleDeleted,
+    EventType.SCHEDULE_FIRED: ScheduleFired,
 }
 TYPE_OF: Final[dict[type[EventData], EventType]] = {v: k for k, v in DATA_MODELS.items()}
 

@@ -173,3 +173,32 @@ dead_letters = Table(
     Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("dead_letters_coords", "projection", "topic", "partition", "offset", unique=True),
 )
+
+# The schedules projection (migration 0007): the fold of the schedule topic, written by
+# the scheduler with its checkpoint (projection "schedules" in projector_offsets).
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("name", Text, nullable=False),
+    Column("cron", Text, nullable=True),
+    Column("every_s", Float, nullable=True),
+    Column("timezone", Text, nullable=False),
+    Column("task", JSONB, nullable=False),
+    Column("overlap", Text, nullable=False),
+    Column("catchup", Text, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("anchor", DateTime(timezone=True), nullable=False),
+    Column("next_run_at", DateTime(timezone=True), nullable=True),
+    Column("last_due_at", DateTime(timezone=True), nullable=True),
+    Column("last_task_id", Uuid, nullable=True),
+    Column("fires", BigInteger, nullable=False),
+    Column("skips", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Index("schedules_tenant_created", "tenant", "created_at", "schedule_id"),
+)
