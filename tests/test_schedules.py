@@ -7,19 +7,22 @@ with the id derived from the schedule and the due time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from events.constants import SCHEDULER_SOURCE_PREFIX
 from events.log import delete_topics
-from events.models import EventType, TaskCreated
-from events.schedules import fire_task_id, schedule_topic
+from events.models import EventType, ScheduleCreated, ScheduleTask, TaskCreated
+from events.schedules import fire_task_id, next_due, schedule_topic
 from tests.helpers import Env, wait_until
 
 
@@ -165,5 +168,163 @@ async def _gone(c: httpx.AsyncClient, sid: str) -> bool:
     return (await c.get(f"/schedules/{sid}")).status_code == 404
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+async def schedule_log(env: Env) -> list[Any]:
+    """The schedule topic's events, in partition then offset order."""
+    other = dataclasses.replace(env, topic=schedule_topic(env.topic), procs=[])
+    return [ev for _, ev in await other.log_events()]
+
+
+def contiguous(dues: list[datetime], every_s: float) -> bool:
+    return all((b - a).total_seconds() == every_s for a, b in itertools.pairwise(dues))
+
+
+async def test_kill9_and_a_second_scheduler_never_double_or_skip_a_fire(senv: Env) -> None:
+    env = senv
+    env.proc("projector")
+    env.proc("worker")
+    first = env.proc("scheduler")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        sids = [await create(c, every_s=1, catchup="all", name=f"s{i}") for i in range(4)]
+        await wait_until(lambda: _more_fires(env, sids[0], 3), timeout=30, what="fires")
+        first.kill9()  # while it fires: some transaction may be open, some unread
+        env.proc("scheduler")
+        env.proc("scheduler")  # two owners at once split the partitions and fence
+        await asyncio.sleep(1)
+        env.procs[-1].kill9()
+        await asyncio.sleep(2)
+        env.proc("scheduler")
+        cutoff = await wait_until(lambda: _after_restart(env, sids), timeout=60,
+                                  what="fires to resume on every schedule")
+    conn = await env.db()
+    try:
+        for sid in sids:
+            fires = await fired(env, sid)
+            assert_once_per_due(sid, fires)
+            dues = sorted(d.due_at for _, d in fires if d.due_at is not None)
+            assert contiguous(dues, 1.0), dues  # catchup all: nothing missed
+            assert cutoff is not None and dues[-1] >= cutoff
+            n = len(dues)
+            await wait_until(lambda: _projected(conn, sid, n),  # noqa: B023
+                             timeout=30, what="read model to hold every fire")
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT due_at) AS d FROM tasks "
+                "WHERE schedule_id = $1 AND due_at <= $2", uuid.UUID(sid), dues[-1])
+            assert row["n"] == row["d"] == len(dues)
+    finally:
+        await conn.close()
+
+
+async def _after_restart(env: Env, sids: list[str]) -> datetime | None:
+    now = datetime.now(UTC)
+    for sid in sids:
+        dues = [d.due_at for _, d in await fired(env, sid) if d.due_at is not None]
+        if not dues or (now - max(dues)).total_seconds() > 1.5:
+            return None
+    return now - timedelta(seconds=1.5)
+
+
+async def _projected(conn: Any, sid: str, n: int) -> bool:
+    got = await conn.fetchval("SELECT count(*) FROM tasks WHERE schedule_id = $1",
+                              uuid.UUID(sid))
+    return bool(got >= n)
+
+
+async def test_each_catchup_policy_after_scheduler_downtime(senv: Env) -> None:
+    env = senv
+    env.extra["TASKFLOW_SCHEDULER_GRACE_S"] = "1"
+    env.proc("projector")
+    env.proc("worker")
+    sched = env.proc("scheduler")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        sids = {p: await create(c, every_s=1, catchup=p, name=p)
+                for p in ("none", "latest", "all")}
+        await wait_until(lambda: _more_fires(env, sids["none"], 2), timeout=30, what="fires")
+        sched.kill9()
+        down_at = datetime.now(UTC)
+        await asyncio.sleep(6)
+        env.proc("scheduler")
+        await wait_until(lambda: _after_restart(env, list(sids.values())), timeout=60,
+                         what="fires after the restart")
+    marks = [ev for ev in await schedule_log(env) if ev.type is EventType.SCHEDULE_FIRED]
+    missed = {p: [m.data for m in marks if str(m.subject) == sid and m.data.outcome == "missed"]
+              for p, sid in sids.items()}
+    late = {p: await late_fires(env, sid, 1.0) for p, sid in sids.items()}
+    for sid in sids.values():
+        assert_once_per_due(sid, await fired(env, sid))
+    # all: every due time of the downtime fired, late, and none is missing.
+    all_dues = sorted(d.due_at for _, d in await fired(env, sids["all"]) if d.due_at)
+    assert not missed["all"] and contiguous(all_dues, 1.0)
+    assert len(late["all"]) >= 5 and all(down_at < d for d in late["all"])
+    # none: the downtime's due times were skipped; no fire is late.
+    assert sum(m.count for m in missed["none"]) >= 5 and not late["none"]
+    # latest: one late fire, the last missed due time; the ones before it skipped.
+    assert sum(m.count for m in missed["latest"]) >= 4
+    assert len(late["latest"]) == 1, late["latest"]
+    assert late["latest"][0] > max(m.due_at for m in missed["latest"]) > down_at
+
+
+async def late_fires(env: Env, sid: str, over_s: float) -> list[datetime]:
+    """Due times the scheduler fired more than ``over_s`` after they were due."""
+    return [ev.data.due_at for _, ev in await env.log_events()
+            if ev.type is EventType.CREATED and isinstance(ev.data, TaskCreated)
+            and str(ev.data.schedule_id) == sid and ev.data.due_at is not None
+            and (ev.time - ev.data.due_at).total_seconds() > over_s]
+
+
+async def test_overlap_skip_never_runs_two_at_once(senv: Env) -> None:
+    await services(senv)
+    async with httpx.AsyncClient(base_url=senv.base_url, timeout=30) as c:
+        r = await c.post("/schedules", json={
+            "name": "slow", "every_s": 1, "overlap": "skip",
+            "task": {"title": "slow", "type": "sleep", "payload": {"seconds": 2.5}}})
+        assert r.status_code == 201, r.text
+        sid = r.json()["schedule_id"]
+        await wait_until(lambda: _done_runs(c, sid, 2), timeout=60, what="two slow runs")
+        runs = (await c.get(f"/schedules/{sid}/runs")).json()["items"]
+        spans = []
+        for run in runs:
+            if run["status"] != "DONE":
+                continue
+            h = (await c.get(f"/tasks/{run['task_id']}/events")).json()["items"]
+            start = min(datetime.fromisoformat(e["time"]) for e in h
+                        if e["type"] == "task.processing")
+            spans.append((start, datetime.fromisoformat(run["finished_at"])))
+        doc = (await c.get(f"/schedules/{sid}")).json()
+    spans.sort()
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end  # the next run started only after the previous one ended
+    assert doc["skips"] >= 2  # due times while one ran were skipped, and counted
+    marks = [ev for ev in await schedule_log(senv) if ev.type is EventType.SCHEDULE_FIRED
+             and str(ev.subject) == sid]
+    assert any(m.data.outcome == "overlap" for m in marks)
+
+
+async def _done_runs(c: httpx.AsyncClient, sid: str, n: int) -> bool:
+    items: list[dict[str, Any]] = (await c.get(f"/schedules/{sid}/runs")).json()["items"]
+    done: int = sum(i["status"] == "DONE" for i in items)
+    return done >= n
+
+
+@pytest.mark.parametrize("zone,spring,fall", [
+    ("Europe/Berlin", date(2026, 3, 29), date(2026, 10, 25)),
+    ("America/New_York", date(2026, 3, 8), date(2026, 11, 1)),
+])
+def test_daily_0230_fires_once_on_each_dst_transition_day(zone: str, spring: date,
+                                                          fall: date) -> None:
+    tz = ZoneInfo(zone)
+    spec = ScheduleCreated(name="n", cron="30 2 * * *", timezone=zone,
+                           task=ScheduleTask(title="t"))
+    start = datetime(2026, 1, 1, tzinfo=tz).astimezone(UTC)
+    dues, d = [], next_due(spec, start, start)
+    while d is not None and d.year == 2026:
+        dues.append(d.astimezone(tz))
+        d = next_due(spec, start, d)
+    per_day = Counter(x.date() for x in dues)
+    assert per_day[spring] == 1 and per_day[fall] == 1
+    assert len(dues) == 365 and set(per_day.values()) == {1}
+    [s] = [x for x in dues if x.date() == spring]
+    assert (s.hour, s.minute) == (3, 0)  # 02:30 does not exist: first instant after the gap
+    [f] = [x for x in dues if x.date() == fall]
+    assert (f.hour, f.minute, f.fold) == (2, 30, 0)  # happens twice: the first one
