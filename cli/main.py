@@ -287,9 +287,12 @@ app.add_typer(projections_app, name="projections")
 @projections_app.command("verify")
 def projections_verify() -> None:
     """Fold the whole log and compare it with the live read model; exit 1 on any difference."""
+    from projector import schedules
     from projector.maintenance import verify
 
     diffs, n = asyncio.run(verify(get_settings(), progress=True))
+    sdiffs, sn = asyncio.run(schedules.verify(get_settings()))
+    diffs, n = diffs + sdiffs, n + sn
     for d in diffs:
         print(str(d))
     print(f"verified {n} event(s): {len(diffs)} difference(s)", file=sys.stderr)
@@ -319,6 +322,10 @@ def projections_rebuild() -> None:
         raise typer.Exit(1) from None
     print(f"\nrebuild: {stats.events} event(s) in {stats.seconds:.1f}s, swapped in",
           file=sys.stderr)
+    from projector import schedules
+
+    n = asyncio.run(schedules.rebuild(get_settings()))
+    print(f"rebuild: schedules from {n} event(s)", file=sys.stderr)
 
 
 @projections_app.command("dead-letters")

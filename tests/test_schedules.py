@@ -328,3 +328,43 @@ def test_daily_0230_fires_once_on_each_dst_transition_day(zone: str, spring: dat
     assert (s.hour, s.minute) == (3, 0)  # 02:30 does not exist: first instant after the gap
     [f] = [x for x in dues if x.date() == fall]
     assert (f.hour, f.minute, f.fold) == (2, 30, 0)  # happens twice: the first one
+
+
+async def test_verify_and_rebuild_cover_schedules(senv: Env) -> None:
+    from events.settings import Settings
+    from projector import schedules as proj
+
+    env = senv
+    await services(env)
+    settings = Settings(database_url=env.database_url, topic=env.topic,
+                        kafka_bootstrap=env.bootstrap)
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        a = await create(c, every_s=1, name="a")
+        b = await create(c, cron="0 3 * * *", timezone="Europe/Berlin", name="b")
+        gone = await create(c, every_s=3600, name="gone")
+        await wait_until(lambda: _more_fires(env, a, 2), timeout=30, what="fires")
+        assert (await c.post(f"/schedules/{b}:pause")).status_code == 200
+        assert (await c.delete(f"/schedules/{gone}")).status_code == 204
+        await wait_until(lambda: _paused(c, b, True), timeout=20, what="paused")
+        await wait_until(lambda: _gone(c, gone), timeout=20, what="deleted")
+    for p in env.procs:
+        if p.argv[0] == "scheduler":
+            p.terminate()
+    diffs, n = await proj.verify(settings)
+    assert n > 0 and diffs == []
+    conn = await env.db()
+    try:
+        await conn.execute("UPDATE schedules SET paused = NOT paused, fires = fires + 7 "
+                           "WHERE schedule_id = $1", uuid.UUID(b))
+        await conn.execute("DELETE FROM schedules WHERE schedule_id = $1", uuid.UUID(a))
+        diffs, _ = await proj.verify(settings)
+        assert {(d.task_id, d.field) for d in diffs} == {
+            (b, "paused"), (b, "fires"), (a, "row")}
+        assert await proj.rebuild(settings) == n
+        diffs, _ = await proj.verify(settings)
+        assert diffs == []
+        row = await conn.fetchrow("SELECT paused, deleted FROM schedules WHERE schedule_id = $1",
+                                  uuid.UUID(b))
+        assert row["paused"] is True and row["deleted"] is False
+    finally:
+        await conn.close()
