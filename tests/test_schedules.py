@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,13 +20,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import orjson
 import pytest
 
 from events.constants import SCHEDULER_SOURCE_PREFIX
 from events.log import delete_topics
 from events.models import EventType, ScheduleCreated, ScheduleTask, TaskCreated
 from events.schedules import fire_task_id, next_due, schedule_topic
-from tests.helpers import Env, wait_until
+from tests.helpers import ROOT, Env, wait_until
 
 
 @pytest.fixture
@@ -368,3 +372,34 @@ async def test_verify_and_rebuild_cover_schedules(senv: Env) -> None:
         assert row["paused"] is True and row["deleted"] is False
     finally:
         await conn.close()
+
+
+def _cli(env: Env, *args: str, ok: bool = True) -> str:
+    res = subprocess.run([sys.executable, "-m", "cli.main", "schedules", *args], cwd=ROOT,
+                         env={**os.environ, **env.vars, "TASKFLOW_API_URL": env.base_url},
+                         capture_output=True, timeout=60, check=False)
+    assert (res.returncode == 0) is ok, res.stderr.decode()
+    return res.stdout.decode() + res.stderr.decode() * (not ok)
+
+
+async def test_schedules_cli(senv: Env) -> None:
+    env = senv
+    await services(env)
+    out = await asyncio.to_thread(_cli, env, "create", "--name", "c", "--title", "t",
+                                  "--every-s", "3600", "--payload", '{"message": "m"}')
+    sid = orjson.loads(out)["schedule_id"]
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        await c.get(f"/schedules/{sid}")  # waits until it is projected
+        listed = await asyncio.to_thread(_cli, env, "list")
+        assert [orjson.loads(x)["schedule_id"] for x in listed.splitlines()] == [sid]
+        await asyncio.to_thread(_cli, env, "pause", sid)
+        await wait_until(lambda: _paused(c, sid, True), timeout=20, what="paused")
+        await asyncio.to_thread(_cli, env, "resume", sid)
+        await wait_until(lambda: _paused(c, sid, False), timeout=20, what="resumed")
+        tid = orjson.loads(await asyncio.to_thread(_cli, env, "trigger", sid))["task_id"]
+        await wait_until(lambda: _task_done(c, tid), timeout=30, what="triggered task done")
+        await asyncio.to_thread(_cli, env, "delete", sid)
+        await wait_until(lambda: _gone(c, sid), timeout=20, what="deleted")
+    err = await asyncio.to_thread(_cli, env, "create", "--name", "x", "--title", "t",
+                                  "--cron", "nope", ok=False)
+    assert "422" in err and "cron" in err
