@@ -459,8 +459,8 @@ def keys_list() -> None:
 
 @app.command()
 def run() -> None:
-    """Run API, worker and projector together; a child that dies is restarted (Ctrl-C stops
-    them all)."""
+    """Run API, worker, projector and scheduler together; a child that dies is restarted
+    (Ctrl-C stops them all)."""
     raise typer.Exit(run_all(get_settings()))
 
 

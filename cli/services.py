@@ -245,6 +245,6 @@ def run_all(settings: Settings) -> int:
     return supervise({
         "projector": [*exe, "projector"],
         "worker": [*exe, "worker"],
-        "scheduler": [*exe, "scheduler"],
         "api": [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port)],
+        "scheduler": [*exe, "scheduler"],  # last: the banner's older fields keep their order
     }, grace_s=settings.shutdown_grace_s, banner=banner)
