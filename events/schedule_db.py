@@ -34,18 +34,25 @@ def row(st: ScheduleState, partition: int, offset: int) -> dict[str, Any]:
     }
 
 
+def _upsert() -> Any:
+    stmt = insert(schedules)
+    return stmt.on_conflict_do_update(
+        index_elements=[schedules.c.schedule_id],
+        set_={c.name: stmt.excluded[c.name] for c in schedules.c if c.name != "schedule_id"},
+        where=schedules.c.last_offset <= stmt.excluded.last_offset)
+
+
+_UPSERT = _upsert()
+
+
 async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
                 rows: list[dict[str, Any]]) -> None:
     """Upsert ``rows`` and move the partition's checkpoint to ``offset``, in the caller's
     transaction. The checkpoint never moves back (a second owner reading from the start
     writes rows it already wrote, and the same rows: they are a fold)."""
     if rows:
-        stmt = insert(schedules).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[schedules.c.schedule_id],
-            set_={c.name: stmt.excluded[c.name] for c in schedules.c if c.name != "schedule_id"},
-            where=schedules.c.last_offset <= stmt.excluded.last_offset)
-        await conn.execute(stmt)
+        # One statement for every row set (executemany): compiled once, and cached.
+        await conn.execute(_UPSERT, rows)
     cp = insert(projector_offsets).values(projection=SCHEDULE_PROJECTION, topic=topic,
                                           partition=partition, offset=offset)
     await conn.execute(cp.on_conflict_do_update(
