@@ -403,3 +403,68 @@ async def test_schedules_cli(senv: Env) -> None:
     err = await asyncio.to_thread(_cli, env, "create", "--name", "x", "--title", "t",
                                   "--cron", "nope", ok=False)
     assert "422" in err and "cron" in err
+
+
+async def test_schedules_are_tenant_scoped(senv: Env) -> None:
+    from tests.test_api import cli
+
+    env = senv
+    env.proc("projector")
+    env.proc("worker")
+    env.proc("scheduler")
+    await env.api(TASKFLOW_AUTH="true")
+    a = {"Authorization": f"Bearer {cli(env, 'keys', 'create', '--tenant', 'acme')}"}
+    b = {"Authorization": f"Bearer {cli(env, 'keys', 'create', '--tenant', 'globex')}"}
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        assert (await c.post("/schedules", json={"name": "x", "every_s": 1, "task": TASK})
+                ).status_code == 401
+        r = await c.post("/schedules", json={"name": "acme", "every_s": 1, "task": TASK},
+                         headers=a)
+        assert r.status_code == 201, r.text
+        sid = r.json()["schedule_id"]
+        assert (await c.get(f"/schedules/{sid}", headers=a)).status_code == 200
+        assert (await c.get(f"/schedules/{sid}", headers=b)).status_code == 404
+        assert (await c.get("/schedules", headers=b)).json()["items"] == []
+        for path in (":pause", ":trigger", "/runs"):
+            method = c.get if path == "/runs" else c.post
+            assert (await method(f"/schedules/{sid}{path}", headers=b)).status_code == 404
+        assert (await c.delete(f"/schedules/{sid}", headers=b)).status_code == 404
+        assert (await c.patch(f"/schedules/{sid}", json={"name": "mine"}, headers=b)
+                ).status_code == 404
+        await wait_until(lambda: _more_fires(env, sid, 1), timeout=30, what="a fire")
+        runs = (await c.get(f"/schedules/{sid}/runs", headers=a)).json()["items"]
+        assert runs
+        task = await c.get(f"/tasks/{runs[0]['task_id']}", headers=a)
+        assert task.status_code == 200  # the fired task is acme's
+        assert (await c.get(f"/tasks/{runs[0]['task_id']}", headers=b)).status_code == 404
+
+
+async def test_a_record_that_is_no_schedule_event_is_parked_and_fires_go_on(
+        senv: Env) -> None:
+    from events.log import EventProducer
+
+    env = senv
+    await services(env)
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        sid = await create(c, every_s=1)
+        await wait_until(lambda: _more_fires(env, sid, 1), timeout=30, what="a fire")
+        producer = EventProducer(bootstrap=env.bootstrap, topic=env.topic, timeout_s=5)
+        await producer.start()
+        try:
+            pos = await producer.append_raw(schedule_topic(env.topic), uuid.UUID(sid).bytes,
+                                            b"not an event")
+        finally:
+            await producer.stop()
+        n = len(await fire_ids(env, sid))
+        await wait_until(lambda: _more_fires(env, sid, n + 3), timeout=30,
+                         what="fires after the poison record")
+    conn = await env.db()
+    try:
+        rows = await wait_until(lambda: conn.fetch(
+            'SELECT topic, partition, "offset", error FROM dead_letters '
+            "WHERE projection = 'schedules'"), timeout=20, what="the record to be parked")
+    finally:
+        await conn.close()
+    assert [(r["topic"], r["partition"], r["offset"]) for r in rows] == [
+        (schedule_topic(env.topic), pos.partition, pos.offset)]
+    assert "JSON" in rows[0]["error"]
