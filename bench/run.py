@@ -58,6 +58,8 @@ class Sizes:
     schedules_n: int = 1000  # interval schedules firing at once
     schedules_every_s: float = 1.0
     schedules_s: float = 60.0  # seconds they fire for
+    delayed_n: int = 5000  # delayed tasks, due evenly over ...
+    delayed_spread_s: float = 20.0  # ... this many seconds
 
 
 QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, latency_s=2.0, rest_s=2.0,
@@ -65,7 +67,8 @@ QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, latency_s=2.0, res
               rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0,
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000,
-              reads_tasks=100_000, reads_requests=300, schedules_n=200, schedules_s=15.0)
+              reads_tasks=100_000, reads_requests=300, schedules_n=200, schedules_s=15.0,
+              delayed_n=1000, delayed_spread_s=5.0)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=1.0,
               rest_s=0.5,
@@ -74,7 +77,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, latency_s=
               rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
               fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30,
-              schedules_n=5, schedules_s=2.0)
+              schedules_n=5, schedules_s=2.0, delayed_n=20, delayed_spread_s=1.0)
 
 
 

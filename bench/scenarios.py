@@ -358,3 +358,22 @@ async def schedules(run: Run) -> None:
         run.failed("schedules", "taskflow", exc)
     finally:
         w.stop()
+    w = await run.lab.world("delayed")
+    dlabel = f"{z.delayed_n:,} delayed tasks due over {z.delayed_spread_s:g} s"
+    d50 = run.figure("schedules", f"delayed start lateness p50, {dlabel}", "ms", "lower",
+                     comparable=False)
+    d99 = run.figure("schedules", f"delayed start lateness p99, {dlabel}", "ms", "lower",
+                     comparable=False)
+    early = run.figure("schedules", "delayed tasks started early", "tasks", "lower",
+                       comparable=False)
+    try:
+        res = await sched_mod.delayed(w, n=z.delayed_n, spread_s=z.delayed_spread_s)
+        run.detail("delayed", "taskflow", res)
+        d50.values["taskflow"] = res["start_lateness_p50_ms"]
+        d99.values["taskflow"] = res["start_lateness_p99_ms"]
+        early.values["taskflow"] = res["early"]
+        early.notes["taskflow"] = f"{res['started']:,} of {res['tasks']:,} started"
+    except Exception as exc:
+        run.failed("delayed", "taskflow", exc)
+    finally:
+        w.stop()

@@ -100,3 +100,45 @@ async def run(w: World, *, n: int, every_s: float, seconds: float) -> dict[str, 
         "lateness_max_ms": round(lateness[-1] * 1000, 1) if lateness else None,
         "cores": cores,
     }
+
+
+async def delayed(w: World, *, n: int, spread_s: float) -> dict[str, Any]:
+    """``n`` delayed tasks due over ``spread_s`` seconds: how long after its ``run_at``
+    each starts (the time of its first ``task.processing``), and how many started early."""
+    w.start("worker")
+    await w.start_api()
+    lead_s = 3.0  # seconds before the first due time: the worker is up and has folded them
+    tasks = [{"title": f"d{i}", "type": "noop", "payload": {},
+              "delay_s": round(lead_s + spread_s * i / max(1, n - 1), 3)} for i in range(n)]
+    conn = Connection("127.0.0.1", w.api_port)
+    try:
+        for i in range(0, n, 1000):
+            resp = await conn.request("POST", "/tasks:batch",
+                                      orjson.dumps({"tasks": tasks[i:i + 1000]}))
+            if resp.status != 202:
+                raise RuntimeError(f"POST /tasks:batch answered {resp.status}: "
+                                   f"{resp.body[:300]!r}")
+    finally:
+        await conn.close()
+    await asyncio.sleep(lead_s + spread_s + 3)
+    w.stop()
+    due: dict[uuid.UUID, float] = {}
+    started: dict[uuid.UUID, float] = {}
+    async for r in read_records(bootstrap=w.bootstrap, topic=w.topic):
+        try:
+            ev = decode(r.value)
+        except UndecodableEvent:
+            continue
+        if isinstance(ev.data, TaskCreated) and ev.data.run_at is not None:
+            due[ev.subject] = ev.data.run_at.timestamp()
+        elif ev.type is EventType.PROCESSING and ev.subject in due:
+            # The event's own time (microseconds), not the record's timestamp: that one is
+            # in whole milliseconds, and a start within the due millisecond read as early.
+            started.setdefault(ev.subject, ev.time.timestamp())
+    late = sorted(started[t] - due[t] for t in started)
+    p50, p99 = percentile(late, 50), percentile(late, 99)
+    return {"tasks": len(due), "started": len(started),
+            "early": sum(1 for x in late if x < 0),
+            "start_lateness_p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
+            "start_lateness_p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
+            "start_lateness_max_ms": round(late[-1] * 1000, 1) if late else None}

@@ -468,3 +468,29 @@ async def test_a_record_that_is_no_schedule_event_is_parked_and_fires_go_on(
     assert [(r["topic"], r["partition"], r["offset"]) for r in rows] == [
         (schedule_topic(env.topic), pos.partition, pos.offset)]
     assert "JSON" in rows[0]["error"]
+
+
+async def test_patch_changes_the_definition_and_is_checked_like_a_create(senv: Env) -> None:
+    await services(senv)
+    async with httpx.AsyncClient(base_url=senv.base_url, timeout=30) as c:
+        sid = await create(c, every_s=3600, name="slow")
+        await c.get(f"/schedules/{sid}")  # waits until it is projected
+        r = await c.patch(f"/schedules/{sid}", json={"cron": "nope"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "cron"]
+        r = await c.patch(f"/schedules/{sid}", json={"timezone": "Nowhere/Land"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "timezone"]
+        r = await c.patch(f"/schedules/{sid}", json={"every_s": 1, "name": "fast"})
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: _more_fires(senv, sid, 2), timeout=30,
+                         what="fires at the new interval")
+        doc = (await c.get(f"/schedules/{sid}")).json()
+        assert doc["name"] == "fast" and doc["every_s"] == 1 and doc["cron"] is None
+        r = await c.patch(f"/schedules/{sid}", json={"cron": "0 0 1 1 *"})
+        assert r.status_code == 200, r.text
+
+        async def yearly() -> bool:
+            d = (await c.get(f"/schedules/{sid}")).json()
+            return bool(d["cron"] == "0 0 1 1 *" and d["every_s"] is None)
+
+        await wait_until(yearly, timeout=20, what="the cron definition")
+    assert_once_per_due(sid, await fired(senv, sid))
