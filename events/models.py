@@ -56,13 +56,18 @@ class EventData(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TaskCreated(EventData):
+class TaskSpec(EventData):
+    """What a task is; also what each fire of a schedule submits (``ScheduleTask``)."""
+
     title: str
     type: str = "echo"
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: int = 0
     max_attempts: int | None = None
     timeout_s: float | None = None
+
+
+class TaskCreated(TaskSpec):
     # Delayed task: no worker starts it before this time.
     run_at: AwareDatetime | None = None
     # A schedule's fire: the schedule and the due time this task is for (scheduler/).
@@ -118,15 +123,7 @@ class TaskRedriven(EventData):
     spec: TaskCreated | None = None
 
 
-class ScheduleTask(EventData):
-    """What each fire of a schedule submits."""
-
-    title: str
-    type: str = "echo"
-    payload: dict[str, Any] = Field(default_factory=dict)
-    priority: int = 0
-    max_attempts: int | None = None
-    timeout_s: float | None = None
+ScheduleTask = TaskSpec  # the task of a schedule's definition
 
 
 class ScheduleCreated(EventData):

@@ -33,11 +33,11 @@ async def test_delayed_task_waits_for_its_time_and_shows_as_delayed(env: Env) ->
     env.proc("worker")
     await env.api()
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
-        run_at = datetime.now(UTC) + timedelta(seconds=4)
+        run_at = datetime.now(UTC) + timedelta(seconds=10)
         tid = await submit(c, {"title": "later", "payload": {"message": "hi"},
                                "run_at": run_at.isoformat()})
         r = await c.post("/tasks:batch", json={"tasks": [
-            {"title": "b", "payload": {"message": "b"}, "delay_s": 3}]})
+            {"title": "b", "payload": {"message": "b"}, "delay_s": 8}]})
         assert r.status_code == 202 and r.json()["items"][0]["status"] == "DELAYED"
         batch_tid = r.json()["items"][0]["task_id"]
         doc = await wait_status(c, tid, {"DELAYED"})

@@ -494,3 +494,44 @@ async def test_patch_changes_the_definition_and_is_checked_like_a_create(senv: E
 
         await wait_until(yearly, timeout=20, what="the cron definition")
     assert_once_per_due(sid, await fired(senv, sid))
+
+
+def test_schedule_fold_handles_every_schedule_event() -> None:
+    from events.models import (
+        ScheduleDeleted,
+        ScheduleFired,
+        SchedulePaused,
+        ScheduleResumed,
+        ScheduleUpdated,
+        new_event,
+    )
+    from events.schedules import apply_schedule
+
+    sid, t0 = uuid.uuid4(), datetime(2026, 1, 1, tzinfo=UTC)
+
+    def ev(data: Any, s: int) -> Any:
+        return new_event(data, task_id=sid, source="t", time=t0 + timedelta(seconds=s))
+
+    spec = {"name": "n", "every_s": 10.0, "task": ScheduleTask(title="t")}
+    st = apply_schedule(None, ev(ScheduleCreated(**spec), 0))
+    assert st is not None and st.next_run_at() == t0 + timedelta(seconds=10)
+    assert apply_schedule(st, ev(ScheduleCreated(**{**spec, "name": "dup"}), 1)) == st
+    tid = uuid.uuid4()
+    st = apply_schedule(st, ev(ScheduleFired(due_at=t0 + timedelta(seconds=10), task_id=tid), 10))
+    assert st is not None and (st.fires, st.last_task_id) == (1, tid)
+    assert st.next_run_at() == t0 + timedelta(seconds=20)
+    again = apply_schedule(st, ev(ScheduleFired(due_at=t0 + timedelta(seconds=10),
+                                                task_id=tid), 11))
+    assert again == st  # a due time is handled once
+    st = apply_schedule(st, ev(ScheduleFired(due_at=t0 + timedelta(seconds=40),
+                                             outcome="missed", count=3), 45))
+    assert st is not None and st.skips == 3 and st.fires == 1
+    st = apply_schedule(st, ev(SchedulePaused(), 50))
+    assert st is not None and st.paused and st.next_run_at() is None
+    st = apply_schedule(st, ev(ScheduleResumed(), 95))
+    assert st is not None and st.next_run_at() == t0 + timedelta(seconds=105)  # from resume
+    st = apply_schedule(st, ev(ScheduleUpdated(**{**spec, "every_s": 60.0}), 100))
+    assert st is not None and st.next_run_at() == t0 + timedelta(seconds=160)
+    st = apply_schedule(st, ev(ScheduleDeleted(), 110))
+    assert st is not None and st.deleted and st.next_run_at() is None
+    assert apply_schedule(st, ev(ScheduleResumed(), 120)) == st  # deleted absorbs

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 from playwright.async_api import Browser
 
-from events.log import delete_topics
-from events.schedules import schedule_topic
 from tests.helpers import Env
 from tests.test_dashboard import browser, open_dashboard
+from tests.test_schedules import senv
 
-__all__ = ["browser"]  # the fixture, used by name
-
-
-@pytest.fixture
-async def senv(env: Env) -> AsyncIterator[Env]:
-    try:
-        yield env
-    finally:
-        env.stop_all()
-        await delete_topics(env.bootstrap, [schedule_topic(env.topic)])
+__all__ = ["browser", "senv"]  # the fixtures, used by name
 
 
 async def test_schedules_panel_shows_next_and_last_run_and_its_status(
