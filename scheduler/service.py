@@ -19,7 +19,8 @@ How the guarantees are kept:
   ``schedule.fired`` with outcome ``missed`` (or ``overlap``), so they are not revisited.
 
 The scheduler also writes the ``schedules`` projection of the partitions it owns: the
-fold of their events, with a checkpoint, in one Postgres transaction per poll.
+fold of their events, with a checkpoint, in one Postgres transaction at most every
+``PROJECT_EVERY_S`` per partition.
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ class Part:
     handled: dict[uuid.UUID, datetime] = field(default_factory=dict)
     last_task: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
     dirty: dict[uuid.UUID, int] = field(default_factory=dict)  # schedule -> last offset
-    checkpoint: int = -1
     next_projection: float = 0.0  # monotonic time of the next projection write
 
 
