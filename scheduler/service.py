@@ -140,6 +140,11 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._stopping.set()
+        for part in list(self.parts.values()):  # what the last polls folded, if it can
+            try:
+                await asyncio.wait_for(self._project(part), 5)
+            except Exception as exc:
+                log.warning("final projection of partition %d failed: %r", part.tp[1], exc)
         if self._consumer is not None:
             await self._consumer.stop()
         await self._close(list(self.parts))

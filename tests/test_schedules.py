@@ -431,9 +431,12 @@ async def test_schedules_are_tenant_scoped(senv: Env) -> None:
         assert (await c.delete(f"/schedules/{sid}", headers=b)).status_code == 404
         assert (await c.patch(f"/schedules/{sid}", json={"name": "mine"}, headers=b)
                 ).status_code == 404
-        await wait_until(lambda: _more_fires(env, sid, 1), timeout=30, what="a fire")
-        runs = (await c.get(f"/schedules/{sid}/runs", headers=a)).json()["items"]
-        assert runs
+        async def projected_runs() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = (await c.get(f"/schedules/{sid}/runs",
+                                                       headers=a)).json()["items"]
+            return items
+
+        runs = await wait_until(projected_runs, timeout=30, what="a projected fire")
         task = await c.get(f"/tasks/{runs[0]['task_id']}", headers=a)
         assert task.status_code == 200  # the fired task is acme's
         assert (await c.get(f"/tasks/{runs[0]['task_id']}", headers=b)).status_code == 404
