@@ -42,6 +42,7 @@ async def test_delayed_task_waits_for_its_time_and_shows_as_delayed(env: Env) ->
         batch_tid = r.json()["items"][0]["task_id"]
         doc = await wait_status(c, tid, {"DELAYED"})
         assert datetime.fromisoformat(doc["not_before"]) == run_at
+        await wait_status(c, batch_tid, {"DELAYED"})  # another partition: projected apart
         listed = (await c.get("/tasks", params={"status": "DELAYED"})).json()["items"]
         assert {tid, batch_tid} <= {t["task_id"] for t in listed}
         await wait_status(c, tid, {"DONE"}, timeout=60)
