@@ -228,7 +228,8 @@ def supervise(argvs: dict[str, list[str]], *, grace_s: float,
 
 
 def run_all(settings: Settings) -> int:
-    """Run API, worker and projector as child processes; Ctrl-C or SIGTERM stops all three.
+    """Run API, worker, projector and scheduler as child processes; Ctrl-C or SIGTERM
+    stops them all.
 
     A child that dies is restarted (see ``supervise``); the others keep running.
     """
@@ -245,4 +246,5 @@ def run_all(settings: Settings) -> int:
         "projector": [*exe, "projector"],
         "worker": [*exe, "worker"],
         "api": [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port)],
+        "scheduler": [*exe, "scheduler"],  # last: the banner's older fields keep their order
     }, grace_s=settings.shutdown_grace_s, banner=banner)
