@@ -1,7 +1,7 @@
 """webhooks: subscriptions and deliveries, projected from the webhook topic
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-05
 
 * ``webhooks``            one row per subscription (the fold of its webhook.* events);
@@ -21,7 +21,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
