@@ -15,6 +15,7 @@ COPY events ./events
 COPY migrations ./migrations
 COPY projector ./projector
 COPY worker ./worker
+COPY notifier ./notifier
 RUN pip install . \
     && useradd --system --uid 10001 --no-create-home taskflow
 

@@ -14,13 +14,14 @@ import hashlib
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from fastapi import Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import metrics
+from api import metrics, task_callback
 from api.auth import Tenant
 from api.problems import Invalid, for_log_down
 from api.schemas import PositionOut, TaskAccepted, TaskIn
@@ -42,25 +43,36 @@ def check_type(body: TaskIn, settings: Settings, loc: list[str | int]) -> None:
 
 
 def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEvent:
-    """The ``task.created`` of a submitted task."""
+    """The ``task.created`` of a submitted task (delayed: with its ``run_at``)."""
+    run_at = body.run_at
+    if body.delay_s is not None:
+        run_at = datetime.now(UTC) + timedelta(seconds=body.delay_s)
     return new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
                     priority=body.priority, max_attempts=body.max_attempts,
-                    timeout_s=body.timeout_s),
+                    timeout_s=body.timeout_s, run_at=run_at),
         task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
     )
 
 
-def pending(task_id: uuid.UUID, p: Position) -> dict[str, Any]:
+def initial_status(body: TaskIn) -> TaskStatus:
+    """What a new task reads as: DELAYED when it has a start time, else PENDING."""
+    delayed = body.run_at is not None or body.delay_s is not None
+    return TaskStatus.DELAYED if delayed else TaskStatus.PENDING
+
+
+def pending(task_id: uuid.UUID, p: Position,
+            status: TaskStatus = TaskStatus.PENDING) -> dict[str, Any]:
     """A new task as ``TaskAccepted`` gives it in JSON, without validating and dumping a
     model we just built."""
-    return {"task_id": task_id, "status": TaskStatus.PENDING.value,
+    return {"task_id": task_id, "status": status.value,
             "position": {"partition": p.partition, "offset": p.offset}}
 
 
-def accepted_response(task_id: uuid.UUID, p: Position) -> Response:
+def accepted_response(task_id: uuid.UUID, p: Position,
+                      status: TaskStatus = TaskStatus.PENDING) -> Response:
     """The 202 of a new task, encoded directly."""
-    return Response(orjson.dumps(pending(task_id, p)), status_code=202,
+    return Response(orjson.dumps(pending(task_id, p, status)), status_code=202,
                     media_type="application/json", headers={"Location": f"/tasks/{task_id}"})
 
 
@@ -106,7 +118,8 @@ def _digest(spec: dict[str, Any]) -> bytes:
 
 
 async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
-                      idempotency_key: str | None = None) -> Response:
+                      idempotency_key: str | None = None,
+                      task_id: uuid.UUID | None = None) -> Response:
     """Append ``task.created`` and answer once Kafka acknowledged: 202, the 200 replay of
     a keyed task already accepted, or 503 naming the task id. Raises ``Problem``s (an
     unknown type, a key reused with another body)."""
@@ -116,15 +129,24 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
     settings: Settings = state.settings
     producer: EventProducer = state.producer
     check_type(body, settings, ["body"])
+    if body.callback_url is not None:
+        # The task's own webhook is in the log before the task, so no event of the task
+        # can come before it.
+        task_id = (ids.uuid4() if idempotency_key is None else
+                   uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}"))
+        sub = await task_callback.subscribe(request, body.callback_url, tenant, task_id)
+        resp = await accept_task(request, body.model_copy(update={"callback_url": None}),
+                                 tenant, idempotency_key=idempotency_key, task_id=task_id)
+        return task_callback.with_callback(resp, sub)
     if idempotency_key is None:
         # A fresh random id: nothing to look up, nothing to serialise against.
-        task_id = ids.uuid4()
+        task_id = task_id or ids.uuid4()
         try:
             [p] = await producer.append([created_event(body, task_id, tenant)])
         except LogUnavailable as exc:
             return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
         metrics.SUBMITTED.labels(body.type).inc()
-        return accepted_response(task_id, p)
+        return accepted_response(task_id, p, initial_status(body))
     # Derived id: the same (tenant, key) always names the same task, with no key store.
     task_id = uuid.uuid5(IDEMPOTENCY_NS, f"{tenant.name or ''}\n{idempotency_key}")
     async with key_lock(state, task_id):
@@ -149,7 +171,8 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
                 first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
                 position = PositionOut(**first.get("position",
                                                    {"partition": 0, "offset": 0}))
-            status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+            status = (TaskStatus(existing["status"]) if existing
+                      else initial_status(body))
             replay = TaskAccepted(task_id=task_id, status=status, position=position)
             return Response(replay.model_dump_json(), status_code=200,
                             media_type="application/json",
@@ -165,7 +188,7 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
         while len(_recent_keyed) > RECENT_KEYED_MAX:
             _recent_keyed.popitem(last=False)
     metrics.SUBMITTED.labels(body.type).inc()
-    return accepted_response(task_id, p)
+    return accepted_response(task_id, p, initial_status(body))
 
 
 async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant) -> Response:
@@ -175,6 +198,7 @@ async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant
     producer: EventProducer = request.app.state.producer
     for i, t in enumerate(tasks):
         check_type(t, settings, ["body", "tasks", i])
+        task_callback.refuse_in_batch(t, i)
     task_ids = [ids.uuid4() for _ in tasks]
     try:
         positions = await producer.append([created_event(t, i, tenant)
@@ -187,5 +211,6 @@ async def accept_batch(request: Request, tasks: Sequence[TaskIn], tenant: Tenant
     # The documented BatchAccepted, encoded directly: validating and dumping a model per
     # task again would be a good part of a batch's time.
     return Response(orjson.dumps({"items": [
-        pending(i, p) for i, p in zip(task_ids, positions, strict=True)]}),
+        pending(i, p, initial_status(t))
+        for i, p, t in zip(task_ids, positions, tasks, strict=True)]}),
         status_code=202, media_type="application/json")

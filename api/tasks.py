@@ -67,7 +67,7 @@ async def submit_batch(body: BatchIn, request: Request,
     return await submit.accept_batch(request, body.tasks, tenant)
 
 
-def _parse_as_of(value: str) -> datetime | tuple[int, int]:
+def parse_as_of(value: str) -> datetime | tuple[int, int]:
     if ":" in value and "T" not in value and "-" not in value:
         p, _, o = value.partition(":")
         try:
@@ -98,7 +98,7 @@ async def get_task(
     """The task's current state, from the projection; or, with ``as_of``, as it was then."""
     await reach(db, feed, settings, min_position)
     if as_of is not None:
-        point = _parse_as_of(as_of)
+        point = parse_as_of(as_of)
         history = await queries.task_history(db, task_id=task_id)
         upto = []
         for item in history:

@@ -16,6 +16,10 @@ CLI_SOURCE: Final = "taskflow/cli"
 WORKER_SOURCE_PREFIX: Final = "taskflow/worker/"
 
 WORKER_GROUP: Final = "taskflow.worker"
+SCHEDULER_SOURCE_PREFIX: Final = "taskflow/scheduler/"
+SCHEDULER_TICK_S: Final = 0.1  # seconds between two looks for due times
+SCHEDULER_GRACE_S: Final = 2.0  # seconds late a due time may be found and count as on time
+SCHEDULER_CATCHUP_MAX: Final = 1000  # due times of one schedule handled per look, at most
 PROJECTION: Final = "tasks"  # name of the live projection in projector_offsets
 PROJECTOR_GROUP_PREFIX: Final = "taskflow.projector."  # + projection name
 CHANGES_CHANNEL: Final = "taskflow_changes"  # pg_notify channel (wake-up only)

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # means a longer read after a crash, never a task run twice.
     worker_offset_commit_interval_ms: float = Field(
         default=constants.WORKER_OFFSET_COMMIT_INTERVAL_MS, ge=0)
+    # The scheduler (scheduler/): its group (default: <topic>.scheduler), how often it
+    # looks for due times, and how late a due time may be found and still count as on
+    # time; older ones were missed (the scheduler was down) and follow the catchup policy.
+    scheduler_group: str = ""
+    scheduler_tick_s: float = Field(default=constants.SCHEDULER_TICK_S, gt=0)
+    scheduler_grace_s: float = Field(default=constants.SCHEDULER_GRACE_S, ge=0)
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)
@@ -100,7 +106,7 @@ class Settings(BaseSettings):
     list_limit_max: int = Field(default=500, ge=1)
     # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in
     # sync with the handlers your workers register.
-    task_types: str = "echo,sleep,fail,flaky,compute,noop"
+    task_types: str = "echo,sleep,fail,flaky,compute,noop,http,email"
 
     @cached_property
     def task_type_list(self) -> tuple[str, ...]:

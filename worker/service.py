@@ -48,6 +48,7 @@ from events.log import (
 from events.models import CloudEvent, EventData, new_event
 from events.settings import Settings
 from worker import metrics as wmetrics
+from worker import outbound as _outbound  # noqa: F401  (registers http and email)
 from worker.lane import Lane
 from worker.running import on_record, schedule
 
@@ -79,6 +80,7 @@ class Worker:
     committed_events: int = 0
     redelivered: int = 0
     duplicates: int = 0
+    waiting: int = 0  # tasks waiting for their not_before (delayed, retrying): no slot
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     sem: asyncio.Semaphore | None = field(default=None, repr=False)  # worker_concurrency
@@ -99,7 +101,9 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(lane.running) for lane in self.lanes.values())
+        """Tasks taking or waiting for a slot; not those waiting for their start time,
+        which cost only memory (a backlog of delayed tasks must not stop the polling)."""
+        return sum(len(lane.running) for lane in self.lanes.values()) - self.waiting
 
     def event(self, data: EventData, task_id: uuid.UUID, attempt: int,
               tenant: str | None) -> CloudEvent:
