@@ -15,6 +15,8 @@ COPY events ./events
 COPY migrations ./migrations
 COPY projector ./projector
 COPY worker ./worker
+COPY scheduler ./scheduler
+COPY notifier ./notifier
 # The SDK: `taskflow submit` and `taskflow watch` use it.
 COPY sdk/python ./sdk/python
 RUN pip install . ./sdk/python \

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps bench-deps run test test-fast lint bench stack-up stack-down clean
+.PHONY: install system-deps bench-deps tools run test test-fast lint bench stack-up stack-down clean
 
 install: system-deps $(STAMP)
 
@@ -45,7 +45,7 @@ stack-down:
 run: stack-up
 	$(BIN)/taskflow run
 
-test: stack-up bench-deps
+test: stack-up bench-deps tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests that need neither Kafka nor Postgres (fold, codec, schemas, limits, planners,
@@ -57,6 +57,29 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	cd sdk/python && ../../$(BIN)/mypy --strict taskflow_client
+
+# helm for the chart's tests (tests/test_helm.py), built from the Go module proxy.
+HELM_VERSION := v3.17.3
+TOOLS := $(CURDIR)/.tools
+
+# The Docker client's compose plugin, for `docker compose config` (tests/test_compose_config.py);
+# no engine is needed. Its module has exclude directives, so `go install` refuses it: it is
+# built from its own module directory.
+COMPOSE_VERSION := v5.6.0
+COMPOSE_PLUGIN := $(TOOLS)/docker/cli-plugins/docker-compose
+
+tools: $(TOOLS)/helm $(COMPOSE_PLUGIN)
+
+$(TOOLS)/helm:
+	@command -v go >/dev/null || { echo "Go is required to build helm" >&2; exit 1; }
+	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(COMPOSE_PLUGIN):
+	@command -v go >/dev/null || { echo "Go is required to build docker compose" >&2; exit 1; }
+	src=$$(go mod download -json github.com/docker/compose/v5@$(COMPOSE_VERSION) | \
+		$(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') && \
+	tmp=$$(mktemp -d) && cp -r "$$src/." "$$tmp" && chmod -R u+w "$$tmp" && \
+	(cd "$$tmp" && go build -o $(COMPOSE_PLUGIN) ./cmd) && rm -rf "$$tmp"
 
 # The peers (Celery, Dramatiq) and their broker: redis-server from Debian's packages.
 bench-deps: install $(VENV)/.bench-installed

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, ops, problems, stream, tasks
+from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks
 from api.auth import KeyRing
 from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])
-    for module in (tasks, stream, ops):
+    for module in (tasks, stream, ops, schedules, webhooks):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

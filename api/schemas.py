@@ -6,11 +6,20 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from events.models import TaskStatus
 
 MAX_TITLE = 500
+MAX_DELAY_S = 366 * 86_400  # seconds: the longest delay a task may wait
 TYPE_PATTERN = r"^[A-Za-z0-9_.:-]+$"  # a task type: what a handler is registered under
 
 
@@ -42,6 +51,18 @@ class TaskIn(BaseModel):
     priority: int = Field(default=0, ge=-100, le=100)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+    # Webhook for this task alone: its terminal events, signed (see docs/webhooks.md).
+    callback_url: str | None = Field(default=None, min_length=1, max_length=2048)
+    run_at: Annotated[AwareDatetime, AfterValidator(_in_utc_range)] | None = Field(
+        default=None, description="RFC 3339 with an offset: the task starts no earlier")
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S,
+                                  description="seconds from now before the task may start")
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> TaskIn:
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return self
 
     @field_validator("title")
     @classmethod
@@ -81,6 +102,8 @@ class TaskOut(BaseModel):
     max_attempts: int | None = None
     timeout_s: float | None = None
     not_before: datetime | None = None
+    schedule_id: uuid.UUID | None = None
+    due_at: datetime | None = None
     cancel_requested: bool = False
     dead_lettered: bool = False
     created_at: datetime | None = None

@@ -15,6 +15,7 @@ import hashlib
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import metrics
+from api import metrics, task_callback
 from api.auth import Tenant
 from api.problems import BASE, Invalid, Problem, for_log_down
 from api.schemas import BatchItemIn, PositionOut, TaskAccepted, TaskIn
@@ -45,25 +46,36 @@ def check_type(body: TaskIn, settings: Settings, loc: list[str | int]) -> None:
 
 
 def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEvent:
-    """The ``task.created`` of a submitted task."""
+    """The ``task.created`` of a submitted task (delayed: with its ``run_at``)."""
+    run_at = body.run_at
+    if body.delay_s is not None:
+        run_at = datetime.now(UTC) + timedelta(seconds=body.delay_s)
     return new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
                     priority=body.priority, max_attempts=body.max_attempts,
-                    timeout_s=body.timeout_s),
+                    timeout_s=body.timeout_s, run_at=run_at),
         task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
     )
 
 
-def pending(task_id: uuid.UUID, p: Position) -> dict[str, Any]:
+def initial_status(body: TaskIn) -> TaskStatus:
+    """What a new task reads as: DELAYED when it has a start time, else PENDING."""
+    delayed = body.run_at is not None or body.delay_s is not None
+    return TaskStatus.DELAYED if delayed else TaskStatus.PENDING
+
+
+def pending(task_id: uuid.UUID, p: Position,
+            status: TaskStatus = TaskStatus.PENDING) -> dict[str, Any]:
     """A new task as ``TaskAccepted`` gives it in JSON, without validating and dumping a
     model we just built."""
-    return {"task_id": task_id, "status": TaskStatus.PENDING.value,
+    return {"task_id": task_id, "status": status.value,
             "position": {"partition": p.partition, "offset": p.offset}}
 
 
-def accepted_response(task_id: uuid.UUID, p: Position) -> Response:
+def accepted_response(task_id: uuid.UUID, p: Position,
+                      status: TaskStatus = TaskStatus.PENDING) -> Response:
     """The 202 of a new task, encoded directly."""
-    return Response(orjson.dumps(pending(task_id, p)), status_code=202,
+    return Response(orjson.dumps(pending(task_id, p, status)), status_code=202,
                     media_type="application/json", headers={"Location": f"/tasks/{task_id}"})
 
 
@@ -130,7 +142,8 @@ async def _keyed_known(state: Any, task_ids: list[uuid.UUID]) -> dict[uuid.UUID,
 
 async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: bytes,
                   existing: dict[str, Any] | None,
-                  loc: list[str | int] | None = None) -> TaskAccepted | None:
+                  loc: list[str | int] | None = None, *,
+                  initial: TaskStatus = TaskStatus.PENDING) -> TaskAccepted | None:
     """The earlier acceptance of a keyed task, if there was one; ``Invalid`` if that
     task had another body. Call it holding the task's ``key_lock``."""
     recent = _recent_keyed.get(task_id)
@@ -149,7 +162,7 @@ async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: 
         db: AsyncEngine = state.engine
         first = (await queries.task_history(db, task_id=task_id) or [{}])[0]
         position = PositionOut(**first.get("position", {"partition": 0, "offset": 0}))
-    status = TaskStatus(existing["status"]) if existing else TaskStatus.PENDING
+    status = TaskStatus(existing["status"]) if existing else initial
     return TaskAccepted(task_id=task_id, status=status, position=position)
 
 
@@ -160,7 +173,8 @@ def _remember(task_id: uuid.UUID, digest: bytes, p: Position) -> None:
 
 
 async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
-                      idempotency_key: str | None = None) -> Response:
+                      idempotency_key: str | None = None,
+                      task_id: uuid.UUID | None = None) -> Response:
     """Append ``task.created`` and answer once Kafka acknowledged: 202, the 200 replay of
     a keyed task already accepted, or 503 naming the task id. Raises ``Problem``s (an
     unknown type, a key reused with another body)."""
@@ -170,22 +184,32 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
     settings: Settings = state.settings
     producer: EventProducer = state.producer
     check_type(body, settings, ["body"])
+    if body.callback_url is not None:
+        # The task's own webhook is in the log before the task, so no event of the task
+        # can come before it.
+        task_id = (ids.uuid4() if idempotency_key is None else
+                   keyed_id(tenant, idempotency_key))
+        sub = await task_callback.subscribe(request, body.callback_url, tenant, task_id)
+        resp = await accept_task(request, body.model_copy(update={"callback_url": None}),
+                                 tenant, idempotency_key=idempotency_key, task_id=task_id)
+        return task_callback.with_callback(resp, sub)
     if idempotency_key is None:
         # A fresh random id: nothing to look up, nothing to serialise against.
-        task_id = ids.uuid4()
+        task_id = task_id or ids.uuid4()
         try:
             [p] = await producer.append([created_event(body, task_id, tenant)])
         except LogUnavailable as exc:
             return for_log_down(request, exc, task_id=str(task_id), note=LOG_DOWN_NOTE)
         metrics.SUBMITTED.labels(body.type).inc()
-        return accepted_response(task_id, p)
+        return accepted_response(task_id, p, initial_status(body))
     # Derived id: the same (tenant, key) always names the same task, with no key store.
     task_id = keyed_id(tenant, idempotency_key)
     async with key_lock(state, task_id):
         spec = body.model_dump(include=set(_SPEC))
         digest = _digest(spec)
         known = await _keyed_known(state, [task_id])
-        replay = await _replay(state, task_id, spec, digest, known.get(task_id))
+        replay = await _replay(state, task_id, spec, digest, known.get(task_id),
+                              initial=initial_status(body))
         if replay is not None:
             return Response(replay.model_dump_json(), status_code=200,
                             media_type="application/json",
@@ -198,7 +222,7 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
                                note=KEYED_LOG_DOWN_NOTE)
         _remember(task_id, digest, p)
     metrics.SUBMITTED.labels(body.type).inc()
-    return accepted_response(task_id, p)
+    return accepted_response(task_id, p, initial_status(body))
 
 
 def validation_errors(exc: ValidationError, prefix: list[str | int]) -> list[dict[str, Any]]:
@@ -218,6 +242,7 @@ async def accept_batch(request: Request, raw: Sequence[Any], tenant: Tenant) -> 
     producer: EventProducer = request.app.state.producer
     for i, t in enumerate(tasks):
         check_type(t, settings, ["body", "tasks", i])
+        task_callback.refuse_in_batch(t, i)
     task_ids = [ids.uuid4() for _ in tasks]
     try:
         positions = await producer.append([created_event(t, i, tenant)
@@ -230,7 +255,8 @@ async def accept_batch(request: Request, raw: Sequence[Any], tenant: Tenant) -> 
     # The documented BatchAccepted, encoded directly: validating and dumping a model per
     # task again would be a good part of a batch's time.
     return Response(orjson.dumps({"items": [
-        pending(i, p) for i, p in zip(task_ids, positions, strict=True)]}),
+        pending(i, p, initial_status(t))
+        for i, p, t in zip(task_ids, positions, tasks, strict=True)]}),
         status_code=202, media_type="application/json")
 
 
@@ -257,6 +283,7 @@ async def accept_batch_partial(request: Request, raw: Sequence[Any],
         try:
             t = BatchItemIn.model_validate(item)
             check_type(t, settings, ["body", "tasks", i])
+            task_callback.refuse_in_batch(t, i)
         except ValidationError as exc:
             out[i] = {"problem": _item_problem(request, Invalid(
                 "the task is not valid",
@@ -291,7 +318,8 @@ async def accept_batch_partial(request: Request, raw: Sequence[Any],
                 continue
             try:
                 replay = await _replay(state, tid, t.model_dump(include=set(_SPEC)), digest,
-                                       known.get(tid), ["body", "tasks", i, "idempotency_key"])
+                                       known.get(tid), ["body", "tasks", i, "idempotency_key"],
+                                       initial=initial_status(t))
             except Problem as exc:
                 out[i] = {"problem": _item_problem(request, exc)}
                 continue
@@ -308,7 +336,7 @@ async def accept_batch_partial(request: Request, raw: Sequence[Any],
                 return for_log_down(request, exc, task_ids=[str(tid) for _, _, tid, _ in new],
                                     note=KEYED_LOG_DOWN_NOTE)
             for (i, _, tid, digest), p in zip(new, positions, strict=True):
-                out[i] = pending(tid, p)
+                out[i] = pending(tid, p, initial_status(t))
                 if digest is not None:
                     _remember(tid, digest, p)
     for type_, n in Counter(t.type for _, t, _, _ in new).items():

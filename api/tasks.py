@@ -78,7 +78,7 @@ async def submit_batch(
     return await submit.accept_batch(request, body.tasks, tenant)
 
 
-def _parse_as_of(value: str) -> datetime | tuple[int, int]:
+def parse_as_of(value: str) -> datetime | tuple[int, int]:
     if ":" in value and "T" not in value and "-" not in value:
         p, _, o = value.partition(":")
         try:
@@ -109,7 +109,7 @@ async def get_task(
     """The task's current state, from the projection; or, with ``as_of``, as it was then."""
     await reach(db, feed, settings, min_position)
     if as_of is not None:
-        point = _parse_as_of(as_of)
+        point = parse_as_of(as_of)
         history = await queries.task_history(db, task_id=task_id)
         upto = []
         for item in history:
@@ -194,18 +194,21 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
     if row is None or not visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     status = TaskStatus(row["status"])
+    # Later events go where the task lives, even if the topic has grown since.
+    partition = (await queries.task_partitions(db, task_ids=[task_id])).get(task_id)
     if kind == "cancel":
         if status in TERMINAL:
             raise Conflict(f"task {task_id} is already {status.value}", task_status=status.value)
         ev = new_event(TaskCancelRequested(reason="api"), task_id=task_id,
                        source=constants.API_SOURCE, attempt=row["attempt"],
                        tenant=row.get("tenant"))
-        [pos] = await producer.append([ev])
+        [pos] = await producer.append([ev], partitions=[partition])
     else:
         if status is not TaskStatus.FAILED:
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
-        [pos] = await redrive(producer, [row], reason="api", source=constants.API_SOURCE)
+        [pos] = await redrive(producer, [{**row, "partition": partition}], reason="api",
+                              source=constants.API_SOURCE)
     return {"task_id": str(task_id), "status": status.value,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 

@@ -18,11 +18,13 @@ from bench.peers import Peer
 from bench.procs import LOGS, Redis
 from bench.report import machine, table, write_json
 from bench.stats import PEERS, Figure, say
+from bench.webhooks import webhooks as webhooks_scenario
 from bench.world import TEMPLATE, Lab, db_url
 from events.db import asyncpg_dsn
 from events.settings import get_settings
 
-SCENARIOS = ("submit", "e2e", "latency", "sdk", "projector", "fanout", "reads")
+SCENARIOS = ("submit", "e2e", "latency", "sdk", "projector", "fanout", "reads",
+             "schedules", "webhooks")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class Sizes:
     reads_tasks: int = 1_000_000  # tasks in the read model the reads run against
     reads_requests: int = 1000  # timed requests per read probe
     reads_p99_target_ms: float = 50.0
+    webhooks_n: int = 20_000  # tasks, each a task.done delivered to one webhook
+    schedules_n: int = 1000  # interval schedules firing at once
+    schedules_every_s: float = 1.0
+    schedules_s: float = 60.0  # seconds they fire for
+    delayed_n: int = 5000  # delayed tasks, due evenly over ...
+    delayed_spread_s: float = 20.0  # ... this many seconds
 
 
 QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latency_s=2.0,
@@ -64,7 +72,8 @@ QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latenc
               rebuild_tasks=6667, fanout_subscribers=100, fanout_s=3.0,
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000,
-              reads_tasks=100_000, reads_requests=300)
+              reads_tasks=100_000, reads_requests=300, schedules_n=200, schedules_s=15.0,
+              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               latency_s=1.0,
@@ -73,7 +82,9 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               projector_repeats=2,
               rebuild_tasks=1000, fanout_subscribers=10, fanout_s=1.0,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
-              fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30)
+              fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30,
+              schedules_n=5, schedules_s=2.0, delayed_n=20, delayed_spread_s=1.0,
+              webhooks_n=100)
 
 
 
@@ -161,6 +172,10 @@ class Run:
                 await scenarios.fanout(self)
             if "reads" in a.scenarios:
                 await scenarios.reads(self)
+            if "webhooks" in a.scenarios:
+                await webhooks_scenario(self)
+            if "schedules" in a.scenarios:
+                await scenarios.schedules(self)
         finally:
             for p in self.peers:
                 p.stop_worker()

@@ -331,3 +331,49 @@ async def reads(run: Run) -> None:
         if r["p99_ms"] is not None and r["p99_ms"] >= z.reads_p99_target_ms:
             f.notes["taskflow"] = (f"{name}: p99 misses the {z.reads_p99_target_ms:g} ms "
                                    "target")
+
+
+async def schedules(run: Run) -> None:
+    """Interval schedules firing together: lateness (due time to ``task.created``) and
+    fires against the due times of the window (see ``bench/schedules.py``)."""
+    from bench import schedules as sched_mod
+
+    z = run.sizes
+    w = await run.lab.world("schedules")
+    label = f"{z.schedules_n:,} schedules every {z.schedules_every_s:g} s"
+    p50 = run.figure("schedules", f"fire lateness p50, {label}", "ms", "lower", comparable=False)
+    p99 = run.figure("schedules", f"fire lateness p99, {label}", "ms", "lower", comparable=False)
+    missing = run.figure("schedules", "fires missing", "fires", "lower", comparable=False)
+    doubled = run.figure("schedules", "fires doubled", "fires", "lower", comparable=False)
+    try:
+        res = await sched_mod.run(w, n=z.schedules_n, every_s=z.schedules_every_s,
+                                  seconds=z.schedules_s)
+        run.detail("schedules", "taskflow", res)
+        p50.values["taskflow"] = res["lateness_p50_ms"]
+        p99.values["taskflow"] = res["lateness_p99_ms"]
+        missing.values["taskflow"] = res["missing"]
+        doubled.values["taskflow"] = res["doubled"]
+        missing.notes["taskflow"] = f"{res['fires']:,} of {res['fires_expected']:,} expected"
+    except Exception as exc:
+        run.failed("schedules", "taskflow", exc)
+    finally:
+        w.stop()
+    w = await run.lab.world("delayed")
+    dlabel = f"{z.delayed_n:,} delayed tasks due over {z.delayed_spread_s:g} s"
+    d50 = run.figure("schedules", f"delayed start lateness p50, {dlabel}", "ms", "lower",
+                     comparable=False)
+    d99 = run.figure("schedules", f"delayed start lateness p99, {dlabel}", "ms", "lower",
+                     comparable=False)
+    early = run.figure("schedules", "delayed tasks started early", "tasks", "lower",
+                       comparable=False)
+    try:
+        res = await sched_mod.delayed(w, n=z.delayed_n, spread_s=z.delayed_spread_s)
+        run.detail("delayed", "taskflow", res)
+        d50.values["taskflow"] = res["start_lateness_p50_ms"]
+        d99.values["taskflow"] = res["start_lateness_p99_ms"]
+        early.values["taskflow"] = res["early"]
+        early.notes["taskflow"] = f"{res['started']:,} of {res['tasks']:,} started"
+    except Exception as exc:
+        run.failed("delayed", "taskflow", exc)
+    finally:
+        w.stop()

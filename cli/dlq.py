@@ -18,6 +18,9 @@ async def dead_tasks(settings: Settings, *, type_: str | None = None,
 
 
 async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str) -> int:
+    async with queries.short_engine(settings.database_url) as engine:
+        parts = await queries.task_partitions(engine, task_ids=[r["task_id"] for r in rows])
+    rows = [{**r, "partition": parts.get(r["task_id"])} for r in rows]
     producer = EventProducer(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
                              timeout_s=settings.produce_timeout_s)
     await producer.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -36,27 +37,38 @@ def main(version: Annotated[bool, typer.Option(
 
 
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(brokers: Annotated[int | None, typer.Option(
+        min=1, help="Kafka nodes (each broker and controller); ports from "
+        "TASKFLOW_KAFKA_PORTS and TASKFLOW_KAFKA_CONTROLLER_PORTS")] = None) -> None:
     """Start Kafka and Postgres (idempotent), create the topic and the database."""
+    import os
+
     from cli.stack import Stack
 
+    if brokers is not None:  # the default bootstrap (every node) follows it
+        os.environ["TASKFLOW_STACK_BROKERS"] = str(brokers)
+        get_settings.cache_clear()
     s = get_settings()
     st = Stack(s)
     st.pg_up()
     st.kafka_up()
-    asyncio.run(_bootstrap())
+    # On a cluster the topics get 3 copies, of which 2 must hold each write.
+    rf = max(s.replication_factor, min(3, s.stack_brokers))
+    asyncio.run(_bootstrap(rf, max(s.min_insync_replicas, rf - 1)))
 
 
-async def _bootstrap() -> None:
+async def _bootstrap(replication_factor: int, min_insync_replicas: int) -> None:
     from events.db import ensure_database
 
     s = get_settings()
     if await ensure_database(s.database_url):
         print(f"stack: created database {s.database_url.rsplit('/', 1)[-1]}", file=sys.stderr)
-    await _ensure_topics("stack", attempts=60)
+    await _ensure_topics("stack", attempts=60, replication_factor=replication_factor,
+                         min_insync_replicas=min_insync_replicas)
 
 
-async def _ensure_topics(who: str, *, attempts: int) -> None:
+async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | None = None,
+                         min_insync_replicas: int | None = None) -> None:
     """Create the event topic and its dead-letter topic if missing, retrying twice a second
     (the broker may still be electing itself controller); raises the last error."""
     from events.log import ensure_topics
@@ -64,7 +76,10 @@ async def _ensure_topics(who: str, *, attempts: int) -> None:
     s = get_settings()
     for attempt in range(attempts):
         try:
-            created = await ensure_topics(s.kafka_bootstrap, s.topic, s.partitions)
+            created = await ensure_topics(
+                s.kafka_bootstrap, s.topic, s.partitions,
+                replication_factor=replication_factor or s.replication_factor,
+                min_insync_replicas=min_insync_replicas or s.min_insync_replicas)
             break
         except Exception:
             if attempt == attempts - 1:
@@ -179,10 +194,58 @@ def projector(
 ) -> None:
     """Run a projector: folds the log into the Postgres read model."""
     from projector.service import Projector
+    from projector.webhooks import WebhookProjector, WithWebhooks
 
     s = get_settings()
     setup_logging(s.log_level)
-    uvloop.run(serve(lambda: Projector(s), name="projector", burst=burst))
+    uvloop.run(serve(lambda: WithWebhooks(Projector(s), WebhookProjector(s)), name="projector",
+                     burst=burst))
+
+
+@app.command()
+def notifier(
+    burst: Annotated[bool, typer.Option(help="exit once nothing is left to deliver")] = False,
+) -> None:
+    """Run a notifier: delivers task events to webhooks, as one member of its group."""
+    from notifier.service import Notifier
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Notifier(s), name="notifier", burst=burst))
+
+
+@app.command()
+def scheduler(
+    burst: Annotated[bool, typer.Option(help="exit once the log is drained")] = False,
+) -> None:
+    """Run a scheduler: fires schedules as one member of the scheduler group."""
+    from scheduler.service import Scheduler
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Scheduler(s), name="scheduler", burst=burst))
+
+
+topics_app = typer.Typer(no_args_is_help=True, help="The event topic.")
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("grow")
+def topics_grow(partitions: Annotated[int, typer.Option(
+        min=1, help="the partition count to grow the event topic to")]) -> None:
+    """Add partitions to the event topic; every task keeps the partition it is on."""
+    from events.log import grow_partitions
+
+    s = get_settings()
+    try:
+        before = asyncio.run(grow_partitions(s.kafka_bootstrap, s.topic, partitions))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--partitions") from None
+    if before == partitions:
+        print(f"topics: {s.topic} already has {partitions} partitions", file=sys.stderr)
+    else:
+        print(f"topics: {s.topic} grown from {before} to {partitions} partitions",
+              file=sys.stderr)
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
@@ -275,13 +338,21 @@ app.add_typer(projections_app, name="projections")
 @projections_app.command("verify")
 def projections_verify() -> None:
     """Fold the whole log and compare it with the live read model; exit 1 on any difference."""
+    from projector import schedules
     from projector.maintenance import verify
+    from projector.webhooks import verify as verify_webhooks
 
     diffs, n = asyncio.run(verify(get_settings(), progress=True))
+    sdiffs, sn = asyncio.run(schedules.verify(get_settings()))
+    diffs, n = diffs + sdiffs, n + sn
     for d in diffs:
         print(str(d))
-    print(f"verified {n} event(s): {len(diffs)} difference(s)", file=sys.stderr)
-    raise typer.Exit(1 if diffs else 0)
+    hook_diffs = asyncio.run(verify_webhooks(get_settings()))
+    for line in hook_diffs:
+        print(line)
+    bad = len(diffs) + len(hook_diffs)
+    print(f"verified {n} event(s): {bad} difference(s)", file=sys.stderr)
+    raise typer.Exit(1 if bad else 0)
 
 
 @projections_app.command("rebuild")
@@ -307,6 +378,14 @@ def projections_rebuild() -> None:
         raise typer.Exit(1) from None
     print(f"\nrebuild: {stats.events} event(s) in {stats.seconds:.1f}s, swapped in",
           file=sys.stderr)
+    from projector.webhooks import rebuild as rebuild_webhooks
+
+    rows = asyncio.run(rebuild_webhooks(get_settings()))
+    print(f"rebuild: {rows} webhook and delivery row(s) refolded", file=sys.stderr)
+    from projector import schedules
+
+    n = asyncio.run(schedules.rebuild(get_settings()))
+    print(f"rebuild: schedules from {n} event(s)", file=sys.stderr)
 
 
 @projections_app.command("dead-letters")
@@ -326,6 +405,81 @@ def projections_dead_letters(
     for r in rows:
         print(orjson.dumps(r, default=str).decode())
     print(f"{len(rows)} parked record(s)", file=sys.stderr)
+
+
+schedules_app = typer.Typer(no_args_is_help=True,
+                            help="Schedules, through the HTTP API (--url, TASKFLOW_API_KEY).")
+app.add_typer(schedules_app, name="schedules")
+UrlOpt = Annotated[str | None, typer.Option(help="API base URL (default: TASKFLOW_API_URL, "
+                                                 "or the configured host and port)")]
+
+
+def _api(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> None:
+    from cli.schedules import ApiError, base_url, call
+
+    try:
+        doc = call(base_url(get_settings(), url), method, path, body)
+    except ApiError as exc:
+        print(f"error {exc.status}: {exc.detail}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        print(f"cannot reach the API: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    items = doc.get("items") if isinstance(doc, dict) else None
+    for item in items if items is not None else ([doc] if doc is not None else []):
+        print(orjson.dumps(item, default=str).decode())
+
+
+@schedules_app.command("list")
+def schedules_list(url: UrlOpt = None) -> None:
+    """List schedules as JSON lines (next and last run, last run's status)."""
+    _api("GET", "/schedules", url)
+
+
+@schedules_app.command("create")
+def schedules_create(
+    name: Annotated[str, typer.Option(help="a name for people")],
+    title: Annotated[str, typer.Option(help="title of each fired task")],
+    cron: Annotated[str | None, typer.Option(help="cron expression (5 or 6 fields)")] = None,
+    every_s: Annotated[float | None, typer.Option(help="interval in seconds")] = None,
+    timezone: Annotated[str, typer.Option(help="IANA zone the cron is read in")] = "UTC",
+    type_: Annotated[str, typer.Option("--type", help="task type (handler)")] = "echo",
+    payload: Annotated[str, typer.Option(help="task payload, a JSON object")] = "{}",
+    overlap: Annotated[str, typer.Option(help="allow | skip")] = "allow",
+    catchup: Annotated[str, typer.Option(help="none | latest | all")] = "none",
+    url: UrlOpt = None,
+) -> None:
+    """Create a schedule; prints {schedule_id, next_run_at}."""
+    try:
+        body_payload = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise typer.BadParameter("--payload must be a JSON object") from None
+    body: dict[str, Any] = {"name": name, "timezone": timezone, "overlap": overlap,
+                            "catchup": catchup, "task": {"title": title, "type": type_,
+                                                         "payload": body_payload}}
+    if cron is not None:
+        body["cron"] = cron
+    if every_s is not None:
+        body["every_s"] = every_s
+    _api("POST", "/schedules", url, body)
+
+
+def _schedule_action(action: str) -> Callable[..., None]:
+    def command(schedule_id: Annotated[str, typer.Argument(help="the schedule id")],
+                url: UrlOpt = None) -> None:
+        if action == "delete":
+            _api("DELETE", f"/schedules/{schedule_id}", url)
+        else:
+            _api("POST", f"/schedules/{schedule_id}:{action}", url)
+
+    command.__doc__ = {"pause": "Pause a schedule.", "resume": "Resume a paused schedule.",
+                       "trigger": "Fire the schedule's task now, once.",
+                       "delete": "Delete a schedule."}[action]
+    return command
+
+
+for _action in ("pause", "resume", "trigger", "delete"):
+    schedules_app.command(_action)(_schedule_action(_action))
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (TASKFLOW_AUTH=true).")
@@ -421,8 +575,8 @@ def watch(
 
 @app.command()
 def run() -> None:
-    """Run API, worker and projector together; a child that dies is restarted (Ctrl-C stops
-    them all)."""
+    """Run API, worker, projector, scheduler and notifier together; a child that dies is
+    restarted (Ctrl-C stops them all)."""
     raise typer.Exit(run_all(get_settings()))
 
 

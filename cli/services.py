@@ -228,7 +228,8 @@ def supervise(argvs: dict[str, list[str]], *, grace_s: float,
 
 
 def run_all(settings: Settings) -> int:
-    """Run API, worker and projector as child processes; Ctrl-C or SIGTERM stops all three.
+    """Run API, worker, projector, scheduler and notifier as child processes; Ctrl-C or
+    SIGTERM stops them all.
 
     A child that dies is restarted (see ``supervise``); the others keep running.
     """
@@ -245,4 +246,7 @@ def run_all(settings: Settings) -> int:
         "projector": [*exe, "projector"],
         "worker": [*exe, "worker"],
         "api": [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port)],
+        # Last: the banner lists the pids in this order, and tools read the first three.
+        "scheduler": [*exe, "scheduler"],
+        "notifier": [*exe, "notifier"],
     }, grace_s=settings.shutdown_grace_s, banner=banner)

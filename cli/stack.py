@@ -1,4 +1,5 @@
-"""The local stack: a single-node KRaft Kafka and a private PostgreSQL cluster under .stack/.
+"""The local stack: a KRaft Kafka (one node, or ``--brokers N``) and a private PostgreSQL
+cluster under .stack/.
 
 Kafka comes from Maven Central (``stack/pom.xml``) and runs on the machine's Java 17.
 PostgreSQL comes from Debian's ``postgresql`` package and runs as the ``postgres`` user
@@ -77,8 +78,23 @@ def _alive(pidfile: Path) -> int | None:
 
 
 @dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node (broker and controller) of the local stack."""
+
+    node_id: int
+    dir: Path
+    port: int
+    controller_port: int
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "kafka.pid"
+
+
+@dataclass(frozen=True)
 class Stack:
     settings: Settings
+    brokers: int = 0  # 0: settings.stack_brokers
 
     @property
     def dir(self) -> Path:
@@ -88,6 +104,13 @@ class Stack:
     @property
     def kafka_dir(self) -> Path:
         return self.dir / "kafka"
+
+    @property
+    def nodes(self) -> list[KafkaNode]:
+        """Node 1 lives in kafka/ (as the single node always has), node N in kafka-N/."""
+        n = self.brokers or self.settings.stack_brokers
+        return [KafkaNode(i, self.kafka_dir if i == 1 else self.dir / f"kafka-{i}", port, ctl)
+                for i, (port, ctl) in enumerate(self.settings.stack_node_ports(n), start=1)]
 
     def _kafka_libs(self) -> Path:
         libs = self.kafka_dir / "libs"
@@ -107,70 +130,99 @@ class Stack:
         stamp.write_bytes(pom_sig)
         return libs
 
-    def kafka_up(self) -> None:
+    def _node_config(self, node: KafkaNode, nodes: list[KafkaNode]) -> str:
         s = self.settings
-        kd = self.kafka_dir
-        pidfile = kd / "kafka.pid"
-        if _alive(pidfile) and _port_open(s.kafka_port):
-            _say(f"kafka already running on 127.0.0.1:{s.kafka_port}")
-            return
+        # The internal topics (group offsets, transactions) are replicated like the event
+        # topic: on three nodes, 3 copies of which 2 must hold a write.
+        rf = min(3, len(nodes))
+        isr = max(1, rf - 1)
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+        return "\n".join([
+            "process.roles=broker,controller",
+            f"node.id={node.node_id}",
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"controller.quorum.voters={voters}",
+            f"log.dirs={node.dir / 'data'}",
+            f"num.partitions={s.partitions}",
+            "auto.create.topics.enable=false",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            f"offsets.topic.replication.factor={rf}",
+            "offsets.topic.num.partitions=10",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
+            "transaction.state.log.num.partitions=10",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
+            "group.initial.rebalance.delay.ms=0",
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms=10000",
+            "transaction.max.timeout.ms=900000",
+            "",
+        ])
+
+    def _cluster_id(self, nodes: list[KafkaNode]) -> str:
+        """The id the formatted nodes already share, or a new one."""
+        for n in nodes:
+            meta = n.dir / "data" / "meta.properties"
+            if meta.exists():
+                for line in meta.read_text().splitlines():
+                    if line.startswith("cluster.id="):
+                        return line.split("=", 1)[1].strip()
+        return new_cluster_id()
+
+    def kafka_up(self) -> None:
+        """Start every node that is not running, then wait until each has its port open."""
+        nodes = self.nodes
         libs = self._kafka_libs()
-        data = kd / "data"
-        conf = kd / "server.properties"
-        conf.write_text(
-            "\n".join([
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                f"log.dirs={data}",
-                f"num.partitions={s.partitions}",
-                "auto.create.topics.enable=false",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=10",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "transaction.state.log.num.partitions=10",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "transaction.abort.timed.out.transaction.cleanup.interval.ms=10000",
-                "transaction.max.timeout.ms=900000",
-                "",
-            ])
-        )
         cp = f"{libs}/*"
-        if not (data / "meta.properties").exists():
-            cluster_id = new_cluster_id()
-            _say(f"formatting KRaft storage in {data}")
-            subprocess.run(
-                ["java", "-cp", cp, f"-Dlog4j2.configurationFile={LOG4J}",
-                 "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
-                check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            )
-        if _port_open(s.kafka_port):
-            raise StackError(
-                f"port {s.kafka_port} is taken by another process; set TASKFLOW_KAFKA_PORT")
-        log = open(kd / "kafka.log", "ab")
-        proc = subprocess.Popen(
-            ["java", *KAFKA_JVM, f"-Xlog:gc:file={kd / 'gc.log'}:time,uptime:filecount=2,"
-             "filesize=10m", f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp, "kafka.Kafka",
-             str(conf)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        pidfile.write_text(str(proc.pid))
-        _say(f"starting kafka (pid {proc.pid}) on 127.0.0.1:{s.kafka_port}")
+        cluster_id = self._cluster_id(nodes)
+        started: list[tuple[KafkaNode, subprocess.Popen[bytes]]] = []
+        for node in nodes:
+            if _alive(node.pidfile) and _port_open(node.port):
+                _say(f"kafka node {node.node_id} already running on 127.0.0.1:{node.port}")
+                continue
+            node.dir.mkdir(parents=True, exist_ok=True)
+            data = node.dir / "data"
+            conf = node.dir / "server.properties"
+            conf.write_text(self._node_config(node, nodes))
+            if not (data / "meta.properties").exists():
+                _say(f"formatting KRaft storage in {data}")
+                subprocess.run(
+                    ["java", "-cp", cp, f"-Dlog4j2.configurationFile={LOG4J}",
+                     "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
+                    check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                )
+            if _port_open(node.port):
+                var = "TASKFLOW_KAFKA_PORT" if len(nodes) == 1 else "TASKFLOW_KAFKA_PORTS"
+                raise StackError(f"port {node.port} is taken by another process; set {var}")
+            # Several nodes share the machine: each gets a smaller heap than the single one.
+            heap = KAFKA_JVM if len(nodes) == 1 else ("-Xms512m", "-Xmx512m", *KAFKA_JVM[2:])
+            with open(node.dir / "kafka.log", "ab") as log:
+                proc = subprocess.Popen(
+                    ["java", *heap, f"-Xlog:gc:file={node.dir / 'gc.log'}:time,uptime:"
+                     "filecount=2,filesize=10m", f"-Dlog4j2.configurationFile={LOG4J}",
+                     "-cp", cp, "kafka.Kafka", str(conf)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            node.pidfile.write_text(str(proc.pid))
+            _say(f"starting kafka node {node.node_id} (pid {proc.pid}) on "
+                 f"127.0.0.1:{node.port}")
+            started.append((node, proc))
+        # A node of a cluster opens its port only once the quorum has a leader, so the
+        # nodes are all started before any is waited for.
         deadline = time.monotonic() + 90
-        while not _port_open(s.kafka_port):
-            if proc.poll() is not None:
-                raise StackError(f"kafka exited with {proc.returncode}; see {kd / 'kafka.log'}")
-            if time.monotonic() > deadline:
-                raise StackError(f"kafka did not open port {s.kafka_port}; see {kd / 'kafka.log'}")
-            time.sleep(0.2)
+        for node, proc in started:
+            log_path = node.dir / "kafka.log"
+            while not _port_open(node.port):
+                if proc.poll() is not None:
+                    raise StackError(f"kafka exited with {proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"kafka did not open port {node.port}; see {log_path}")
+                time.sleep(0.2)
 
     # ------------------------------------------------------------- postgres
     @property
@@ -248,23 +300,38 @@ class Stack:
         )
         _say("postgres stopped")
 
+    def _all_nodes(self) -> list[KafkaNode]:
+        """The nodes configured, and any others this directory holds (kafka-N/)."""
+        nodes = {n.dir: n for n in self.nodes}
+        for d in sorted(self.dir.glob("kafka-*")):
+            if d not in nodes and d.name.removeprefix("kafka-").isdigit():
+                nodes[d] = KafkaNode(int(d.name.removeprefix("kafka-")), d, 0, 0)
+        return list(nodes.values())
+
     def kafka_down(self) -> None:
-        pidfile = self.kafka_dir / "kafka.pid"
-        pid = _alive(pidfile)
+        for node in self._all_nodes():
+            self.kafka_node_down(node)
+
+    def kafka_node_down(self, node: KafkaNode) -> None:
+        pid = _alive(node.pidfile)
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while _alive(pidfile) and time.monotonic() < deadline:
+        while _alive(node.pidfile) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pidfile):
+        if _alive(node.pidfile):
             os.kill(pid, signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
-        _say("kafka stopped")
+        node.pidfile.unlink(missing_ok=True)
+        _say(f"kafka node {node.node_id} stopped" if node.node_id > 1 else "kafka stopped")
 
     def kafka_pid(self) -> int | None:
-        """The broker this stack started, if it runs."""
+        """The broker this stack started (node 1), if it runs."""
         return _alive(self.kafka_dir / "kafka.pid")
+
+    def kafka_pids(self) -> dict[int, int | None]:
+        """Each node's pid, if it runs, by node id (the broker id)."""
+        return {n.node_id: _alive(n.pidfile) for n in self.nodes}
 
     def pg_pid(self) -> int | None:
         """The postmaster of this stack's cluster, if it runs."""
@@ -272,12 +339,14 @@ class Stack:
 
     def status(self) -> dict[str, str]:
         s = self.settings
-        kpid = self.kafka_pid()
-        k_ok = kpid is not None and _port_open(s.kafka_port)
+        out = {}
+        for n in self.nodes:
+            pid = _alive(n.pidfile)
+            ok = pid is not None and _port_open(n.port)
+            key = "kafka" if len(self.nodes) == 1 else f"kafka-{n.node_id}"
+            out[key] = (f"{'up' if ok else 'down'} 127.0.0.1:{n.port}"
+                        + (f" pid {pid}" if pid else ""))
         pg_ok = _port_open(s.pg_port) and (self.pg_dir / "data" / "postmaster.pid").exists()
-        return {
-            "kafka": f"{'up' if k_ok else 'down'} 127.0.0.1:{s.kafka_port}"
-            + (f" pid {kpid}" if kpid else ""),
-            "postgres": f"{'up' if pg_ok else 'down'} 127.0.0.1:{s.pg_port}",
-            "dir": str(self.dir),
-        }
+        out["postgres"] = f"{'up' if pg_ok else 'down'} 127.0.0.1:{s.pg_port}"
+        out["dir"] = str(self.dir)
+        return out

@@ -5,7 +5,10 @@ from typing import Final
 TOPIC: Final = "taskflow.task-events"
 DEAD_LETTER_TOPIC_SUFFIX: Final = ".dlt"  # worker poison records go to <topic>.dlt
 DEAD_LETTER_PARTITIONS: Final = 1  # poison records are a trickle: one partition, in order
-PARTITIONS: Final = 6
+PARTITIONS: Final = 12  # of a new event topic; `taskflow topics grow` adds more later
+# ms between two metadata refreshes of a client (Kafka's default is 5 min): partitions a
+# grown topic gained are consumed, and hashed to, within this.
+METADATA_MAX_AGE_MS: Final = 30_000
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SPEC_VERSION: Final = "1.0"
 API_SOURCE: Final = "taskflow/api"
@@ -13,6 +16,10 @@ CLI_SOURCE: Final = "taskflow/cli"
 WORKER_SOURCE_PREFIX: Final = "taskflow/worker/"
 
 WORKER_GROUP: Final = "taskflow.worker"
+SCHEDULER_SOURCE_PREFIX: Final = "taskflow/scheduler/"
+SCHEDULER_TICK_S: Final = 0.1  # seconds between two looks for due times
+SCHEDULER_GRACE_S: Final = 2.0  # seconds late a due time may be found and count as on time
+SCHEDULER_CATCHUP_MAX: Final = 1000  # due times of one schedule handled per look, at most
 PROJECTION: Final = "tasks"  # name of the live projection in projector_offsets
 PROJECTOR_GROUP_PREFIX: Final = "taskflow.projector."  # + projection name
 CHANGES_CHANNEL: Final = "taskflow_changes"  # pg_notify channel (wake-up only)

@@ -57,6 +57,8 @@ class TaskState(BaseModel):
     progress: int = 0
     progress_message: str | None = None
     not_before: datetime | None = None
+    schedule_id: uuid.UUID | None = None
+    due_at: datetime | None = None
     cancel_requested: bool = False
     dead_lettered: bool = False
     created_at: datetime | None = None
@@ -112,7 +114,7 @@ def _created_fields(state: TaskState, tenant: str | None, time: datetime,
                     d: TaskCreated) -> dict[str, Any] | None:
     if state.created_at is not None:
         return None  # duplicate task.created: the first one wins
-    return {
+    fields = {
         "tenant": tenant,
         "title": d.title,
         "type": d.type,
@@ -120,8 +122,16 @@ def _created_fields(state: TaskState, tenant: str | None, time: datetime,
         "priority": d.priority,
         "max_attempts": d.max_attempts,
         "timeout_s": d.timeout_s,
+        "schedule_id": d.schedule_id,
+        "due_at": d.due_at,
         "created_at": time,
     }
+    if d.run_at is not None:
+        # Delayed until run_at: the worker waits for not_before (as for a retry), and
+        # the task reads as DELAYED until it starts.
+        fields["status"] = TaskStatus.DELAYED
+        fields["not_before"] = d.run_at
+    return fields
 
 
 def _created(state: TaskState, ev: CloudEvent) -> dict[str, Any] | None:

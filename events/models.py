@@ -19,6 +19,7 @@ from events import constants, ids
 
 class TaskStatus(StrEnum):
     PENDING = "PENDING"
+    DELAYED = "DELAYED"  # created with a run_at in the future; not_before is its due time
     PROCESSING = "PROCESSING"
     RETRYING = "RETRYING"
     DONE = "DONE"
@@ -40,6 +41,13 @@ class EventType(StrEnum):
     CANCELLED = "task.cancelled"
     DEAD_LETTERED = "task.dead_lettered"
     REDRIVEN = "task.redriven"
+    # Schedules (scheduler/): on the schedule topic, keyed and subject-ed by schedule id.
+    SCHEDULE_CREATED = "schedule.created"
+    SCHEDULE_UPDATED = "schedule.updated"
+    SCHEDULE_PAUSED = "schedule.paused"
+    SCHEDULE_RESUMED = "schedule.resumed"
+    SCHEDULE_DELETED = "schedule.deleted"
+    SCHEDULE_FIRED = "schedule.fired"
 
 
 class EventData(BaseModel):
@@ -48,13 +56,23 @@ class EventData(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TaskCreated(EventData):
+class TaskSpec(EventData):
+    """What a task is; also what each fire of a schedule submits (``ScheduleTask``)."""
+
     title: str
     type: str = "echo"
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: int = 0
     max_attempts: int | None = None
     timeout_s: float | None = None
+
+
+class TaskCreated(TaskSpec):
+    # Delayed task: no worker starts it before this time.
+    run_at: AwareDatetime | None = None
+    # A schedule's fire: the schedule and the due time this task is for (scheduler/).
+    schedule_id: uuid.UUID | None = None
+    due_at: AwareDatetime | None = None
 
 
 class TaskProcessing(EventData):
@@ -105,6 +123,50 @@ class TaskRedriven(EventData):
     spec: TaskCreated | None = None
 
 
+ScheduleTask = TaskSpec  # the task of a schedule's definition
+
+
+class ScheduleCreated(EventData):
+    """A schedule's whole definition. Exactly one of ``cron`` and ``every_s`` is set."""
+
+    name: str
+    cron: str | None = None
+    every_s: float | None = None
+    timezone: str = "UTC"
+    task: ScheduleTask
+    overlap: Literal["allow", "skip"] = "allow"
+    catchup: Literal["none", "latest", "all"] = "none"
+
+
+class ScheduleUpdated(ScheduleCreated):
+    """The whole new definition (a PATCH is merged at the edge)."""
+
+
+class SchedulePaused(EventData):
+    pass
+
+
+class ScheduleResumed(EventData):
+    pass
+
+
+class ScheduleDeleted(EventData):
+    pass
+
+
+FireOutcome = Literal["fired", "missed", "overlap"]
+
+
+class ScheduleFired(EventData):
+    """The scheduler handled the due times up to ``due_at``: it fired ``task_id`` for it,
+    or skipped ``count`` due times ending there (missed while down, or overlapping)."""
+
+    due_at: AwareDatetime
+    task_id: uuid.UUID | None = None
+    outcome: FireOutcome = "fired"
+    count: int = Field(default=1, ge=1)
+
+
 DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CREATED: TaskCreated,
     EventType.PROCESSING: TaskProcessing,
@@ -116,6 +178,12 @@ DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CANCELLED: TaskCancelled,
     EventType.DEAD_LETTERED: TaskDeadLettered,
     EventType.REDRIVEN: TaskRedriven,
+    EventType.SCHEDULE_CREATED: ScheduleCreated,
+    EventType.SCHEDULE_UPDATED: ScheduleUpdated,
+    EventType.SCHEDULE_PAUSED: SchedulePaused,
+    EventType.SCHEDULE_RESUMED: ScheduleResumed,
+    EventType.SCHEDULE_DELETED: ScheduleDeleted,
+    EventType.SCHEDULE_FIRED: ScheduleFired,
 }
 TYPE_OF: Final[dict[type[EventData], EventType]] = {v: k for k, v in DATA_MODELS.items()}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +84,14 @@ async def get_tasks(engine: AsyncEngine, *,
         rows = (await conn.execute(select(*_TASK_COLS).where(
             tasks.c.task_id == any_(ids)))).all()
     return {r.task_id: dict(r._mapping) for r in rows}
+async def task_partitions(engine: AsyncEngine, *,
+                          task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The partition of each task that has one: where its ``task.created`` landed, and where
+    its later events go (``EventProducer.append``), however the topic has grown since."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(tasks.c.task_id, tasks.c.partition)
+                                  .where(tasks.c.task_id.in_(list(task_ids))))
+    return {r.task_id: r.partition for r in rows}
 
 
 async def list_tasks(

@@ -35,7 +35,10 @@ async def redrive(producer: EventProducer, rows: Sequence[Mapping[str, Any]], *,
                   source: str) -> list[Position]:
     """Append a ``task.redriven`` for each row; their positions, in the rows' order."""
     events = [redriven(r, reason=reason, source=source) for r in rows]
+    # Each to the partition its task lives on (see ``EventProducer.append``).
+    placed = [r.get("partition") for r in rows]
     positions: list[Position] = []
     for i in range(0, len(events), APPEND_CHUNK):
-        positions += await producer.append(events[i:i + APPEND_CHUNK])
+        positions += await producer.append(events[i:i + APPEND_CHUNK],
+                                           partitions=placed[i:i + APPEND_CHUNK])
     return positions

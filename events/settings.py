@@ -20,11 +20,28 @@ class Settings(BaseSettings):
     stack_dir: str = ""  # default: <project>/.stack
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
+    # `taskflow stack up --brokers N`: N combined broker+controller nodes. Their client
+    # and controller ports, comma-separated; by default kafka_port and
+    # kafka_controller_port, then each two higher per node.
+    stack_brokers: int = Field(default=1, ge=1)
+    kafka_ports: str = ""
+    kafka_controller_ports: str = ""
     pg_port: int = 15432
     kafka_bootstrap: str = ""  # default: 127.0.0.1:<kafka_port>
     database_url: str = ""  # default: postgresql+asyncpg://taskflow:taskflow@127.0.0.1:<pg_port>/taskflow
     topic: str = constants.TOPIC
     partitions: int = Field(default=constants.PARTITIONS, ge=1)
+    # Copies of each partition the topics are created with, and how many must hold a
+    # write before it is acknowledged (acks=all). 3 and 2 on a three-broker cluster.
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
+    # How clients reach the cluster (see docs/deploy.md): PLAINTEXT, SSL, SASL_PLAINTEXT
+    # or SASL_SSL; SASL with PLAIN or SCRAM-SHA-256/512; a CA file for SSL.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
     worker_group: str = constants.WORKER_GROUP
     worker_id: str = ""  # defaults to hostname-pid
     worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
@@ -37,6 +54,9 @@ class Settings(BaseSettings):
     # with ``@handler("name")`` (from worker.handlers).
     handler_modules: str = ""
     worker_metrics_port: int = Field(default=0, ge=0)  # 0 = no metrics endpoint
+    # A file the worker and projector touch each time round their consumer loop (at most
+    # once a second); its age is their liveness and readiness probe. Empty = none.
+    heartbeat_file: str = ""
     # How long a worker lane lets events gather before it opens a Kafka transaction (five
     # requests and two log writes on the broker). 0 by default: a quick task finishes in
     # the loop turn that started it, so its task.processing and task.done share one anyway.
@@ -46,6 +66,12 @@ class Settings(BaseSettings):
     # means a longer read after a crash, never a task run twice.
     worker_offset_commit_interval_ms: float = Field(
         default=constants.WORKER_OFFSET_COMMIT_INTERVAL_MS, ge=0)
+    # The scheduler (scheduler/): its group (default: <topic>.scheduler), how often it
+    # looks for due times, and how late a due time may be found and still count as on
+    # time; older ones were missed (the scheduler was down) and follow the catchup policy.
+    scheduler_group: str = ""
+    scheduler_tick_s: float = Field(default=constants.SCHEDULER_TICK_S, gt=0)
+    scheduler_grace_s: float = Field(default=constants.SCHEDULER_GRACE_S, ge=0)
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)
@@ -80,17 +106,31 @@ class Settings(BaseSettings):
     list_limit_max: int = Field(default=500, ge=1)
     # Task types this deployment accepts (POST /tasks answers 422 for others). Keep in
     # sync with the handlers your workers register.
-    task_types: str = "echo,sleep,fail,flaky,compute,noop"
+    task_types: str = "echo,sleep,fail,flaky,compute,noop,http,email"
 
     @cached_property
     def task_type_list(self) -> tuple[str, ...]:
         # Cached: POST /tasks:batch asks once per task (it was 4 % of a batch's CPU).
         return tuple(t.strip() for t in self.task_types.split(",") if t.strip())
 
+    def stack_node_ports(self, brokers: int) -> list[tuple[int, int]]:
+        """(client port, controller port) of each node of a local ``brokers``-node stack."""
+        def ports(listed: str, first: int) -> list[int]:
+            given = [int(p) for p in listed.split(",") if p.strip()]
+            return given + [first + 2 * i for i in range(len(given), brokers)]
+
+        client = ports(self.kafka_ports, self.kafka_port)
+        controller = ports(self.kafka_controller_ports, self.kafka_controller_port)
+        if brokers == 1:  # the single node: kafka_port, as it always was
+            return [(self.kafka_port, self.kafka_controller_port)]
+        return list(zip(client[:brokers], controller[:brokers], strict=True))
+
     @model_validator(mode="after")
     def _local_stack_defaults(self) -> Settings:
         if not self.kafka_bootstrap:
-            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+            nodes = self.stack_node_ports(self.stack_brokers)
+            object.__setattr__(self, "kafka_bootstrap",
+                               ",".join(f"127.0.0.1:{c}" for c, _ in nodes))
         if not self.database_url:
             url = f"postgresql+asyncpg://taskflow:taskflow@127.0.0.1:{self.pg_port}/taskflow"
             object.__setattr__(self, "database_url", url)

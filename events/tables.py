@@ -51,6 +51,8 @@ tasks = Table(
     Column("max_attempts", Integer, nullable=True),
     Column("timeout_s", Float, nullable=True),
     Column("not_before", DateTime(timezone=True), nullable=True),
+    Column("schedule_id", Uuid, nullable=True),  # the schedule that fired it (0007)
+    Column("due_at", DateTime(timezone=True), nullable=True),  # that fire's due time
     Column("cancel_requested", Boolean, nullable=False),
     Column("dead_lettered", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=True),
@@ -62,6 +64,9 @@ tasks = Table(
     Index("tasks_created", "created_at", "task_id"),
     Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("tasks_type_created", "type", "created_at", "task_id"),
+    # GET /schedules/{id}/runs: a schedule's fires, latest due time first.
+    Index("tasks_schedule_due", "schedule_id", "due_at",
+          postgresql_where=text("schedule_id IS NOT NULL")),
     # ?q= (ILIKE '%q%'): pg_trgm's trigram index, no full scan.
     Index("tasks_title_trgm", "title", postgresql_using="gin",
           postgresql_ops={"title": "gin_trgm_ops"}),
@@ -167,4 +172,33 @@ dead_letters = Table(
     Column("reason", Text, nullable=False, server_default="decode"),
     Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("dead_letters_coords", "projection", "topic", "partition", "offset", unique=True),
+)
+
+# The schedules projection (migration 0007): the fold of the schedule topic, written by
+# the scheduler with its checkpoint (projection "schedules" in projector_offsets).
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("name", Text, nullable=False),
+    Column("cron", Text, nullable=True),
+    Column("every_s", Float, nullable=True),
+    Column("timezone", Text, nullable=False),
+    Column("task", JSONB, nullable=False),
+    Column("overlap", Text, nullable=False),
+    Column("catchup", Text, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("anchor", DateTime(timezone=True), nullable=False),
+    Column("next_run_at", DateTime(timezone=True), nullable=True),
+    Column("last_due_at", DateTime(timezone=True), nullable=True),
+    Column("last_task_id", Uuid, nullable=True),
+    Column("fires", BigInteger, nullable=False),
+    Column("skips", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Index("schedules_tenant_created", "tenant", "created_at", "schedule_id"),
 )

@@ -21,6 +21,7 @@ import asyncpg
 from events import runtime
 from events.db import asyncpg_dsn
 from events.fold import TaskState
+from events.heartbeat import Heartbeat
 from events.log import TP, GroupConsumer, Record
 from events.settings import Settings
 from projector import connections, store
@@ -162,8 +163,10 @@ class Projector:
         pending: asyncio.Task[list[Decoded]] | None = None
         writing: asyncio.Task[None] | None = None
         prev: Folded | None = None
+        heartbeat = Heartbeat(self.settings.heartbeat_file)
         try:
             while not self._stopping.is_set():
+                heartbeat.beat()
                 if time.monotonic() >= next_trim:
                     await self.trim()
                     next_trim = time.monotonic() + self.settings.changes_trim_interval_s

@@ -158,9 +158,10 @@ class Env:
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(asyncpg_dsn(self.database_url))
 
-    async def read_log(self) -> list[Record]:
-        """Every committed record of the topic, in partition then offset order."""
-        reader = LogReader(bootstrap=self.bootstrap, topic=self.topic)
+    async def read_log(self, topic: str | None = None) -> list[Record]:
+        """Every committed record of the topic (or ``topic``), in partition then offset
+        order."""
+        reader = LogReader(bootstrap=self.bootstrap, topic=topic or self.topic)
         parts = await reader.start()
         try:
             bounds = await reader.bounds()

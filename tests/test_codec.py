@@ -20,6 +20,13 @@ from events.models import (
     CloudEvent,
     EventData,
     EventType,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    SchedulePaused,
+    ScheduleResumed,
+    ScheduleTask,
+    ScheduleUpdated,
     TaskCancelled,
     TaskCancelRequested,
     TaskCreated,
@@ -51,6 +58,15 @@ SAMPLES: dict[EventType, EventData] = {
     EventType.CANCELLED: TaskCancelled(reason="cancel requested"),
     EventType.DEAD_LETTERED: TaskDeadLettered(error="exhausted"),
     EventType.REDRIVEN: TaskRedriven(reason="fixed the handler"),
+    EventType.SCHEDULE_CREATED: ScheduleCreated(
+        name="n", cron="30 2 * * *", timezone="Europe/Berlin",
+        task=ScheduleTask(title="t", payload={"a": 1}), overlap="skip", catchup="latest"),
+    EventType.SCHEDULE_UPDATED: ScheduleUpdated(name="n", every_s=60.0,
+                                                task=ScheduleTask(title="t")),
+    EventType.SCHEDULE_PAUSED: SchedulePaused(),
+    EventType.SCHEDULE_RESUMED: ScheduleResumed(),
+    EventType.SCHEDULE_DELETED: ScheduleDeleted(),
+    EventType.SCHEDULE_FIRED: ScheduleFired(due_at=T0, task_id=TID),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from events.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKFLOW = Path(sys.executable).parent / "taskflow"
-APP_SERVICES = ("migrate", "api", "worker", "projector")
+APP_SERVICES = ("migrate", "api", "worker", "projector", "scheduler", "notifier")
 SETTINGS_ENV = {"TASKFLOW_" + name.upper() for name in Settings.model_fields}
 
 
@@ -41,7 +42,9 @@ def env_of(service: str) -> dict[str, str]:
 
 def command_of(service: str) -> list[str]:
     cmd = SERVICES[service]["command"]
-    return cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+    cmd = cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+    # ${VAR:-default}, as compose interpolates it when VAR is unset
+    return [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", c) for c in cmd]
 
 
 def test_services_are_exactly_the_system() -> None:
@@ -112,7 +115,7 @@ def test_startup_order() -> None:
         deps = SERVICES[name]["depends_on"]
         assert deps["kafka"]["condition"] == "service_healthy", name
         assert deps["postgres"]["condition"] == "service_healthy", name
-    for name in ("api", "worker", "projector"):
+    for name in ("api", "worker", "projector", "scheduler"):
         deps = SERVICES[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
     assert "migrate" not in SERVICES["migrate"]["depends_on"]
@@ -129,6 +132,7 @@ def test_dockerfile_runs_the_taskflow_cli() -> None:
 
 @pytest.mark.parametrize(("service", "subcommand"), [
     ("migrate", "migrate"), ("api", "api"), ("worker", "worker"), ("projector", "projector"),
+    ("scheduler", "scheduler"),
 ])
 def test_commands_are_taskflow_subcommands(service: str, subcommand: str) -> None:
     cmd = command_of(service)

@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
+from bench.guard_cpu import worst_bodies
 from tests.helpers import Env, wait_until
-from tests.test_limits import worst_bodies
 from tests.test_projections import cli
 
 PROBLEM = "application/problem+json"

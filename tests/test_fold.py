@@ -78,7 +78,8 @@ def state_of(*events: CloudEvent) -> TaskState:
 
 
 def test_every_event_type_has_a_handler() -> None:
-    assert set(HANDLERS) == set(EventType)
+    # schedule.* events live on the schedule topic; events.schedules folds them.
+    assert set(HANDLERS) == {t for t in EventType if not t.value.startswith("schedule.")}
 
 
 def test_created_fills_the_task_from_its_data() -> None:

@@ -151,13 +151,17 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
     attempt = state.attempt + 1
     try:
         if state.not_before is not None:
-            # The loop's monotonic timer may fire a hair early against the wall
-            # clock the event time uses, so wait until the wall clock agrees.
-            for _ in range(10):
-                delay = (state.not_before - datetime.now(UTC)).total_seconds()
-                if delay <= 0:
-                    break
-                await asyncio.sleep(delay + 0.001)
+            worker.waiting += 1
+            try:
+                # The loop's monotonic timer may fire a hair early against the wall
+                # clock the event time uses, so wait until the wall clock agrees.
+                for _ in range(10):
+                    delay = (state.not_before - datetime.now(UTC)).total_seconds()
+                    if delay <= 0:
+                        break
+                    await asyncio.sleep(delay + 0.001)
+            finally:
+                worker.waiting -= 1
         async with worker.sem:
             await _attempt(worker, lane, tid, state, attempt)
     except asyncio.CancelledError:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from events import constants, runtime
 from events.errors import LogUnavailable, ProducerFencedOff
+from events.heartbeat import Heartbeat
 from events.log import (
     TP,
     GroupConsumer,
@@ -47,6 +48,7 @@ from events.log import (
 from events.models import CloudEvent, EventData, new_event
 from events.settings import Settings
 from worker import metrics as wmetrics
+from worker import outbound as _outbound  # noqa: F401  (registers http and email)
 from worker.lane import Lane
 from worker.running import on_record, schedule
 
@@ -78,6 +80,7 @@ class Worker:
     committed_events: int = 0
     redelivered: int = 0
     duplicates: int = 0
+    waiting: int = 0  # tasks waiting for their not_before (delayed, retrying): no slot
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     sem: asyncio.Semaphore | None = field(default=None, repr=False)  # worker_concurrency
@@ -98,7 +101,9 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(lane.running) for lane in self.lanes.values())
+        """Tasks taking or waiting for a slot; not those waiting for their start time,
+        which cost only memory (a backlog of delayed tasks must not stop the polling)."""
+        return sum(len(lane.running) for lane in self.lanes.values()) - self.waiting
 
     def event(self, data: EventData, task_id: uuid.UUID, attempt: int,
               tenant: str | None) -> CloudEvent:
@@ -136,7 +141,9 @@ class Worker:
     async def _ensure_dead_letter_topic(self) -> None:
         s = self.settings
         if await ensure_topic(s.kafka_bootstrap, dead_letter_topic(s.topic),
-                              constants.DEAD_LETTER_PARTITIONS):
+                              constants.DEAD_LETTER_PARTITIONS,
+                              replication_factor=s.replication_factor,
+                              min_insync_replicas=s.min_insync_replicas):
             log.info("created the dead-letter topic %s", dead_letter_topic(s.topic))
         self._dlt_ready = True
 
@@ -278,7 +285,9 @@ class Worker:
         idle_since = time.monotonic()
         next_stall_check = time.monotonic() + STALL_CHECK_S
         limit = self.settings.worker_concurrency * 8
+        heartbeat = Heartbeat(self.settings.heartbeat_file)
         while not self._stopping.is_set():
+            heartbeat.beat()
             if self.in_flight > limit:
                 # Backpressure: stop polling until half the backlog is done. Not
                 # ``consumer.pause``: aiokafka drops a paused partition's fetched records

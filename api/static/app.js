@@ -18,7 +18,7 @@
     "task.retry_scheduled", "task.cancel_requested", "task.cancelled", "task.dead_lettered",
     "task.redriven",
   ];
-  const STATUSES = ["PENDING", "PROCESSING", "RETRYING", "DONE", "FAILED", "CANCELLED"];
+  const STATUSES = ["PENDING", "DELAYED", "PROCESSING", "RETRYING", "DONE", "FAILED", "CANCELLED"];
   const TERMINAL = new Set(["DONE", "FAILED", "CANCELLED"]);
   const PAGE_SIZE = Math.min(500, Math.max(1, Number(new URLSearchParams(location.search).get("limit")) || 50));
   const STATS_EVERY_MS = 3000;
@@ -643,6 +643,29 @@
   });
   const refreshDeadSoon = debounce(refreshDead, 300);
 
+  // ---------------------------------------------------------------- schedules
+
+  function when(t) {
+    return t ? new Date(t).toLocaleString() : "–";
+  }
+
+  const refreshSchedules = serial(async () => {
+    let r;
+    try { r = await api("/schedules?limit=100"); } catch { return; }
+    if (!r.ok) return;
+    const items = r.data.items || [];
+    $("sched-empty").hidden = items.length > 0;
+    $("sched-table").hidden = items.length === 0;
+    $("sched-rows").replaceChildren(...items.map((s) => el("tr", {dataset: {scheduleId: s.schedule_id}},
+      el("td", {text: s.paused ? `${s.name} (paused)` : s.name}),
+      el("td", {class: "mono", text: s.cron ? `${s.cron} ${s.timezone}` : `every ${s.every_s} s`}),
+      el("td", {text: s.paused ? "–" : when(s.next_run_at)}),
+      el("td", {text: when(s.last_due_at)}),
+      el("td", {}, s.last_status
+        ? badge(s.last_status)
+        : "–"))));
+  });
+
   // ---------------------------------------------------------------- create form
 
   const FIELDS = ["title", "type", "payload"];
@@ -742,6 +765,8 @@
     refreshStats();
     setInterval(refreshStats, STATS_EVERY_MS);
     refreshDead();
+    refreshSchedules();
+    setInterval(refreshSchedules, STATS_EVERY_MS);
   }
 
   start();

@@ -5,23 +5,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError, for_code
 
 from events import constants
 from events.errors import LogUnavailable, ProducerFencedOff
+from events.log.security import client_options
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
-    """Create the event topic (kept forever) if it is missing; True if it was created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+async def ensure_topic(bootstrap: str, topic: str, partitions: int, *,
+                       replication_factor: int = 1, min_insync_replicas: int = 1) -> bool:
+    """Create the event topic (kept forever) if it is missing; True if it was created.
+
+    On a cluster, ``replication_factor`` 3 with ``min_insync_replicas`` 2 keeps every
+    acknowledged write (acks=all) through the loss of any one broker.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000,
+                                **client_options())
     await admin.start()
     try:
-        configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+        configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
+                   "min.insync.replicas": str(min_insync_replicas)}
         resp = await admin.create_topics(
-            [NewTopic(topic, partitions, 1, topic_configs=configs)], timeout_ms=15_000
+            [NewTopic(topic, partitions, replication_factor, topic_configs=configs)],
+            timeout_ms=15_000,
         )
         # aiokafka returns the broker's per-topic errors rather than raising them.
         for _name, code, *rest in resp.topic_errors:
@@ -40,7 +50,8 @@ def dead_letter_topic(topic: str) -> str:
     return topic + constants.DEAD_LETTER_TOPIC_SUFFIX
 
 
-async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:
+async def ensure_topics(bootstrap: str, topic: str, partitions: int, *,
+                        replication_factor: int = 1, min_insync_replicas: int = 1) -> list[str]:
     """Create the event topic and its dead-letter topic where missing; the names created.
 
     Both are made wherever one is (``stack up``, ``migrate``, the worker at start), so
@@ -49,7 +60,8 @@ async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str
     created = []
     for name, n in ((topic, partitions),
                     (dead_letter_topic(topic), constants.DEAD_LETTER_PARTITIONS)):
-        if await ensure_topic(bootstrap, name, n):
+        if await ensure_topic(bootstrap, name, n, replication_factor=replication_factor,
+                              min_insync_replicas=min_insync_replicas):
             created.append(name)
     return created
 
@@ -62,7 +74,8 @@ async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
     """
     if not topics:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **client_options())
     try:
         await admin.start()
         await admin.delete_topics(list(topics), timeout_ms=30_000)
@@ -79,7 +92,8 @@ async def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, 
     error codes, and a broker's group-level error (a coordinator still loading, say) came
     back as an empty answer, indistinguishable from a group that committed nothing.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000,
+                                **client_options())
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
@@ -114,12 +128,55 @@ def log_down(exc: BaseException) -> bool:
 
 async def ping(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Raise ``LogUnavailable`` unless the cluster answers a metadata request in time."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(),
                                 request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         await asyncio.wait_for(admin.describe_cluster(), timeout_s)
     except (TimeoutError, KafkaError, OSError) as exc:
         raise LogUnavailable(f"kafka at {bootstrap}: {exc!r}") from None
+    finally:
+        await admin.close()
+
+
+async def describe_partitions(bootstrap: str, topic: str) -> dict[int, dict[str, Any]]:
+    """Each partition of ``topic``: its ``leader`` (a broker id, -1 if none), ``replicas``
+    and in-sync replicas (``isr``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000,
+                                **client_options())
+    await admin.start()
+    try:
+        (desc,) = await admin.describe_topics([topic])
+        if desc["error_code"]:
+            raise for_code(desc["error_code"])(f"cannot describe topic {topic!r}")
+        return {p["partition"]: {"leader": p["leader"], "replicas": list(p["replicas"]),
+                                 "isr": list(p["isr"])} for p in desc["partitions"]}
+    finally:
+        await admin.close()
+
+
+async def grow_partitions(bootstrap: str, topic: str, partitions: int) -> int:
+    """Give ``topic`` ``partitions`` partitions in all; the count it had before.
+
+    Kafka only ever adds partitions. Tasks already in the log keep theirs: their later
+    events are appended to the partition their read-model row records
+    (``EventProducer.append``), not to where their key hashes on the new count.
+    """
+    before = len(await describe_partitions(bootstrap, topic))
+    if partitions < before:
+        raise ValueError(f"topic {topic!r} has {before} partitions; Kafka cannot remove any")
+    if partitions == before:
+        return before
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **client_options())
+    await admin.start()
+    try:
+        resp = await admin.create_partitions({topic: NewPartitions(total_count=partitions)},
+                                             timeout_ms=30_000)
+        for _name, code, *rest in resp.topic_errors:
+            if code:
+                detail = (rest[0] if rest else None) or f"error code {code}"
+                raise for_code(code)(f"cannot grow topic {topic!r}: {detail}")
+        return before
     finally:
         await admin.close()

@@ -17,6 +17,7 @@ from events import constants
 from events.log import internals
 from events.log.fetch import AdaptiveFetch
 from events.log.records import TP, Record, to_record
+from events.log.security import client_options
 
 AssignedCallback = Callable[[list[TP]], Awaitable[dict[TP, int]]]  # returns offsets to seek
 RevokedCallback = Callable[[list[TP]], Awaitable[None]]
@@ -50,7 +51,7 @@ class GroupConsumer:
         # Called once the seeks returned by ``on_assigned`` are in place.
         self.on_seeked: Callable[[list[TP]], None] | None = None
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=bootstrap, **client_options(),
             group_id=group_id,
             client_id=client_id,
             enable_auto_commit=False,
@@ -67,6 +68,7 @@ class GroupConsumer:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
+            metadata_max_age_ms=constants.METADATA_MAX_AGE_MS,
         )
 
     async def start(self) -> None:

@@ -17,6 +17,7 @@ from events.errors import LogUnavailable, ProducerFencedOff
 from events.log import internals
 from events.log.partition import PARTITIONER, task_key
 from events.log.records import TP, RawMessage
+from events.log.security import client_options
 from events.models import CloudEvent, Position
 
 BATCHED_APPEND_MIN = 16  # from this many events, an append fills record batches itself
@@ -61,7 +62,7 @@ class EventProducer:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            bootstrap_servers=self._bootstrap, **client_options(),
             acks="all",
             enable_idempotence=True,
             # No linger: under load, submits that arrive while a partition's request is
@@ -71,6 +72,7 @@ class EventProducer:
             max_batch_size=256 * 1024,
             partitioner=PARTITIONER,
             request_timeout_ms=int(self.timeout_s * 1000),
+            metadata_max_age_ms=constants.METADATA_MAX_AGE_MS,
         )
 
     async def start(self) -> None:
@@ -95,17 +97,26 @@ class EventProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def append(self, events: Sequence[CloudEvent]) -> list[Position]:
-        """Append events (each keyed by its task id) and wait for every acknowledgement."""
+    async def append(self, events: Sequence[CloudEvent],
+                     partitions: Sequence[int | None] | None = None) -> list[Position]:
+        """Append events (each keyed by its task id) and wait for every acknowledgement.
+
+        ``partitions``, one per event, is where each task's ``task.created`` landed (its
+        read-model row's ``partition``): a later event of an existing task goes there,
+        not where the key hashes today, so that growing the topic (``taskflow topics
+        grow``) never splits a task's events across two partitions. ``None``: by key.
+        """
         if not self._started:
             await self.start()
+        placed = list(partitions) if partitions is not None else [None] * len(events)
 
         async def _send_all() -> list[Position]:
             if len(events) >= BATCHED_APPEND_MIN:
-                return await self._send_batched(events)
+                return await self._send_batched(events, placed)
             futures = [
-                await self._producer.send(self.topic, encode(ev), key=task_key(ev.subject))
-                for ev in events
+                await self._producer.send(self.topic, encode(ev), key=task_key(ev.subject),
+                                          partition=p)
+                for ev, p in zip(events, placed, strict=True)
             ]
             metas = await asyncio.gather(*futures)
             return [Position(partition=m.partition, offset=m.offset) for m in metas]
@@ -118,7 +129,8 @@ class EventProducer:
         except KafkaError as exc:
             raise LogUnavailable(repr(exc)) from None
 
-    async def _send_batched(self, events: Sequence[CloudEvent]) -> list[Position]:
+    async def _send_batched(self, events: Sequence[CloudEvent],
+                            where: Sequence[int | None]) -> list[Position]:
         """Many events: one record batch per partition, filled directly.
 
         ``send`` per record costs a coroutine, a metadata check and a batch lookup each
@@ -131,7 +143,9 @@ class EventProducer:
         records: list[tuple[bytes, bytes]] = []
         for i, ev in enumerate(events):
             key = task_key(ev.subject)
-            groups.setdefault(PARTITIONER(key, parts, parts), []).append(i)
+            at = where[i]
+            groups.setdefault(PARTITIONER(key, parts, parts) if at is None else at,
+                              []).append(i)
             records.append((key, encode(ev)))
         sent: list[tuple[asyncio.Future[Any], int, list[tuple[int, int]]]] = []
         # aiokafka queues one whole batch per partition at a time: a second one waits
@@ -180,7 +194,7 @@ class TransactionalProducer:
         self.timeout_s = timeout_s
         internals.set_txn_conflict_backoff(constants.TXN_CONFLICT_BACKOFF_S)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=bootstrap, **client_options(),
             transactional_id=transactional_id,
             enable_idempotence=True,
             acks="all",

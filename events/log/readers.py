@@ -7,6 +7,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events.errors import LogUnavailable
 from events.log import internals
 from events.log.records import Record, to_record
+from events.log.security import client_options
 
 
 class LogReader:
@@ -15,7 +16,7 @@ class LogReader:
     def __init__(self, *, bootstrap: str, topic: str, read_committed: bool = True) -> None:
         self.topic = topic
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=bootstrap, **client_options(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

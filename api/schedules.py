@@ -1,0 +1,277 @@
+"""Schedule routes: create, read, list, change, pause, resume, trigger, delete, runs.
+
+Every change is an event on the schedule topic (``events.schedules``); the scheduler
+folds them into the ``schedules`` table, which the reads serve. Thin like the task
+routes: validate, append, answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.auth import Tenant, TenantDep
+from api.deps import DbDep, LogDep, SettingsDep
+from api.problems import Conflict, Invalid, NotFound, documented, for_log_down
+from api.reads import visible
+from api.schemas import TaskIn
+from api.submit import check_type
+from events import constants, schedule_db
+from events.codec import encode
+from events.errors import LogUnavailable
+from events.log import EventProducer, ensure_topic, task_key
+from events.models import (
+    EventData,
+    ScheduleCreated,
+    ScheduleDeleted,
+    SchedulePaused,
+    ScheduleResumed,
+    ScheduleTask,
+    ScheduleUpdated,
+    TaskCreated,
+    new_event,
+)
+from events.schedules import BadSchedule, check, next_due, schedule_topic, trigger_task_id
+from events.settings import Settings
+
+router = APIRouter()
+
+MAX_EVERY_S = 366 * 86_400  # seconds: the longest interval
+_ANY = object()
+
+
+class ScheduleTaskIn(TaskIn):
+    """The task each fire submits: a task body without a start time of its own."""
+
+    @model_validator(mode="after")
+    def _no_start(self) -> ScheduleTaskIn:
+        if self.run_at is not None or self.delay_s is not None:
+            raise ValueError("a schedule's task takes no run_at or delay_s")
+        return self
+
+
+class SchedulePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    every_s: float | None = Field(default=None, ge=1, le=MAX_EVERY_S)
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    task: ScheduleTaskIn | None = None
+    overlap: Literal["allow", "skip"] | None = None
+    catchup: Literal["none", "latest", "all"] | None = None
+
+
+class ScheduleIn(SchedulePatch):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "nightly report", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+        "task": {"title": "report", "type": "echo", "payload": {"message": "go"}},
+        "overlap": "skip", "catchup": "latest"}]})
+
+    name: str = Field(min_length=1, max_length=200)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    task: ScheduleTaskIn
+    overlap: Literal["allow", "skip"] = "allow"
+    catchup: Literal["none", "latest", "all"] = "none"
+
+
+def _spec(body: ScheduleIn | SchedulePatch, settings: Settings,
+          base: dict[str, Any] | None = None) -> ScheduleCreated:
+    """The whole definition: ``body`` over ``base`` (a PATCH), checked like a create."""
+    fields = dict(base or {})
+    given = body.model_dump(exclude_unset=True)
+    if "cron" in given or "every_s" in given:
+        fields.pop("cron", None)
+        fields.pop("every_s", None)
+    fields.update({k: v for k, v in given.items() if k != "task"})
+    if body.task is not None:
+        check_type(body.task, settings, ["body", "task"])
+        fields["task"] = ScheduleTask(**body.task.model_dump(
+            include={"title", "type", "payload", "priority", "max_attempts", "timeout_s"}))
+    try:
+        spec = ScheduleCreated(**fields)
+        check(spec)
+    except BadSchedule as exc:
+        raise Invalid(exc.message, errors=[{"loc": ["body", exc.field], "msg": exc.message,
+                                            "type": "value"}]) from None
+    return spec
+
+
+async def _append(request: Request, data: EventData, sid: uuid.UUID,
+                  tenant: str | None) -> datetime:
+    """Append a schedule event; answers with its time (503 if Kafka did not ack)."""
+    state = request.app.state
+    settings: Settings = state.settings
+    producer: EventProducer = state.producer
+    topic = schedule_topic(settings.topic)
+    if not getattr(state, "schedule_topic_ready", False):
+        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
+        state.schedule_topic_ready = True
+    ev = new_event(data, task_id=sid, source=constants.API_SOURCE, tenant=tenant)
+    try:
+        await producer.append_raw(topic, task_key(sid), encode(ev))
+    except LogUnavailable:
+        raise
+    except Exception as exc:  # a timeout or a Kafka error: the write may still land
+        raise LogUnavailable(repr(exc)) from None
+    return ev.time
+
+
+async def _row(db: DbDep, sid: uuid.UUID, tenant: Tenant, wait_s: float) -> dict[str, Any]:
+    """The schedule, waiting (bounded) for one created a moment ago to be projected."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = await schedule_db.get(db, schedule_id=sid)
+        if row is not None or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    if row is None or row.pop("deleted") or not visible(row["tenant"], tenant):
+        raise NotFound(f"no schedule {sid}")
+    return row
+
+
+def _base(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("name", "cron", "every_s", "timezone", "task", "overlap",
+                                "catchup")}
+
+
+def _out(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "anchor"}
+
+
+async def _write(request: Request, data: EventData, sid: uuid.UUID, tenant: str | None,
+                 body: dict[str, Any], status: int = 200) -> Response:
+    try:
+        await _append(request, data, sid, tenant)
+    except LogUnavailable as exc:
+        return for_log_down(request, exc, schedule_id=str(sid))
+    return Response(_json(body), status_code=status, media_type="application/json")
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body, default=str)
+
+
+@router.post("/schedules", status_code=201, tags=["schedules"],
+             responses=documented(401, 422, 503))
+async def create_schedule(body: ScheduleIn, request: Request, settings: SettingsDep,
+                          tenant: TenantDep) -> Response:
+    """Create a schedule: ``cron`` (in ``timezone``) or ``every_s``; answers
+    ``{schedule_id, next_run_at}``."""
+    spec = _spec(body, settings)
+    sid = uuid.uuid4()
+    try:
+        at = await _append(request, spec, sid, tenant.name)
+    except LogUnavailable as exc:
+        return for_log_down(request, exc, schedule_id=str(sid))
+    out = {"schedule_id": str(sid), "next_run_at": next_due(spec, at, at)}
+    return Response(_json(out), status_code=201, media_type="application/json",
+                    headers={"Location": f"/schedules/{sid}"})
+
+
+@router.get("/schedules", tags=["schedules"], responses=documented(401, 422))
+async def list_schedules(db: DbDep, tenant: TenantDep,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                         ) -> dict[str, list[dict[str, Any]]]:
+    """The caller's schedules, oldest first, with next and last run and its status."""
+    rows = await schedule_db.listing(db, tenant=tenant.name if tenant.scoped else _ANY,
+                                     any_tenant=_ANY, limit=limit)
+    return {"items": [_out(r) for r in rows]}
+
+
+@router.get("/schedules/{schedule_id}", tags=["schedules"], responses=documented(404))
+async def get_schedule(schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+                       tenant: TenantDep) -> dict[str, Any]:
+    """One schedule: its definition, state, next run, and last run with its status."""
+    return _out(await _row(db, schedule_id, tenant, settings.read_wait_s))
+
+
+@router.patch("/schedules/{schedule_id}", tags=["schedules"],
+              responses=documented(404, 422, 503))
+async def update_schedule(schedule_id: uuid.UUID, body: SchedulePatch, request: Request,
+                          db: DbDep, settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Change any of the fields; the schedule restarts from now with the new definition."""
+    row = await _row(db, schedule_id, tenant, settings.read_wait_s)
+    spec = _spec(body, settings, _base(row))
+    now = datetime.now(UTC)
+    return await _write(request, ScheduleUpdated(**spec.model_dump()), schedule_id,
+                        row["tenant"], {"schedule_id": str(schedule_id),
+                                        "next_run_at": next_due(spec, now, now)})
+
+
+@router.delete("/schedules/{schedule_id}", status_code=204, tags=["schedules"],
+               responses=documented(404, 503))
+async def delete_schedule(schedule_id: uuid.UUID, request: Request, db: DbDep,
+                          settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Delete: no further fires. Tasks already fired are left as they are."""
+    row = await _row(db, schedule_id, tenant, settings.read_wait_s)
+    response = await _write(request, ScheduleDeleted(), schedule_id, row["tenant"], {})
+    return response if response.status_code != 200 else Response(status_code=204)
+
+
+async def _pause_or_resume(request: Request, db: DbDep, settings: Settings, tenant: Tenant,
+                           schedule_id: uuid.UUID, pause: bool) -> Response:
+    row = await _row(db, schedule_id, tenant, settings.read_wait_s)
+    if row["paused"] == pause:
+        raise Conflict(f"schedule {schedule_id} is already "
+                       f"{'paused' if pause else 'active'}")
+    data: EventData = SchedulePaused() if pause else ScheduleResumed()
+    return await _write(request, data, schedule_id, row["tenant"],
+                        {"schedule_id": str(schedule_id), "paused": pause})
+
+
+@router.post("/schedules/{schedule_id}:pause", tags=["schedules"],
+             responses=documented(404, 409, 503))
+async def pause_schedule(schedule_id: uuid.UUID, request: Request, db: DbDep,
+                         settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Pause: due times while paused are dropped (not caught up on resume)."""
+    return await _pause_or_resume(request, db, settings, tenant, schedule_id, True)
+
+
+@router.post("/schedules/{schedule_id}:resume", tags=["schedules"],
+             responses=documented(404, 409, 503))
+async def resume_schedule(schedule_id: uuid.UUID, request: Request, db: DbDep,
+                          settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Resume a paused schedule from now."""
+    return await _pause_or_resume(request, db, settings, tenant, schedule_id, False)
+
+
+@router.post("/schedules/{schedule_id}:trigger", status_code=202, tags=["schedules"],
+             responses=documented(404, 503))
+async def trigger_schedule(schedule_id: uuid.UUID, request: Request, producer: LogDep,
+                           db: DbDep, settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Run the schedule's task now, once, outside its due times (paused or not)."""
+    row = await _row(db, schedule_id, tenant, settings.read_wait_s)
+    t = ScheduleTask(**row["task"])
+    now = datetime.now(UTC)
+    tid = trigger_task_id(schedule_id, now)
+    ev = new_event(TaskCreated(title=t.title, type=t.type, payload=t.payload,
+                               priority=t.priority, max_attempts=t.max_attempts,
+                               timeout_s=t.timeout_s, schedule_id=schedule_id, due_at=now),
+                   task_id=tid, source=constants.API_SOURCE, tenant=row["tenant"])
+    try:
+        [p] = await producer.append([ev])
+    except LogUnavailable as exc:
+        return for_log_down(request, exc, task_id=str(tid))
+    return Response(_json({"schedule_id": str(schedule_id), "task_id": str(tid),
+                           "due_at": now, "status": "PENDING",
+                           "position": {"partition": p.partition, "offset": p.offset}}),
+                    status_code=202, media_type="application/json",
+                    headers={"Location": f"/tasks/{tid}"})
+
+
+@router.get("/schedules/{schedule_id}/runs", tags=["schedules"], responses=documented(404))
+async def schedule_runs(schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+                        tenant: TenantDep,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                        ) -> dict[str, list[dict[str, Any]]]:
+    """The tasks the schedule created (fires and triggers), latest due time first."""
+    await _row(db, schedule_id, tenant, settings.read_wait_s)
+    return {"items": await schedule_db.runs(db, schedule_id=schedule_id, limit=limit)}

@@ -1,0 +1,139 @@
+"""The ``schedules`` read model: the scheduler's writes, the API's reads, and the rows
+``projections verify|rebuild`` compare and replace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from events.models import TERMINAL
+from events.schedules import SCHEDULE_PROJECTION, ScheduleState
+from events.tables import dead_letters, projector_offsets, schedules, tasks
+
+_SPEC = ("name", "cron", "every_s", "timezone", "overlap", "catchup")
+
+
+def row(st: ScheduleState, partition: int, offset: int) -> dict[str, Any]:
+    """The ``schedules`` row of a state."""
+    spec = st.spec
+    return {
+        "schedule_id": st.schedule_id, "tenant": st.tenant,
+        **{k: getattr(spec, k) for k in _SPEC},
+        "task": spec.task.model_dump(mode="json"),
+        "paused": st.paused, "deleted": st.deleted, "anchor": st.anchor,
+        "next_run_at": st.next_run_at(), "last_due_at": st.last_due_at,
+        "last_task_id": st.last_task_id, "fires": st.fires, "skips": st.skips,
+        "created_at": st.created_at, "updated_at": st.updated_at,
+        "partition": partition, "last_offset": offset,
+    }
+
+
+def _upsert() -> Any:
+    stmt = insert(schedules)
+    return stmt.on_conflict_do_update(
+        index_elements=[schedules.c.schedule_id],
+        set_={c.name: stmt.excluded[c.name] for c in schedules.c if c.name != "schedule_id"},
+        where=schedules.c.last_offset <= stmt.excluded.last_offset)
+
+
+_UPSERT = _upsert()
+
+
+async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
+                rows: list[dict[str, Any]]) -> None:
+    """Upsert ``rows`` and move the partition's checkpoint to ``offset``, in the caller's
+    transaction. The checkpoint never moves back (a second owner reading from the start
+    writes rows it already wrote, and the same rows: they are a fold)."""
+    if rows:
+        # One statement for every row set (executemany): compiled once, and cached.
+        await conn.execute(_UPSERT, rows)
+    cp = insert(projector_offsets).values(projection=SCHEDULE_PROJECTION, topic=topic,
+                                          partition=partition, offset=offset)
+    await conn.execute(cp.on_conflict_do_update(
+        index_elements=[projector_offsets.c.projection, projector_offsets.c.topic,
+                        projector_offsets.c.partition],
+        set_={"offset": cp.excluded.offset, "updated_at": func.now()},
+        where=projector_offsets.c.offset < cp.excluded.offset))
+
+
+async def park(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
+               key: bytes | None, raw: bytes | None, error: str) -> None:
+    stmt = insert(dead_letters).values(projection=SCHEDULE_PROJECTION, topic=topic,
+                                       partition=partition, offset=offset, key=key,
+                                       raw=raw, error=error, reason="decode")
+    await conn.execute(stmt.on_conflict_do_nothing())
+
+
+async def replace_all(conn: AsyncConnection, *, topic: str, rows: list[dict[str, Any]],
+                      checkpoints: dict[int, int]) -> None:
+    """``projections rebuild``: the whole table and its checkpoints, in one transaction."""
+    await conn.execute(delete(schedules))
+    await conn.execute(delete(projector_offsets).where(
+        projector_offsets.c.projection == SCHEDULE_PROJECTION))
+    for i in range(0, len(rows), 1000):
+        await conn.execute(insert(schedules).values(rows[i:i + 1000]))
+    if checkpoints:
+        await conn.execute(insert(projector_offsets).values([
+            {"projection": SCHEDULE_PROJECTION, "topic": topic, "partition": p, "offset": o}
+            for p, o in checkpoints.items()]))
+
+
+async def all_rows(engine: AsyncEngine) -> dict[uuid.UUID, dict[str, Any]]:
+    async with engine.connect() as conn:
+        return {r["schedule_id"]: dict(r) for r in
+                (await conn.execute(select(schedules))).mappings()}
+
+
+_LAST = (select(tasks.c.status).where(tasks.c.task_id == schedules.c.last_task_id)
+         .scalar_subquery().label("last_status"))
+_COLS = [c for c in schedules.c if c.name not in ("partition", "last_offset", "deleted")]
+
+
+async def get(engine: AsyncEngine, *, schedule_id: uuid.UUID) -> dict[str, Any] | None:
+    """A schedule that is not deleted, with its last run's status."""
+    async with engine.connect() as conn:
+        r = (await conn.execute(select(*_COLS, _LAST, schedules.c.deleted).where(
+            schedules.c.schedule_id == schedule_id))).mappings().first()
+    return dict(r) if r is not None else None
+
+
+async def listing(engine: AsyncEngine, *, tenant: object, any_tenant: object,
+                  limit: int) -> list[dict[str, Any]]:
+    conds: list[ColumnElement[bool]] = [schedules.c.deleted.is_(False)]
+    if tenant is not any_tenant:
+        conds.append(schedules.c.tenant.is_(None) if tenant is None
+                     else schedules.c.tenant == tenant)
+    q = (select(*_COLS, _LAST).where(and_(*conds))
+         .order_by(schedules.c.created_at, schedules.c.schedule_id).limit(limit))
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def runs(engine: AsyncEngine, *, schedule_id: uuid.UUID,
+               limit: int) -> list[dict[str, Any]]:
+    """The tasks a schedule created, latest due time first."""
+    q = (select(tasks.c.task_id, tasks.c.due_at, tasks.c.status, tasks.c.created_at,
+                tasks.c.finished_at)
+         .where(tasks.c.schedule_id == schedule_id)
+         .order_by(tasks.c.due_at.desc(), tasks.c.task_id).limit(limit))
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def running(engine: AsyncEngine, task_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``task_ids`` not known to be finished (unknown ones count as running: a
+    task just fired may not be projected yet)."""
+    ids = set(task_ids)
+    if not ids:
+        return set()
+    q = select(tasks.c.task_id).where(tasks.c.task_id.in_(ids),
+                                      tasks.c.status.in_([s.value for s in TERMINAL]))
+    async with engine.connect() as conn:
+        done = {r[0] for r in await conn.execute(q)}
+    return ids - done
