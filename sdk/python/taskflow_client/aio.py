@@ -168,22 +168,25 @@ class AsyncTaskFlow:
                      payload: Mapping[str, Any] | None = None, priority: int | None = None,
                      max_attempts: int | None = None, timeout_s: float | None = None,
                      idempotency_key: str | None = None, delay_s: float | None = None,
-                     run_at: datetime | str | None = None) -> TaskHandle:
+                     run_at: datetime | str | None = None,
+                     callback_url: str | None = None) -> TaskHandle:
         """Submit one task; the handle has its id and the position of its creation.
 
         The same ``idempotency_key`` always names the same task (one is generated when
         none is given, so that retries are safe). ``delay_s`` or ``run_at`` ask the API
-        for a later start.
+        for a later start; ``callback_url`` subscribes a webhook to the task's terminal
+        events (its secret is in the handle's ``callback``).
         """
         spec = TaskSpec(title, type, dict(payload) if payload is not None else None,
-                        priority, max_attempts, timeout_s, idempotency_key, delay_s, run_at)
+                        priority, max_attempts, timeout_s, idempotency_key, delay_s, run_at,
+                        callback_url)
         return await self.submit_spec(spec)
 
     async def submit_spec(self, spec: TaskSpec) -> TaskHandle:
         """``submit`` of a ``TaskSpec``."""
         key = spec.idempotency_key or new_key()
         body = spec.body()
-        if self._batcher is not None:
+        if self._batcher is not None and spec.callback_url is None:
             return await self._batcher.add({**body, "idempotency_key": key})
         resp = await self._call("POST", "/tasks", body, headers={"Idempotency-Key": key})
         return TaskHandle.from_json(_json.loads(resp.body),

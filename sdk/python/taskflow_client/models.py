@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-STATUSES = ("PENDING", "PROCESSING", "DONE", "FAILED", "CANCELLED", "RETRYING")
+STATUSES = ("PENDING", "DELAYED", "PROCESSING", "DONE", "FAILED", "CANCELLED", "RETRYING")
 TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
 
 
@@ -38,12 +38,15 @@ class TaskHandle:
     """A task the API accepted: its id, status then, and the position of its creation.
 
     ``replayed`` is true when an ``idempotency_key`` named a task accepted before.
+    ``callback`` is the webhook a ``callback_url`` created (``webhook_id`` and its
+    ``secret``, said once), when the task was accepted with one.
     """
 
     task_id: str
     status: str
     position: Position
     replayed: bool = False
+    callback: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -52,7 +55,7 @@ class TaskHandle:
     @classmethod
     def from_json(cls, d: dict[str, Any], replayed: bool = False) -> TaskHandle:
         return cls(str(d["task_id"]), str(d["status"]), Position.from_json(d["position"]),
-                   bool(d.get("replayed", replayed)))
+                   bool(d.get("replayed", replayed)), d.get("callback"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,8 @@ class Task:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    schedule_id: str | None = None  # the schedule that fired it, and for which due time
+    due_at: datetime | None = None
 
     @property
     def id(self) -> str:
@@ -101,6 +106,8 @@ class Task:
             dead_lettered=bool(d.get("dead_lettered")),
             created_at=_time(d.get("created_at")), updated_at=_time(d.get("updated_at")),
             finished_at=_time(d.get("finished_at")),
+            schedule_id=str(d["schedule_id"]) if d.get("schedule_id") else None,
+            due_at=_time(d.get("due_at")),
         )
 
 
@@ -171,8 +178,9 @@ class Action:
 class TaskSpec:
     """A task to submit, as ``submit`` takes it (and ``submit_many`` takes many).
 
-    ``delay_s`` or ``run_at`` (RFC 3339, or a ``datetime``) ask for a later start; they are
-    passed to the API as they are.
+    ``delay_s`` or ``run_at`` (RFC 3339, or a ``datetime``) ask for a later start.
+    ``callback_url`` subscribes a webhook to this task's terminal events; such a task is
+    sent on its own ``POST /tasks``, since a batch refuses it.
     """
 
     title: str
@@ -184,6 +192,7 @@ class TaskSpec:
     idempotency_key: str | None = None
     delay_s: float | None = None
     run_at: datetime | str | None = None
+    callback_url: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The task as ``POST /tasks`` takes it (without the idempotency key)."""
@@ -191,7 +200,7 @@ class TaskSpec:
             raise ValueError("give delay_s or run_at, not both")
         out: dict[str, Any] = {"title": self.title, "type": self.type,
                                "payload": self.payload if self.payload is not None else {}}
-        for name in ("priority", "max_attempts", "timeout_s", "delay_s"):
+        for name in ("priority", "max_attempts", "timeout_s", "delay_s", "callback_url"):
             v = getattr(self, name)
             if v is not None:
                 out[name] = v

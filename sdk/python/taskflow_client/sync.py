@@ -90,12 +90,13 @@ class TaskFlow:
                payload: Mapping[str, Any] | None = None, priority: int | None = None,
                max_attempts: int | None = None, timeout_s: float | None = None,
                idempotency_key: str | None = None, delay_s: float | None = None,
-               run_at: datetime | str | None = None) -> TaskHandle:
+               run_at: datetime | str | None = None,
+               callback_url: str | None = None) -> TaskHandle:
         """Submit one task (see ``AsyncTaskFlow.submit``)."""
         return self._run(self._aio.submit(
             title, type=type, payload=payload, priority=priority, max_attempts=max_attempts,
             timeout_s=timeout_s, idempotency_key=idempotency_key, delay_s=delay_s,
-            run_at=run_at))
+            run_at=run_at, callback_url=callback_url))
 
     def submit_many(self, tasks: Iterable[TaskSpec | Mapping[str, Any]], *,
                     chunk_size: int = 1000) -> builtins.list[TaskHandle]:
