@@ -122,7 +122,9 @@ async def _append(request: Request, data: EventData, sid: uuid.UUID,
     producer: EventProducer = state.producer
     topic = schedule_topic(settings.topic)
     if not getattr(state, "schedule_topic_ready", False):
-        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
+        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions,
+                           replication_factor=settings.replication_factor,
+                           min_insync_replicas=settings.min_insync_replicas)
         state.schedule_topic_ready = True
     ev = new_event(data, task_id=sid, source=constants.API_SOURCE, tenant=tenant)
     try:
