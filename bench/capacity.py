@@ -4,9 +4,10 @@
 A projector folds the same number of complete no-op histories twice: from a topic of one
 partition, and from a topic of ``PARTITIONS``. The first is what one partition carries
 through one projector; the second what one projector carries from many. During each
-fold it measures what every event costs Postgres (WAL bytes, the postmaster's and its
-backends' CPU) and the projector (its CPU). Run it on an otherwise idle machine: WAL and
-Postgres CPU are the server's, not the scenario's alone.
+fold it measures what every event costs Postgres (the database's growth, WAL bytes, the
+postmaster's and its backends' CPU) and the projector (its CPU). Run it on an otherwise
+idle machine: WAL and Postgres CPU are the server's, not the scenario's alone; the
+database's growth is its own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ async def fold_cost(world: World, tasks: int, timeout_s: float = 900) -> dict[st
     db = await world.connect()
     try:
         wal0 = int(await db.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"))
+        size0 = int(await db.fetchval("SELECT pg_database_size(current_database())"))
         pg0 = tree_cpu_seconds(world.pg_pid) if world.pg_pid else 0.0
         t0 = time.perf_counter()
         proc = world.start("projector")
@@ -44,6 +46,7 @@ async def fold_cost(world: World, tasks: int, timeout_s: float = 900) -> dict[st
         pg_cpu = (tree_cpu_seconds(world.pg_pid) - pg0) if world.pg_pid else None
         wal = int(await db.fetchval(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")) - wal0
+        size = int(await db.fetchval("SELECT pg_database_size(current_database())")) - size0
         rows = int(await db.fetchval(
             "SELECT (SELECT count(*) FROM task_events) + (SELECT count(*) FROM tasks) "
             "+ (SELECT count(*) FROM task_changes)"))
@@ -52,6 +55,7 @@ async def fold_cost(world: World, tasks: int, timeout_s: float = 900) -> dict[st
         world.stop()
     return {"events": total, "seconds": seconds, "events_per_s": total / seconds,
             "wal_bytes_per_event": wal / total, "rows_per_event": rows / total,
+            "stored_bytes_per_event": size / total,
             "postgres_cpu_us_per_event": pg_cpu / total * 1e6 if pg_cpu is not None else None,
             "projector_cpu_us_per_event": proj_cpu / total * 1e6}
 
@@ -73,7 +77,8 @@ async def capacity(run: Run) -> None:
         label = f"one projector, {parts} partition(s)"
         run.figure("capacity", label, "events/s", "higher", comparable=False
                    ).values["taskflow"] = got["events_per_s"]
-        for key, unit in (("wal_bytes_per_event", "WAL bytes/event"),
+        for key, unit in (("stored_bytes_per_event", "database bytes/event"),
+                          ("wal_bytes_per_event", "WAL bytes/event"),
                           ("postgres_cpu_us_per_event", "Postgres CPU µs/event"),
                           ("projector_cpu_us_per_event", "projector CPU µs/event")):
             if got[key] is not None:
