@@ -364,7 +364,9 @@ async def test_verify_and_rebuild_cover_schedules(senv: Env) -> None:
         diffs, _ = await proj.verify(settings)
         assert {(d.task_id, d.field) for d in diffs} == {
             (b, "paused"), (b, "fires"), (a, "row")}
-        assert await proj.rebuild(settings) == n
+        # A fire committed as the scheduler stopped may reach the rebuild's read and not
+        # the verify's before it: the rebuild folds at least what verify saw.
+        assert await proj.rebuild(settings) >= n
         diffs, _ = await proj.verify(settings)
         assert diffs == []
         row = await conn.fetchrow("SELECT paused, deleted FROM schedules WHERE schedule_id = $1",
