@@ -74,7 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Start anyway: reads keep working, writes answer 503 until Kafka is back.
             log.warning("kafka unavailable at start-up: %r", exc)
         app.state.keys = KeyRing(app.state.engine, rate_per_s=settings.rate_limit_per_s,
-                                 burst=settings.rate_limit_burst)
+                                 burst=settings.rate_limit_burst,
+                                 fail_rate_per_s=settings.auth_fail_rate_per_s,
+                                 fail_burst=settings.auth_fail_burst)
         if not settings.auth:
             log.warning("TASKFLOW_AUTH is off: the API is open and unscoped (local development)")
         app.state.feed = ChangeFeed(settings.database_url, queue_max=settings.sse_queue_max)

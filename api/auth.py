@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,8 +22,9 @@ from api.problems import Problem
 from events import queries
 
 CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation takes
-# Entries of each per-key structure: key ids come from the client (a made-up one is
-# looked up and cached as unknown too), so both are bounded.
+# Entries of each per-key and per-address structure: key ids and addresses come from
+# the client (a made-up id is looked up once and cached as unknown, apart from the known
+# ones), so each is bounded.
 CACHE_MAX = 10_000
 
 
@@ -68,6 +69,14 @@ class Bucket:
     at: float
 
 
+def _put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Store as the most recent entry; drop the least recent past ``CACHE_MAX``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CACHE_MAX:
+        cache.popitem(last=False)
+
+
 @dataclass
 class KeyRing:
     """Key lookups with a short cache, and one token bucket per key."""
@@ -75,27 +84,74 @@ class KeyRing:
     engine: AsyncEngine
     rate_per_s: float
     burst: int
+    # Failed authentications each client address may make: ``fail_burst`` at once, then
+    # ``fail_rate_per_s``; 0 = no limit.
+    fail_rate_per_s: float = 1.0
+    fail_burst: int = 20
     _cache: OrderedDict[str, tuple[float, str | None, str]] = field(default_factory=OrderedDict)
+    _unknown: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    _failures: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
     _buckets: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
 
-    async def tenant_of(self, raw: str) -> Tenant | None:
+    async def tenant_of(self, raw: str, *, client: str = "") -> Tenant | None:
+        """The key's tenant, or None. Raises ``TooManyRequests`` while ``client`` (its
+        address) is over its budget of failed authentications: then no key it sends is
+        looked up, unless it is a valid key this process already holds."""
         parsed = parse_key(raw)
+        now = time.monotonic()
         if parsed is None:
+            self.failed(client, now)
             return None
         key_id, secret = parsed
-        now = time.monotonic()
         hit = self._cache.get(key_id)
-        if hit is None or now - hit[0] > CACHE_TTL_S:
-            row = await queries.api_key(self.engine, key_id=key_id)
-            hit = (now, row[0] if row else None, row[1] if row else "")
-            self._cache[key_id] = hit
-            self._cache.move_to_end(key_id)
-            while len(self._cache) > CACHE_MAX:
-                self._cache.popitem(last=False)  # the least recently looked up
-        _, tenant, digest = hit
+        fresh = hit is not None and now - hit[0] <= CACHE_TTL_S
+        if hit is not None and fresh and hmac.compare_digest(hit[2], hash_secret(secret)):
+            return Tenant(name=hit[1], key_id=key_id, scoped=True)
+        self.check_failures(client, now)
+        if hit is not None and fresh:
+            tenant, digest = hit[1], hit[2]
+        else:
+            miss = self._unknown.get(key_id)
+            if miss is not None and now - miss <= CACHE_TTL_S:
+                tenant, digest = None, ""
+            else:
+                row = await queries.api_key(self.engine, key_id=key_id)
+                tenant, digest = (row[0], row[1]) if row else (None, "")
+                # Known and unknown ids in separate bounded caches: made-up ids never
+                # push the keys in use out of the cache.
+                if row is None:
+                    _put(self._unknown, key_id, now)
+                else:
+                    _put(self._cache, key_id, (now, tenant, digest))
         if tenant is None or not hmac.compare_digest(digest, hash_secret(secret)):
+            self.failed(client, now)
             return None
         return Tenant(name=tenant, key_id=key_id, scoped=True)
+
+    def check_failures(self, client: str, now: float) -> None:
+        if self.fail_rate_per_s <= 0:
+            return
+        b = self._failures.get(client)
+        if b is None:
+            return
+        tokens = min(float(self.fail_burst), b.tokens + (now - b.at) * self.fail_rate_per_s)
+        if tokens < 1:
+            wait = (1 - tokens) / self.fail_rate_per_s
+            raise TooManyRequests(
+                f"too many failed authentications; retry in {wait:.2f}s",
+                retry_after=max(1, round(wait + 0.5)))
+
+    def failed(self, client: str, now: float) -> None:
+        """Spend one of ``client``'s failed-authentication tokens."""
+        if self.fail_rate_per_s <= 0:
+            return
+        b = self._failures.get(client)
+        if b is None:
+            b = Bucket(tokens=float(self.fail_burst), at=now)
+            _put(self._failures, client, b)
+        b.tokens = min(float(self.fail_burst),
+                       b.tokens + (now - b.at) * self.fail_rate_per_s) - 1
+        b.at = now
 
     def take(self, key: str) -> float:
         """Take one token; returns 0 if allowed, else seconds until a token is free."""
@@ -134,7 +190,8 @@ async def authenticate(request: Request) -> Tenant:
         raw = auth[7:].strip()
     if not raw:
         raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
-    tenant = await ring.tenant_of(raw)
+    client = request.client.host if request.client else ""
+    tenant = await ring.tenant_of(raw, client=client)
     if tenant is None:
         raise Unauthorized("the API key is not valid or has been revoked")
     assert tenant.key_id is not None

@@ -55,21 +55,27 @@ async def reach(db: DbDep, feed: ChangeFeed, settings: Settings,
 
 
 async def wait_for_task(db: DbDep, feed: ChangeFeed, task_id: uuid.UUID,
-                        wait_s: float) -> dict[str, Any] | None:
+                        wait_s: float, *, tenant: Tenant | None = None
+                        ) -> dict[str, Any] | None:
     """Read-your-writes: a task accepted a moment ago may not be projected yet.
 
     Waits for the feed to see a change of this task (its row commits with it), then
-    reads once; no query on a timer.
+    reads once; no query on a timer. With ``tenant``, a task it may not see counts as
+    missing and is waited for just as long: answering another tenant's task at once and a
+    missing one after the wait would tell a caller which ids exist.
     """
+    def seen(row: dict[str, Any] | None) -> bool:
+        return row is not None and (tenant is None or visible(row["tenant"], tenant))
+
     row = await queries.get_task(db, task_id=task_id)
-    if row is not None or wait_s <= 0:
-        return row
+    if seen(row) or wait_s <= 0:
+        return row if seen(row) else None
     deadline = time.monotonic() + wait_s
     # Watching starts before the second read: a change committed after the read reaches
     # the watcher, one committed before it is in what the read sees.
     with feed.watch(Filter(task_ids=frozenset({task_id}))) as sub:
         row = await queries.get_task(db, task_id=task_id)
-        while row is None:
+        while not seen(row):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None

@@ -106,7 +106,10 @@ async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
                       settings: SettingsDep, tenant: TenantDep) -> EventSourceResponse:
     """One task: a ``snapshot`` event with its state, then its changes; ends after terminal."""
     snap = await queries.task_snapshot(db, task_id=task_id)
-    if snap is None and await wait_for_task(db, feed, task_id, settings.read_wait_s) is not None:
+    # Another tenant's task waits as long as a missing one (``wait_for_task``).
+    if ((snap is None or not visible(snap[0]["tenant"], tenant))
+            and await wait_for_task(db, feed, task_id, settings.read_wait_s,
+                                    tenant=tenant) is not None):
         snap = await queries.task_snapshot(db, task_id=task_id)
     if snap is None or not visible(snap[0]["tenant"], tenant):
         raise NotFound(f"no task {task_id}")

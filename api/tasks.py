@@ -124,8 +124,8 @@ async def get_task(
         if state is None or not visible(state.tenant, tenant):
             raise NotFound(f"task {task_id} did not exist at {as_of}")
         return state.model_dump()
-    row = await wait_for_task(db, feed, task_id, settings.read_wait_s)
-    if row is None or not visible(row["tenant"], tenant):
+    row = await wait_for_task(db, feed, task_id, settings.read_wait_s, tenant=tenant)
+    if row is None:
         raise NotFound(f"no task {task_id}")
     return row
 
@@ -179,9 +179,10 @@ async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: Se
                       tenant: TenantDep) -> EventPage:
     """The task's full history in log order, each CloudEvent with its position."""
     items = await queries.task_history(db, task_id=task_id)
-    if items and not visible(items[0].get("tenant"), tenant):
-        raise NotFound(f"no task {task_id}")
-    if not items and await wait_for_task(db, feed, task_id, settings.read_wait_s) is None:
+    # Another tenant's task waits as long as a missing one (``wait_for_task``).
+    if ((not items or not visible(items[0].get("tenant"), tenant))
+            and await wait_for_task(db, feed, task_id, settings.read_wait_s,
+                                    tenant=tenant) is None):
         raise NotFound(f"no task {task_id}")
     if not items:
         items = await queries.task_history(db, task_id=task_id)
@@ -190,8 +191,8 @@ async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: Se
 
 async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: SettingsDep,
                 task_id: uuid.UUID, kind: str, tenant: Tenant) -> dict[str, Any]:
-    row = await wait_for_task(db, feed, task_id, settings.read_wait_s)
-    if row is None or not visible(row["tenant"], tenant):
+    row = await wait_for_task(db, feed, task_id, settings.read_wait_s, tenant=tenant)
+    if row is None:
         raise NotFound(f"no task {task_id}")
     status = TaskStatus(row["status"])
     # Later events go where the task lives, even if the topic has grown since.

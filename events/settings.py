@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     auth: bool = False  # require an API key (`taskflow keys create --tenant T`)
     rate_limit_per_s: float = Field(default=0.0, ge=0)  # per key and API process; 0 = off
     rate_limit_burst: int = Field(default=50, ge=1)
+    # Failed authentications (a wrong or unknown key) per client address and API process:
+    # a burst, then this many a second; past it 429 before any key is looked up. 0 = off.
+    auth_fail_rate_per_s: float = Field(default=1.0, ge=0)
+    auth_fail_burst: int = Field(default=20, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # What a JSON body, and a handler's result, may hold (see docs/limits.md): nesting of
     # arrays/objects (a body's own object is level 1), and keys in any one object. Every
