@@ -19,7 +19,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.problems import Problem
-from events import queries
+from events import guards, queries
 
 CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation takes
 # Entries of each per-key and per-address structure: key ids and addresses come from
@@ -79,7 +79,7 @@ def _put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
 
 @dataclass
 class KeyRing:
-    """Key lookups with a short cache, and one token bucket per key."""
+    """Key lookups with a short cache, and one token bucket per key (in Postgres)."""
 
     engine: AsyncEngine
     rate_per_s: float
@@ -91,7 +91,6 @@ class KeyRing:
     _cache: OrderedDict[str, tuple[float, str | None, str]] = field(default_factory=OrderedDict)
     _unknown: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _failures: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
-    _buckets: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
 
     async def tenant_of(self, raw: str, *, client: str = "") -> Tenant | None:
         """The key's tenant, or None. Raises ``TooManyRequests`` while ``client`` (its
@@ -153,25 +152,13 @@ class KeyRing:
                        b.tokens + (now - b.at) * self.fail_rate_per_s) - 1
         b.at = now
 
-    def take(self, key: str) -> float:
-        """Take one token; returns 0 if allowed, else seconds until a token is free."""
+    async def take(self, key: str) -> float:
+        """Take one of ``key``'s tokens, from the bucket every API process shares
+        (``events.guards``): 0 if allowed, else seconds until a token is free."""
         if self.rate_per_s <= 0:
             return 0.0
-        now = time.monotonic()
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = Bucket(tokens=float(self.burst), at=now)
-            while len(self._buckets) > CACHE_MAX:
-                # The least recently used key: its bucket has refilled the longest.
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate_per_s)
-        b.at = now
-        if b.tokens >= 1:
-            b.tokens -= 1
-            return 0.0
-        return (1 - b.tokens) / self.rate_per_s
+        return await guards.take(self.engine, key=key, rate_per_s=self.rate_per_s,
+                                 burst=self.burst)
 
 
 async def authenticate(request: Request) -> Tenant:
@@ -179,7 +166,7 @@ async def authenticate(request: Request) -> Tenant:
     settings = request.app.state.settings
     ring: KeyRing = request.app.state.keys
     if not settings.auth:
-        wait = ring.take("anonymous")
+        wait = await ring.take("anonymous")
         if wait:
             raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
                                   retry_after=max(1, round(wait + 0.5)))
@@ -195,7 +182,7 @@ async def authenticate(request: Request) -> Tenant:
     if tenant is None:
         raise Unauthorized("the API key is not valid or has been revoked")
     assert tenant.key_id is not None
-    wait = ring.take(tenant.key_id)
+    wait = await ring.take(tenant.key_id)
     if wait:
         raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
                               retry_after=max(1, round(wait + 0.5)))

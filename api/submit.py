@@ -28,7 +28,7 @@ from api import metrics, task_callback
 from api.auth import Tenant
 from api.problems import BASE, Invalid, Problem, for_log_down
 from api.schemas import BatchItemIn, PositionOut, TaskAccepted, TaskIn
-from events import constants, ids, queries
+from events import constants, guards, ids, queries
 from events.errors import LogUnavailable
 from events.log import EventProducer
 from events.models import CloudEvent, Position, TaskCreated, TaskStatus, new_event
@@ -166,6 +166,25 @@ async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: 
     return TaskAccepted(task_id=task_id, status=status, position=position)
 
 
+def _claimed(claim: guards.Claim, task_id: uuid.UUID, digest: bytes,
+             loc: list[str | int] | None, initial: TaskStatus) -> TaskAccepted | None:
+    """What a key's claim in Postgres says: ``Invalid`` if it was first used with another
+    body, its acceptance if that one's ``task.created`` is in the log, else None (append
+    it: a first claim, or an earlier append that did not answer)."""
+    if claim.digest != digest:
+        raise _key_reused(loc)
+    if claim.partition is None or claim.offset is None:
+        return None
+    return TaskAccepted(task_id=task_id, status=initial,
+                        position=PositionOut(partition=claim.partition, offset=claim.offset))
+
+
+def _replayed(replay: TaskAccepted) -> Response:
+    return Response(replay.model_dump_json(), status_code=200, media_type="application/json",
+                    headers={"Location": f"/tasks/{replay.task_id}",
+                             "Idempotent-Replayed": "true"})
+
+
 def _remember(task_id: uuid.UUID, digest: bytes, p: Position) -> None:
     _recent_keyed[task_id] = (digest, PositionOut(partition=p.partition, offset=p.offset))
     while len(_recent_keyed) > RECENT_KEYED_MAX:
@@ -211,15 +230,20 @@ async def accept_task(request: Request, body: TaskIn, tenant: Tenant, *,
         replay = await _replay(state, task_id, spec, digest, known.get(task_id),
                               initial=initial_status(body))
         if replay is not None:
-            return Response(replay.model_dump_json(), status_code=200,
-                            media_type="application/json",
-                            headers={"Location": f"/tasks/{task_id}",
-                                     "Idempotent-Replayed": "true"})
-        try:
-            [p] = await producer.append([created_event(body, task_id, tenant)])
-        except LogUnavailable as exc:
-            return for_log_down(request, exc, task_id=str(task_id),
-                               note=KEYED_LOG_DOWN_NOTE)
+            return _replayed(replay)
+        # Another API process may have taken this key a moment ago: the claim in Postgres
+        # is what every process agrees on (the lock above only orders this one's).
+        async with guards.claim(state.engine, {task_id: digest}) as claims:
+            replay = _claimed(claims.found[task_id], task_id, digest, None,
+                              initial_status(body))
+            if replay is not None:
+                return _replayed(replay)
+            try:
+                [p] = await producer.append([created_event(body, task_id, tenant)])
+            except LogUnavailable as exc:
+                return for_log_down(request, exc, task_id=str(task_id),
+                                   note=KEYED_LOG_DOWN_NOTE)
+            claims.settle(task_id, p.partition, p.offset)
         _remember(task_id, digest, p)
     metrics.SUBMITTED.labels(body.type).inc()
     return accepted_response(task_id, p, initial_status(body))
@@ -328,17 +352,36 @@ async def accept_batch_partial(request: Request, raw: Sequence[Any],
                 continue
             first[tid] = (i, digest)
             new.append((i, t, tid, digest))
-        if new:
-            try:
-                positions = await producer.append([created_event(t, tid, tenant)
-                                                   for _, t, tid, _ in new])
-            except LogUnavailable as exc:
-                return for_log_down(request, exc, task_ids=[str(tid) for _, _, tid, _ in new],
-                                    note=KEYED_LOG_DOWN_NOTE)
-            for (i, _, tid, digest), p in zip(new, positions, strict=True):
-                out[i] = pending(tid, p, initial_status(t))
+        keyed = {tid: digest for _, _, tid, digest in new if digest is not None}
+        async with guards.claim(state.engine, keyed) as claims:
+            fresh = []
+            for i, t, tid, digest in new:
                 if digest is not None:
-                    _remember(tid, digest, p)
+                    try:
+                        replay = _claimed(claims.found[tid], tid, digest,
+                                          ["body", "tasks", i, "idempotency_key"],
+                                          initial_status(t))
+                    except Problem as exc:
+                        out[i] = {"problem": _item_problem(request, exc)}
+                        continue
+                    if replay is not None:
+                        out[i] = {**replay.model_dump(mode="json"), "replayed": True}
+                        continue
+                fresh.append((i, t, tid, digest))
+            new = fresh
+            if new:
+                try:
+                    positions = await producer.append([created_event(t, tid, tenant)
+                                                       for _, t, tid, _ in new])
+                except LogUnavailable as exc:
+                    return for_log_down(request, exc,
+                                        task_ids=[str(tid) for _, _, tid, _ in new],
+                                        note=KEYED_LOG_DOWN_NOTE)
+                for (i, t, tid, digest), p in zip(new, positions, strict=True):
+                    out[i] = pending(tid, p, initial_status(t))
+                    if digest is not None:
+                        _remember(tid, digest, p)
+                        claims.settle(tid, p.partition, p.offset)
     for type_, n in Counter(t.type for _, t, _, _ in new).items():
         metrics.SUBMITTED.labels(type_).inc(n)
     for i, o in enumerate(out):

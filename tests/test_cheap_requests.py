@@ -83,10 +83,6 @@ async def test_made_up_api_keys_leave_the_key_cache_at_its_bound(app: FastAPI) -
         assert await ring.tenant_of(f"tfk_made{i:06d}_secret") is None
     assert len(ring._unknown) == auth.CACHE_MAX
     assert len(ring._cache) == 0  # made-up ids never take the place of known keys
-    for i in range(auth.CACHE_MAX + 500):
-        ring.rate_per_s, ring.burst = 1.0, 5
-        assert ring.take(f"key{i}") == 0.0
-    assert len(ring._buckets) == auth.CACHE_MAX
 
 
 def _request_samples() -> list[Any]:

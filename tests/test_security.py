@@ -1,19 +1,22 @@
 """Security that holds on every path (issue 29): no existence oracle, no amplification.
 
 * another tenant's task and a missing one answer the same, in the same time;
-* failed authentications are rate limited per client address, before any lookup.
+* failed authentications are rate limited per client address, before any lookup;
+* the rate limit and the ``Idempotency-Key`` check hold across two API processes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import httpx
 
-from tests.helpers import Env, wait_until
+from tests.helpers import Env, free_port, wait_until
 from tests.test_api import cli, problem
 
 READ_WAIT_S = "0.3"  # short, so that 100 waits fit in a test; the shape is the same
@@ -81,3 +84,71 @@ async def test_failed_authentications_are_rate_limited_before_any_lookup(env: En
         key_id = key[4:].partition("_")[0]
         problem(await c.get("/tasks", headers={"Authorization": f"Bearer tfk_{key_id}_no"}),
                 429)
+
+
+# -- limits that hold across API processes -------------------------------------------------
+
+async def test_an_idempotency_key_reused_with_another_body_is_422_on_any_process(
+        env: Env) -> None:
+    """No projector runs, so no process can learn of the first submit from the read
+    model: only the claim both processes share can refuse the second body."""
+    one, two = free_port(), free_port()
+    await env.api(one)
+    await env.api(two)
+    urls = (f"http://127.0.0.1:{one}", f"http://127.0.0.1:{two}")
+    async with httpx.AsyncClient(timeout=30) as c:
+        first = await c.post(f"{urls[0]}/tasks", json={"title": "a"},
+                             headers={"Idempotency-Key": "k-seq"})
+        assert first.status_code == 202, first.text
+        other = await c.post(f"{urls[1]}/tasks", json={"title": "b"},
+                             headers={"Idempotency-Key": "k-seq"})
+        doc = problem(other, 422)
+        assert doc["errors"][0]["type"] == "idempotency"
+        again = await c.post(f"{urls[1]}/tasks", json={"title": "a"},
+                             headers={"Idempotency-Key": "k-seq"})
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["task_id"] == first.json()["task_id"]
+        assert again.json()["position"] == first.json()["position"]
+        # At the same moment, on both processes: one body wins, the other is refused.
+        keys = [f"k-race-{i}" for i in range(10)]
+        answers = await asyncio.gather(*[
+            c.post(f"{url}/tasks", json={"title": title}, headers={"Idempotency-Key": k})
+            for k in keys for url, title in ((urls[0], "a"), (urls[1], "b"))])
+        # ... and a batch item with a used key is refused by the other process too.
+        batch = await c.post(f"{urls[1]}/tasks:batch?partial=true", json={"tasks": [
+            {"title": "b", "idempotency_key": "k-seq"}, {"title": "new"}]})
+    for i, k in enumerate(keys):
+        codes = sorted(r.status_code for r in answers[2 * i:2 * i + 2])
+        assert codes == [202, 422], (k, [r.text for r in answers[2 * i:2 * i + 2]])
+    items = batch.json()["items"]
+    assert batch.status_code == 207 and items[0]["problem"]["status"] == 422, items
+    assert "task_id" in items[1]
+    created = Counter(str(ev.subject) for _, ev in await env.log_events()
+                      if ev.type.value == "task.created")
+    assert len(created) == 1 + len(keys) + 1 and set(created.values()) == {1}, created
+
+
+async def test_the_rate_limit_holds_across_api_processes(env: Env) -> None:
+    burst, rate = 6, 0.1
+    one, two = free_port(), free_port()
+    limits = {"TASKFLOW_AUTH": "true", "TASKFLOW_RATE_LIMIT_PER_S": str(rate),
+              "TASKFLOW_RATE_LIMIT_BURST": str(burst)}
+    await env.api(one, **limits)
+    await env.api(two, **limits)
+    key = {"Authorization": f"Bearer {cli(env, 'keys', 'create', '--tenant', 'acme')}"}
+    answers: list[tuple[int, httpx.Response]] = []
+    start = time.monotonic()
+    async with httpx.AsyncClient(timeout=30) as c:
+        for i in range(4 * burst):  # alternating: each process alone would allow `burst`
+            port = (one, two)[i % 2]
+            answers.append((port, await c.get(f"http://127.0.0.1:{port}/tasks",
+                                              headers=key)))
+    elapsed = time.monotonic() - start
+    allowed = sum(r.status_code == 200 for _, r in answers)
+    assert burst <= allowed <= burst + elapsed * rate, (allowed, elapsed)
+    assert [r.status_code for _, r in answers[:burst]] == [200] * burst
+    for port in (one, two):
+        limited = [r for p, r in answers if p == port and r.status_code == 429]
+        assert limited, port
+        problem(limited[-1], 429)
+        assert int(limited[-1].headers["retry-after"]) >= 1
