@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from events.retry import describe
 from events.settings import Settings
 
 router = APIRouter()
+log = logging.getLogger("taskflow.api")
 
 
 # The log's end offsets, for lag: asking Kafka costs more than the rest of /stats, so the
@@ -90,7 +92,9 @@ async def readyz(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Readiness: Kafka and Postgres reachable, migrations at head.
 
     Both probes run side by side, each bounded by ``READY_PROBE_TIMEOUT_S``, so a stalled
-    dependency gets a 503 naming it within seconds instead of a request that hangs.
+    dependency gets a 503 naming it within seconds instead of a request that hangs. The
+    answer says which dependency is down, never how: the error, with its addresses and
+    driver text, goes to the server log only.
     """
     limit = constants.READY_PROBE_TIMEOUT_S
 
@@ -99,7 +103,8 @@ async def readyz(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
             async with asyncio.timeout(limit):
                 await kafka_ping(settings.kafka_bootstrap, timeout_s=limit / 2)
         except (LogUnavailable, TimeoutError) as exc:
-            return {"kafka": f"unavailable: {describe(exc)}"}
+            log.warning("readyz: kafka unavailable: %s", describe(exc))
+            return {"kafka": "unavailable"}
         return {"kafka": "ok"}
 
     async def postgres() -> dict[str, str]:
@@ -108,9 +113,11 @@ async def readyz(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
                 await queries.ping(db)
                 rev, head = await current_revision(db), migration_head()
         except Exception as exc:
-            return {"postgres": f"unavailable: {describe(exc)}"}
-        return {"postgres": "ok",
-                "migrations": "ok" if rev == head else f"at {rev}, head is {head}"}
+            log.warning("readyz: postgres unavailable: %s", describe(exc))
+            return {"postgres": "unavailable"}
+        if rev != head:
+            log.warning("readyz: migrations at %s, head is %s", rev, head)
+        return {"postgres": "ok", "migrations": "ok" if rev == head else "behind"}
 
     checks: dict[str, str] = {}
     for part in await asyncio.gather(kafka(), postgres()):

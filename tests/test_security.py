@@ -152,3 +152,18 @@ async def test_the_rate_limit_holds_across_api_processes(env: Env) -> None:
         assert limited, port
         problem(limited[-1], 429)
         assert int(limited[-1].headers["retry-after"]) >= 1
+
+
+# -- /readyz ------------------------------------------------------------------------------
+
+async def test_readyz_names_the_dependency_that_is_down_not_how(env: Env) -> None:
+    dead_port = free_port()  # nothing listens here
+    dead = f"127.0.0.1:{dead_port}"
+    await env.api(TASKFLOW_KAFKA_BOOTSTRAP=dead, TASKFLOW_PRODUCE_TIMEOUT_S="1")
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        r = await c.get("/readyz")
+    doc = problem(r, 503)
+    assert doc["checks"] == {"kafka": "unavailable", "postgres": "ok", "migrations": "ok"}
+    assert "kafka" in doc["detail"]
+    assert str(dead_port) not in r.text and "rror" not in r.text, r.text  # no error text
+    assert str(dead_port) in env.procs[-1].output()  # ... which the server log keeps
