@@ -73,6 +73,8 @@ def service_env(*, database_url: str, topic: str, bootstrap: str,
         "TASKFLOW_KAFKA_BOOTSTRAP": bootstrap,
         "TASKFLOW_WORKER_GROUP": f"{topic}.worker",
         "TASKFLOW_API_PORT": str(api_port),
+        # Tests and benchmarks run on 127.0.0.1, open on purpose (the default is closed).
+        "TASKFLOW_AUTH": "off",
     }
 
 

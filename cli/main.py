@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import orjson
 import typer
 import uvloop
 
-from cli.services import run_all, serve, setup_logging, supervise
+from cli.services import dev_profile, run_all, serve, setup_logging, supervise
 from events.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -581,6 +582,9 @@ def watch(
 def run() -> None:
     """Run API, worker, projector, scheduler and notifier together; a child that dies is
     restarted (Ctrl-C stops them all)."""
+    note = dev_profile(os.environ)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     raise typer.Exit(run_all(get_settings()))
 
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -225,6 +225,20 @@ def supervise(argvs: dict[str, list[str]], *, grace_s: float,
             c.popen.kill()
             c.popen.wait()
     return 0
+
+
+DEV_OPEN_NOTE = ("taskflow: the API is OPEN: no API key needed, every tenant visible "
+                 "(local development profile; TASKFLOW_AUTH=true closes it)")
+
+
+def dev_profile(environ: MutableMapping[str, str]) -> str | None:
+    """The local development profile of ``taskflow run`` (``make run``): the API runs open
+    unless ``TASKFLOW_AUTH`` is set. Sets it in ``environ``, which the children inherit,
+    and returns the line to say so at start (None when the caller chose)."""
+    if "TASKFLOW_AUTH" in environ:
+        return None
+    environ["TASKFLOW_AUTH"] = "off"
+    return DEV_OPEN_NOTE
 
 
 def run_all(settings: Settings) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from functools import cached_property, lru_cache
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +31,9 @@ class Settings(BaseSettings):
     pg_port: int = 15432
     kafka_bootstrap: str = ""  # default: 127.0.0.1:<kafka_port>
     database_url: str = ""  # default: postgresql+asyncpg://taskflow:taskflow@127.0.0.1:<pg_port>/taskflow
+    # A file holding the database password (a mounted secret, or the one compose
+    # generates): it replaces the password of database_url. Empty = the URL's own.
+    database_password_file: str = ""
     topic: str = constants.TOPIC
     partitions: int = Field(default=constants.PARTITIONS, ge=1)
     # Copies of each partition the topics are created with, and how many must hold a
@@ -92,7 +97,10 @@ class Settings(BaseSettings):
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Security and limits of the HTTP API.
-    auth: bool = False  # require an API key (`taskflow keys create --tenant T`)
+    # Require an API key (`taskflow keys create --tenant T`). Closed by default: only an
+    # explicit TASKFLOW_AUTH=off (or false) runs the API open; `taskflow run`, the local
+    # development profile of `make run`, sets that itself and says so.
+    auth: bool = True
     rate_limit_per_s: float = Field(default=0.0, ge=0)  # per key and API process; 0 = off
     rate_limit_burst: int = Field(default=50, ge=1)
     # Failed authentications (a wrong or unknown key) per client address and API process:
@@ -138,7 +146,19 @@ class Settings(BaseSettings):
         if not self.database_url:
             url = f"postgresql+asyncpg://taskflow:taskflow@127.0.0.1:{self.pg_port}/taskflow"
             object.__setattr__(self, "database_url", url)
+        if self.database_password_file:
+            object.__setattr__(self, "database_url", with_password(
+                self.database_url, Path(self.database_password_file).read_text().strip()))
         return self
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with its password replaced (quoted as a URL needs it)."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

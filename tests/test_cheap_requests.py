@@ -34,7 +34,8 @@ PROBLEM = "application/problem+json"
 async def app(env: Env) -> AsyncIterator[FastAPI]:
     """The app in-process, its lifespan run (feed, producer, key ring); no projector."""
     settings = Settings(database_url=env.database_url, topic=env.topic,
-                        kafka_bootstrap=env.bootstrap, rate_limit_per_s=0, read_wait_s=2.0)
+                        kafka_bootstrap=env.bootstrap, rate_limit_per_s=0, read_wait_s=2.0,
+                        auth=False)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         yield app

@@ -48,7 +48,7 @@ def command_of(service: str) -> list[str]:
 
 
 def test_services_are_exactly_the_system() -> None:
-    assert set(SERVICES) == {"kafka", "postgres", *APP_SERVICES}
+    assert set(SERVICES) == {"secrets", "kafka", "postgres", *APP_SERVICES}
 
 
 def test_images_and_builds() -> None:
@@ -75,15 +75,50 @@ def test_app_services_share_the_taskflow_environment(service: str) -> None:
     assert {k: v for k, v in env.items() if k.startswith("TASKFLOW_")} == shared
 
 
-def test_settings_accept_the_compose_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def interpolated(value: str, **given: str) -> str:
+    """``${VAR:-default}`` as compose interpolates it, with ``given`` as the environment."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: given.get(m[1], m[2]), value)
+
+
+def test_settings_accept_the_compose_environment(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
     for key in list(os.environ):
         if key.startswith("TASKFLOW_"):
             monkeypatch.delenv(key)
+    (tmp_path / "pw").write_text("s3cr:t/pw\n")
     for key, value in env_of("api").items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, interpolated(value))
+    monkeypatch.setenv("TASKFLOW_DATABASE_PASSWORD_FILE", str(tmp_path / "pw"))
     s = Settings()
     assert s.kafka_bootstrap == "kafka:9092"
     assert s.database_url.startswith("postgresql+asyncpg://")
+    assert make_url(s.database_url).password == "s3cr:t/pw"  # from the file, exactly
+    assert s.auth is True  # closed unless TASKFLOW_AUTH=off is given
+    monkeypatch.setenv("TASKFLOW_AUTH", interpolated(env_of("api")["TASKFLOW_AUTH"],
+                                                     TASKFLOW_AUTH="off"))
+    assert Settings().auth is False
+
+
+def test_compose_starts_closed_with_a_generated_password(tmp_path: Path) -> None:
+    assert interpolated(env_of("api")["TASKFLOW_AUTH"]) == "true"
+    assert "POSTGRES_PASSWORD" not in env_of("postgres")
+    assert make_url(env_of("api")["TASKFLOW_DATABASE_URL"]).password is None
+    assert ":taskflow@" not in (ROOT / "compose.yaml").read_text()
+    # The one-shot `secrets` service, run here with sh: a random password, kept after.
+    gen = SERVICES["secrets"]
+    assert gen["entrypoint"] == ["sh", "-c"] and gen["restart"] == "no"
+    path = env_of("postgres")["POSTGRES_PASSWORD_FILE"]
+    assert path == env_of("api")["TASKFLOW_DATABASE_PASSWORD_FILE"]
+    script = gen["command"][0].replace(path, str(tmp_path / "pw"))
+    passwords = []
+    for where in ("a", "b"):
+        (tmp_path / "pw").unlink(missing_ok=True)
+        subprocess.run(["sh", "-c", script], check=True, timeout=30)
+        passwords.append((tmp_path / "pw").read_text())
+        assert re.fullmatch(r"[0-9a-f]{48}", passwords[-1]), (where, passwords[-1])
+        subprocess.run(["sh", "-c", script], check=True, timeout=30)  # kept on a restart
+        assert (tmp_path / "pw").read_text() == passwords[-1]
+    assert passwords[0] != passwords[1]
 
 
 def test_bootstrap_is_the_advertised_kafka_listener() -> None:
@@ -100,17 +135,24 @@ def test_bootstrap_is_the_advertised_kafka_listener() -> None:
 
 def test_database_url_matches_the_postgres_service() -> None:
     pg = env_of("postgres")
-    assert pg["POSTGRES_USER"] == pg["POSTGRES_PASSWORD"] == pg["POSTGRES_DB"] == "taskflow"
+    assert pg["POSTGRES_USER"] == pg["POSTGRES_DB"] == "taskflow"
     url = make_url(env_of("api")["TASKFLOW_DATABASE_URL"])
     assert url.drivername == "postgresql+asyncpg"
     assert (url.host, url.port or 5432) == ("postgres", 5432)
-    assert (url.username, url.password, url.database) == (
-        pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
+    assert (url.username, url.database) == (pg["POSTGRES_USER"], pg["POSTGRES_DB"])
+    assert pg["POSTGRES_PASSWORD_FILE"] == env_of("api")["TASKFLOW_DATABASE_PASSWORD_FILE"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES["postgres"]["volumes"]}
+    assert pg["POSTGRES_PASSWORD_FILE"].startswith(mounts["secrets"] + "/")
+    for name in APP_SERVICES:
+        assert "secrets:/run/taskflow-secrets:ro" in SERVICES[name]["volumes"], name
 
 
 def test_startup_order() -> None:
     for name in ("kafka", "postgres"):
         assert SERVICES[name]["healthcheck"]["test"], name
+    for name in (*APP_SERVICES, "postgres"):
+        assert (SERVICES[name]["depends_on"]["secrets"]["condition"]
+                == "service_completed_successfully"), name
     for name in APP_SERVICES:
         deps = SERVICES[name]["depends_on"]
         assert deps["kafka"]["condition"] == "service_healthy", name

@@ -29,7 +29,7 @@ PROBLEM = "application/problem+json"
 @pytest.fixture
 async def app(env: Env) -> AsyncIterator[FastAPI]:
     settings = Settings(database_url=env.database_url, topic=env.topic,
-                        kafka_bootstrap=env.bootstrap, rate_limit_per_s=0)
+                        kafka_bootstrap=env.bootstrap, rate_limit_per_s=0, auth=False)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         yield app
@@ -141,7 +141,7 @@ async def test_errors_read_as_the_route_words_them(app: FastAPI) -> None:
 async def test_rate_limit_and_auth_apply_to_the_fast_path(env: Env) -> None:
     limited = Settings(database_url=env.database_url, topic=env.topic,
                        kafka_bootstrap=env.bootstrap, rate_limit_per_s=0.01,
-                       rate_limit_burst=1)
+                       rate_limit_burst=1, auth=False)
     app = create_app(limited)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t") as c:

@@ -210,6 +210,22 @@ def test_every_taskflow_variable_is_a_setting(docs: list[dict[str, Any]]) -> Non
     assert taskflow <= SETTINGS_ENV, taskflow - SETTINGS_ENV
 
 
+def test_the_api_is_closed_unless_auth_is_turned_off(helm: Path) -> None:
+    def auth(*args: str) -> str:
+        data = of_kind(render(helm, *args), "ConfigMap")["tf-taskflow-config"]["data"]
+        return str(data["TASKFLOW_AUTH"])
+
+    assert auth() == "true"
+    assert Settings(auth=auth()).auth is True
+    for closed in ("true", "yes", "on"):
+        assert auth("--set", f"auth={closed}") == "true", closed
+    for off in ("off", "false"):
+        assert auth("--set", f"auth={off}") == "off", off
+        assert Settings(auth=auth("--set", f"auth={off}")).auth is False
+    assert "not config.TASKFLOW_AUTH" in render_fails(
+        helm, "--set", "config.TASKFLOW_AUTH=off")
+
+
 def test_the_postgres_password_is_generated_never_a_fixed_default(helm: Path) -> None:
     def password(docs: list[dict[str, Any]]) -> str:
         return str(of_kind(docs, "Secret")["tf-taskflow-secrets"]["stringData"]

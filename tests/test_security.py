@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import Env, free_port, wait_until
+from cli.services import DEV_OPEN_NOTE, dev_profile
+from tests.helpers import ARTIFACTS, ROOT, Env, Proc, free_port, wait_until
 from tests.test_api import cli, problem
 
 READ_WAIT_S = "0.3"  # short, so that 100 waits fit in a test; the shape is the same
@@ -167,3 +168,56 @@ async def test_readyz_names_the_dependency_that_is_down_not_how(env: Env) -> Non
     assert "kafka" in doc["detail"]
     assert str(dead_port) not in r.text and "rror" not in r.text, r.text  # no error text
     assert str(dead_port) in env.procs[-1].output()  # ... which the server log keeps
+
+
+# -- closed by default ----------------------------------------------------------------------
+
+async def test_taskflow_api_starts_closed_unless_auth_is_turned_off(env: Env) -> None:
+    """No TASKFLOW_AUTH at all: keys are required. Only an explicit ``off`` opens it."""
+    unset = {k: v for k, v in env.vars.items() if k != "TASKFLOW_AUTH"}
+    port = free_port()
+    proc = Proc("api-default", ["api", "--port", str(port)], unset,
+                ARTIFACTS / env.name / "api-default.log").start()
+    env.procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+
+        async def up() -> bool:
+            assert proc.alive(), proc.output()[-3000:]
+            try:
+                return (await c.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(up, timeout=30, what="api to answer")
+        problem(await c.get("/tasks"), 401)
+        problem(await c.post("/tasks", json={"title": "anonymous"}), 401)
+    assert "open" not in proc.output()
+    await env.api(TASKFLOW_AUTH="off")
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        assert (await c.get("/tasks")).status_code == 200
+    assert "TASKFLOW_AUTH is off: the API is open" in env.procs[-1].output()
+
+
+async def test_only_the_local_development_profile_runs_open_and_says_so(env: Env) -> None:
+    environ: dict[str, str] = {}
+    note = dev_profile(environ)
+    assert environ == {"TASKFLOW_AUTH": "off"} and note is not None and "OPEN" in note
+    chosen = {"TASKFLOW_AUTH": "true"}
+    assert dev_profile(chosen) is None and chosen == {"TASKFLOW_AUTH": "true"}
+    assert "taskflow run" in (ROOT / "Makefile").read_text()  # `make run`
+    # `taskflow run` itself, with no TASKFLOW_AUTH: open, and it says so at start.
+    unset = {k: v for k, v in env.vars.items() if k != "TASKFLOW_AUTH"}
+    run = Proc("run", ["run"], unset, ARTIFACTS / env.name / "run.log").start()
+    env.procs.append(run)
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+
+        async def open_() -> bool:
+            assert run.alive(), run.output()[-3000:]
+            try:
+                return (await c.get("/tasks")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(open_, timeout=60, what="taskflow run to answer without a key")
+    assert run.output().startswith(DEV_OPEN_NOTE)
