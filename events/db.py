@@ -14,12 +14,31 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    """An engine whose connections asyncpg makes from ``asyncpg_dsn(url)``, exactly as the
+    raw asyncpg connections are made: libpq's ``sslmode`` and ``sslrootcert`` in the URL
+    then mean the same on every path (SQLAlchemy would hand them to ``asyncpg.connect``
+    as keyword arguments it does not take)."""
+    dsn = asyncpg_dsn(url)
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn)
+
+    bare = make_url(url).set(query={})
+    return create_async_engine(bare, async_creator=connect, pool_size=pool_size,
+                               max_overflow=pool_size, pool_pre_ping=True)
 
 
 def asyncpg_dsn(url: str) -> str:
-    """The same URL without the SQLAlchemy driver suffix, for raw asyncpg connections."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The same URL without the SQLAlchemy driver suffix, for raw asyncpg connections.
+    ``?ssl=MODE`` (SQLAlchemy's spelling) becomes ``?sslmode=MODE``, which asyncpg reads
+    in a DSN; left as it is, asyncpg would send it to the server as a setting."""
+    u = make_url(url).set(drivername="postgresql")
+    query = dict(u.query)
+    if "ssl" in query:
+        ssl = query.pop("ssl")
+        query.setdefault("sslmode", ssl)
+        u = u.set(query=query)
+    return u.render_as_string(hide_password=False)
 
 
 def _admin_dsn(url: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property, lru_cache
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # A file holding the database password (a mounted secret, or the one compose
     # generates): it replaces the password of database_url. Empty = the URL's own.
     database_password_file: str = ""
+    # TLS to Postgres, as libpq names it: sslmode disable, allow, prefer, require, verify-ca
+    # or verify-full, and the CA file (PEM) to verify the server with. Empty = what
+    # database_url says (?sslmode=...&sslrootcert=..., or ?ssl=... as SQLAlchemy writes it).
+    database_sslmode: str = Field(
+        default="", pattern=r"^(|disable|allow|prefer|require|verify-ca|verify-full)$")
+    database_sslrootcert: str = ""
     topic: str = constants.TOPIC
     partitions: int = Field(default=constants.PARTITIONS, ge=1)
     # Copies of each partition the topics are created with, and how many must hold a
@@ -149,7 +155,22 @@ class Settings(BaseSettings):
         if self.database_password_file:
             object.__setattr__(self, "database_url", with_password(
                 self.database_url, Path(self.database_password_file).read_text().strip()))
+        tls = {k: v for k, v in (("sslmode", self.database_sslmode),
+                                 ("sslrootcert", self.database_sslrootcert)) if v}
+        if tls:
+            object.__setattr__(self, "database_url", with_query(self.database_url, tls))
         return self
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    """``url`` with ``params`` set in its query (replacing ``ssl``, SQLAlchemy's name for
+    ``sslmode``, when ``sslmode`` is given)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if "sslmode" in params:
+        query.pop("ssl", None)
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def with_password(url: str, password: str) -> str:

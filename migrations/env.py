@@ -6,8 +6,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from events.db import make_engine
 from events.tables import metadata
 
 config = context.config
@@ -22,7 +22,7 @@ def _run(connection: Connection) -> None:
 async def _online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url
-    engine = create_async_engine(url)
+    engine = make_engine(url, pool_size=1)  # TLS settings in the URL mean the same here
     async with engine.connect() as conn:
         await conn.run_sync(_run)
     await engine.dispose()
