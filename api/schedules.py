@@ -143,14 +143,17 @@ async def _append(request: Request, data: EventData, sid: uuid.UUID,
 
 
 async def _row(db: DbDep, sid: uuid.UUID, tenant: Tenant, wait_s: float) -> dict[str, Any]:
-    """The schedule, waiting (bounded) for one created a moment ago to be projected."""
+    """The schedule, waiting (bounded) for one created a moment ago to be projected.
+    Another tenant's schedule is waited for as long as a missing one: answering it at
+    once would tell a caller which ids exist."""
     deadline = time.monotonic() + wait_s
     while True:
         row = await schedule_db.get(db, schedule_id=sid)
-        if row is not None or time.monotonic() >= deadline:
+        seen = row is not None and visible(row["tenant"], tenant)
+        if seen or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.05)
-    if row is None or row.pop("deleted") or not visible(row["tenant"], tenant):
+    if row is None or not seen or row.pop("deleted"):
         raise NotFound(f"no schedule {sid}")
     return row
 

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 
 from cli.services import DEV_OPEN_NOTE, dev_profile
+from events.log import delete_topics
+from events.schedules import schedule_topic
 from tests.helpers import ARTIFACTS, ROOT, Env, Proc, free_port, wait_until
 from tests.test_api import cli, problem
 
@@ -221,3 +223,31 @@ async def test_only_the_local_development_profile_runs_open_and_says_so(env: Env
 
         await wait_until(open_, timeout=60, what="taskflow run to answer without a key")
     assert run.output().startswith(DEV_OPEN_NOTE)
+
+
+async def test_another_tenants_schedule_answers_as_a_missing_one_in_the_same_time(
+        env: Env) -> None:
+    env.proc("scheduler")
+    await env.api(TASKFLOW_AUTH="true", TASKFLOW_READ_WAIT_S=READ_WAIT_S)
+    a = {"Authorization": f"Bearer {cli(env, 'keys', 'create', '--tenant', 'acme')}"}
+    b = {"Authorization": f"Bearer {cli(env, 'keys', 'create', '--tenant', 'globex')}"}
+    try:
+        async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+            r = await c.post("/schedules", headers=a, json={
+                "name": "acme", "every_s": 3600,
+                "task": {"title": "t", "type": "echo", "payload": {"message": "m"}}})
+            assert r.status_code == 201, r.text
+            sid = r.json()["schedule_id"]
+            times: dict[str, list[float]] = {"foreign": [], "missing": []}
+            shapes = {}
+            for _ in range(15):
+                for which in ("foreign", "missing"):
+                    some = sid if which == "foreign" else str(uuid.uuid4())
+                    took, got = await _timed(c, f"/schedules/{some}", b)
+                    shapes[which] = _shape(problem(got, 404), some)
+                    times[which].append(took)
+    finally:
+        await delete_topics(env.bootstrap, [schedule_topic(env.topic)])
+    assert shapes["foreign"] == shapes["missing"]
+    foreign, missing = (statistics.median(times[k]) for k in ("foreign", "missing"))
+    assert missing / 2 < foreign < missing * 2, (foreign, missing)
