@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.problems import Problem
 from events import guards, queries
+from events.db import DB_ERRORS, database_down
 
 CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation takes
 # Entries of each per-key and per-address structure: key ids and addresses come from
@@ -91,6 +92,7 @@ class KeyRing:
     _cache: OrderedDict[str, tuple[float, str | None, str]] = field(default_factory=OrderedDict)
     _unknown: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _failures: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
+    _local: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)  # Postgres away
 
     async def tenant_of(self, raw: str, *, client: str = "") -> Tenant | None:
         """The key's tenant, or None. Raises ``TooManyRequests`` while ``client`` (its
@@ -154,11 +156,30 @@ class KeyRing:
 
     async def take(self, key: str) -> float:
         """Take one of ``key``'s tokens, from the bucket every API process shares
-        (``events.guards``): 0 if allowed, else seconds until a token is free."""
+        (``events.guards``): 0 if allowed, else seconds until a token is free.
+
+        While Postgres cannot be reached, from a bucket of this process instead: submits
+        go to the log and keep working through a database outage, limited per process.
+        """
         if self.rate_per_s <= 0:
             return 0.0
-        return await guards.take(self.engine, key=key, rate_per_s=self.rate_per_s,
-                                 burst=self.burst)
+        try:
+            return await guards.take(self.engine, key=key, rate_per_s=self.rate_per_s,
+                                     burst=self.burst)
+        except DB_ERRORS as exc:
+            if not database_down(exc):
+                raise
+        now = time.monotonic()
+        b = self._local.get(key)
+        if b is None:
+            b = Bucket(tokens=float(self.burst), at=now)
+            _put(self._local, key, b)
+        b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate_per_s)
+        b.at = now
+        if b.tokens >= 1:
+            b.tokens -= 1
+            return 0.0
+        return (1 - b.tokens) / self.rate_per_s
 
 
 async def authenticate(request: Request) -> Tenant:

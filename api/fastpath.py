@@ -28,6 +28,7 @@ from api.limits import BODY_KEY, DOC_KEY
 from api.schemas import TaskIn
 from api.submit import accept_task
 from api.tasks import router
+from events.db import DB_ERRORS, database_down
 
 PATH = "/tasks"
 
@@ -61,4 +62,9 @@ class FastSubmit:
             response = await accept_task(request, task, tenant)
         except problems.Problem as exc:
             response = problems.for_problem(request, exc)
+        except DB_ERRORS as exc:
+            # Looking up the key or the rate-limit bucket: a 503, as the app answers it.
+            if not database_down(exc):
+                raise
+            response = problems.for_db_down(request, exc)
         await response(scope, receive, send)

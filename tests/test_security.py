@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 
+from api.app import create_app
 from cli.services import DEV_OPEN_NOTE, dev_profile
 from events.log import delete_topics
 from events.schedules import schedule_topic
+from events.settings import Settings
 from tests.helpers import ARTIFACTS, ROOT, Env, Proc, free_port, wait_until
 from tests.test_api import cli, problem
 
@@ -251,3 +253,27 @@ async def test_another_tenants_schedule_answers_as_a_missing_one_in_the_same_tim
     assert shapes["foreign"] == shapes["missing"]
     foreign, missing = (statistics.median(times[k]) for k in ("foreign", "missing"))
     assert missing / 2 < foreign < missing * 2, (foreign, missing)
+
+
+async def test_the_rate_limit_falls_back_to_the_process_while_postgres_is_away(
+        env: Env) -> None:
+    """Submits go to the log and work through a database outage; the shared bucket is
+    in Postgres, so while it is away each process limits on its own, never all open."""
+    dead = f"postgresql+asyncpg://taskflow:taskflow@127.0.0.1:{free_port()}/nowhere"
+    app = create_app(Settings(database_url=dead, topic=env.topic, kafka_bootstrap=env.bootstrap,
+                              auth=False, rate_limit_per_s=0.01, rate_limit_burst=2))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        codes = [(await c.post("/tasks", json={"title": f"t{i}"})).status_code
+                 for i in range(4)]
+    assert codes == [202, 202, 429, 429], codes
+    assert len(await env.log_events()) == 2
+    # With keys, a key this process has not cached cannot be checked: 503, never a 500.
+    app = create_app(Settings(database_url=dead, topic=env.topic, kafka_bootstrap=env.bootstrap,
+                              auth=True))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for path in ("/tasks", "/tasks:batch"):
+            body = {"title": "t"} if path == "/tasks" else {"tasks": [{"title": "t"}]}
+            r = await c.post(path, json=body, headers={"Authorization": "Bearer tfk_a_b"})
+            problem(r, 503)
