@@ -66,8 +66,21 @@ def parse_key(raw: str) -> tuple[str, str] | None:
 
 @dataclass
 class Bucket:
+    """A token bucket held in this process."""
+
     tokens: float
     at: float
+
+    def take(self, now: float, rate_per_s: float, burst: int, *, always: bool = False
+             ) -> float:
+        """Refill to ``now`` and take a token: 0 if there was one, else the seconds until
+        there is one (none taken, unless ``always``: then the debt grows)."""
+        self.tokens = min(float(burst), self.tokens + (now - self.at) * rate_per_s)
+        self.at = now
+        if self.tokens >= 1 or always:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate_per_s
 
 
 def _put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -76,6 +89,15 @@ def _put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
     cache.move_to_end(key)
     while len(cache) > CACHE_MAX:
         cache.popitem(last=False)
+
+
+def _bucket(buckets: OrderedDict[str, Bucket], key: str, now: float, burst: int) -> Bucket:
+    """``key``'s bucket, a full one if it has none."""
+    b = buckets.get(key)
+    if b is None:
+        b = Bucket(tokens=float(burst), at=now)
+        _put(buckets, key, b)
+    return b
 
 
 @dataclass
@@ -101,6 +123,7 @@ class KeyRing:
         parsed = parse_key(raw)
         now = time.monotonic()
         if parsed is None:
+            self.check_failures(client, now)
             self.failed(client, now)
             return None
         key_id, secret = parsed
@@ -130,29 +153,20 @@ class KeyRing:
         return Tenant(name=tenant, key_id=key_id, scoped=True)
 
     def check_failures(self, client: str, now: float) -> None:
-        if self.fail_rate_per_s <= 0:
+        """``TooManyRequests`` while ``client`` has no failed authentication left."""
+        if self.fail_rate_per_s <= 0 or client not in self._failures:
             return
-        b = self._failures.get(client)
-        if b is None:
-            return
-        tokens = min(float(self.fail_burst), b.tokens + (now - b.at) * self.fail_rate_per_s)
-        if tokens < 1:
-            wait = (1 - tokens) / self.fail_rate_per_s
-            raise TooManyRequests(
-                f"too many failed authentications; retry in {wait:.2f}s",
-                retry_after=max(1, round(wait + 0.5)))
+        probe = Bucket(**vars(self._failures[client]))  # looked at, not spent
+        wait = probe.take(now, self.fail_rate_per_s, self.fail_burst)
+        if wait:
+            raise TooManyRequests(f"too many failed authentications; retry in {wait:.2f}s",
+                                  retry_after=max(1, round(wait + 0.5)))
 
     def failed(self, client: str, now: float) -> None:
         """Spend one of ``client``'s failed-authentication tokens."""
-        if self.fail_rate_per_s <= 0:
-            return
-        b = self._failures.get(client)
-        if b is None:
-            b = Bucket(tokens=float(self.fail_burst), at=now)
-            _put(self._failures, client, b)
-        b.tokens = min(float(self.fail_burst),
-                       b.tokens + (now - b.at) * self.fail_rate_per_s) - 1
-        b.at = now
+        if self.fail_rate_per_s > 0:
+            _bucket(self._failures, client, now, self.fail_burst).take(
+                now, self.fail_rate_per_s, self.fail_burst, always=True)
 
     async def take(self, key: str) -> float:
         """Take one of ``key``'s tokens, from the bucket every API process shares
@@ -170,16 +184,8 @@ class KeyRing:
             if not database_down(exc):
                 raise
         now = time.monotonic()
-        b = self._local.get(key)
-        if b is None:
-            b = Bucket(tokens=float(self.burst), at=now)
-            _put(self._local, key, b)
-        b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate_per_s)
-        b.at = now
-        if b.tokens >= 1:
-            b.tokens -= 1
-            return 0.0
-        return (1 - b.tokens) / self.rate_per_s
+        return _bucket(self._local, key, now, self.burst).take(now, self.rate_per_s,
+                                                               self.burst)
 
 
 async def authenticate(request: Request) -> Tenant:

@@ -89,6 +89,7 @@ async def test_failed_authentications_are_rate_limited_before_any_lookup(env: En
         key_id = key[4:].partition("_")[0]
         problem(await c.get("/tasks", headers={"Authorization": f"Bearer tfk_{key_id}_no"}),
                 429)
+        problem(await c.get("/tasks", headers={"Authorization": "Bearer not-a-key"}), 429)
 
 
 # -- limits that hold across API processes -------------------------------------------------
