@@ -428,6 +428,9 @@ def _api(method: str, path: str, url: str | None, body: dict[str, Any] | None = 
     items = doc.get("items") if isinstance(doc, dict) else None
     for item in items if items is not None else ([doc] if doc is not None else []):
         print(orjson.dumps(item, default=str).decode())
+    if isinstance(doc, dict) and doc.get("next_cursor"):  # a list: the next page
+        base = path.split("?cursor=")[0].split("&cursor=")[0]
+        _api(method, f"{base}{'&' if '?' in base else '?'}cursor={doc['next_cursor']}", url)
 
 
 @schedules_app.command("list")

@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from events.models import TERMINAL
+from events.queries import decode_cursor, encode_cursor
 from events.schedules import SCHEDULE_PROJECTION, ScheduleState
 from events.tables import dead_letters, projector_offsets, schedules, tasks
 
@@ -104,15 +105,27 @@ async def get(engine: AsyncEngine, *, schedule_id: uuid.UUID) -> dict[str, Any] 
 
 
 async def listing(engine: AsyncEngine, *, tenant: object, any_tenant: object,
-                  limit: int) -> list[dict[str, Any]]:
+                  limit: int, cursor: str | None = None
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+    """Schedules oldest first, keyset-paginated on (created_at, schedule_id) with the
+    cursor of ``GET /tasks``; raises ``queries.BadCursor``."""
     conds: list[ColumnElement[bool]] = [schedules.c.deleted.is_(False)]
     if tenant is not any_tenant:
         conds.append(schedules.c.tenant.is_(None) if tenant is None
                      else schedules.c.tenant == tenant)
+    if cursor:
+        at, sid = decode_cursor(cursor)
+        conds.append(tuple_(schedules.c.created_at, schedules.c.schedule_id)
+                     > tuple_(at, sid))
     q = (select(*_COLS, _LAST).where(and_(*conds))
-         .order_by(schedules.c.created_at, schedules.c.schedule_id).limit(limit))
+         .order_by(schedules.c.created_at, schedules.c.schedule_id).limit(limit + 1))
     async with engine.connect() as conn:
-        return [dict(r) for r in (await conn.execute(q)).mappings()]
+        rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+    nxt = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["schedule_id"])
+    return rows, nxt
 
 
 async def runs(engine: AsyncEngine, *, schedule_id: uuid.UUID,

@@ -471,6 +471,10 @@ async def test_a_record_that_is_no_schedule_event_is_parked_and_fires_go_on(
     assert [(r["topic"], r["partition"], r["offset"]) for r in rows] == [
         (schedule_topic(env.topic), pos.partition, pos.offset)]
     assert "JSON" in rows[0]["error"]
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        text = (await c.get("/metrics")).text
+    assert ('taskflow_projector_parked_records{projection="schedules",reason="decode"} 1.0'
+            in text), [x for x in text.splitlines() if "parked" in x]
 
 
 async def test_patch_changes_the_definition_and_is_checked_like_a_create(senv: Env) -> None:
