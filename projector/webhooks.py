@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
+import orjson
 
 from events import webhooks as wh
 from events.db import asyncpg_dsn
@@ -281,10 +282,13 @@ async def verify(settings: Settings) -> list[str]:
             parked = {(r["partition"], r["offset"]) for r in await conn.fetch(
                 'SELECT partition, "offset" FROM dead_letters WHERE projection = $1 '
                 "AND topic = $2", PROJECTION, topic)}
+            journal = {(r["partition"], r["offset"]): r for r in await conn.fetch(
+                'SELECT partition, "offset", webhook_id, type, time, event '
+                "FROM webhook_events")}
     finally:
         await conn.close()
     folded = await _fold_log(settings, cps, parked)
-    diffs: list[str] = []
+    diffs = _journal_diffs(journal, folded)
     for name, live, want, cols in (("webhook", hooks, folded.hooks, _HOOK_COLS),
                                    ("delivery", dels, folded.deliveries, _DELIVERY_COLS)):
         live_d: dict[uuid.UUID, Any] = dict(live)
@@ -298,6 +302,25 @@ async def verify(settings: Settings) -> list[str]:
             ra, rb = _row_dict(a, cols), _row_dict(b, cols)
             diffs.extend(f"{name} {key} {c}: read model={ra[c]!r} log={rb[c]!r}"
                          for c in cols if ra[c] != rb[c])
+    return diffs
+
+
+def _journal_diffs(journal: dict[tuple[int, int], Any], folded: Folded) -> list[str]:
+    """``webhook_events`` (what ``?as_of=`` folds) against the records it journals."""
+    diffs: list[str] = []
+    want = {(p, o): (hid, t, at, raw) for p, o, hid, t, at, raw in folded.journal}
+    for pos in sorted(set(journal) | set(want)):
+        row, rec = journal.get(pos), want.get(pos)
+        where = f"journal {pos[0]}:{pos[1]}"
+        if row is None or rec is None:
+            diffs.append(f"{where}: read model={'absent' if row is None else 'present'} "
+                         f"log={'absent' if rec is None else 'present'}")
+            continue
+        live = (row["webhook_id"], row["type"], row["time"], row["event"])
+        logged = (rec[0], rec[1], rec[2], orjson.loads(rec[3]))
+        diffs.extend(f"{where} {name}: read model={a!r} log={b!r}"
+                     for name, a, b in zip(("webhook_id", "type", "time", "event"),
+                                           live, logged, strict=True) if a != b)
     return diffs
 
 

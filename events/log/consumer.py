@@ -152,6 +152,10 @@ class GroupConsumer:
         res = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
         return {(tp.topic, tp.partition): int(o) for tp, o in res.items()}
 
+    def partitions_for(self, topic: str) -> list[int]:
+        """The partitions of ``topic`` as this consumer's metadata knows them."""
+        return sorted(self._consumer.partitions_for_topic(topic) or ())
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, consumer: GroupConsumer) -> None:
