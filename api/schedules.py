@@ -25,8 +25,9 @@ from api.problems import BadRequest, Conflict, Invalid, NotFound, documented, fo
 from api.reads import visible
 from api.schemas import TaskIn
 from api.submit import check_type, key_lock
+from api.tasks import parse_as_of
 from events import constants, schedule_db
-from events.codec import encode
+from events.codec import decode, encode
 from events.errors import LogUnavailable
 from events.log import EventProducer, ensure_topic, task_key
 from events.models import (
@@ -41,7 +42,15 @@ from events.models import (
     new_event,
 )
 from events.queries import BadCursor
-from events.schedules import BadSchedule, check, next_due, schedule_topic, trigger_task_id
+from events.schedules import (
+    BadSchedule,
+    ScheduleState,
+    apply_schedule,
+    check,
+    next_due,
+    schedule_topic,
+    trigger_task_id,
+)
 from events.settings import Settings
 
 router = APIRouter()
@@ -260,10 +269,30 @@ async def list_schedules(db: DbDep, tenant: TenantDep,
 
 
 @router.get("/schedules/{schedule_id}", tags=["schedules"], responses=documented(404))
-async def get_schedule(schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep,
-                       tenant: TenantDep) -> dict[str, Any]:
-    """One schedule: its definition, state, next run, and last run with its status."""
-    return _out(await _row(db, schedule_id, tenant, settings.read_wait_s))
+async def get_schedule(
+    schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    as_of: Annotated[str | None, Query(
+        max_length=64, description="RFC 3339 time, or PARTITION:OFFSET of the schedule "
+        "topic: the schedule then", examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
+) -> dict[str, Any]:
+    """One schedule: its definition, state, next run, and last run with its status; with
+    ``as_of``, as it was then (folded from its journal; ``last_status`` is null)."""
+    if as_of is None:
+        return _out(await _row(db, schedule_id, tenant, settings.read_wait_s))
+    point = parse_as_of(as_of)
+    state: ScheduleState | None = None
+    where = (0, 0)
+    for p, o, raw in await schedule_db.history(db, schedule_id=schedule_id):
+        ev = decode(orjson.dumps(raw))
+        if (p, o) > point if isinstance(point, tuple) else ev.time > point:
+            break
+        state, where = apply_schedule(state, ev), (p, o)
+    if state is None or state.deleted or not visible(state.tenant, tenant):
+        raise NotFound(f"schedule {schedule_id} did not exist at {as_of}")
+    row = schedule_db.row(state, *where)
+    for k in ("partition", "last_offset", "deleted", "anchor"):
+        row.pop(k)
+    return {**row, "last_status": None}
 
 
 @router.patch("/schedules/{schedule_id}", tags=["schedules"],

@@ -7,15 +7,16 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from events.models import TERMINAL
+from events.models import TERMINAL, CloudEvent
 from events.queries import decode_cursor, encode_cursor
 from events.schedules import SCHEDULE_PROJECTION, ScheduleState
-from events.tables import dead_letters, projector_offsets, schedules, tasks
+from events.tables import dead_letters, projector_offsets, schedule_events, schedules, tasks
 
 _SPEC = ("name", "cron", "every_s", "timezone", "overlap", "catchup")
 
@@ -46,11 +47,21 @@ def _upsert() -> Any:
 _UPSERT = _upsert()
 
 
+def journal_row(partition: int, offset: int, ev: CloudEvent, raw: bytes) -> dict[str, Any]:
+    """The ``schedule_events`` row of a record the fold read."""
+    return {"partition": partition, "offset": offset, "schedule_id": ev.subject,
+            "type": ev.type.value, "time": ev.time, "event": orjson.loads(raw)}
+
+
 async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
-                rows: list[dict[str, Any]]) -> None:
-    """Upsert ``rows`` and move the partition's checkpoint to ``offset``, in the caller's
-    transaction. The checkpoint never moves back (a second owner reading from the start
-    writes rows it already wrote, and the same rows: they are a fold)."""
+                rows: list[dict[str, Any]],
+                journal: list[dict[str, Any]] | None = None) -> None:
+    """Upsert ``rows``, add the ``journal`` rows, and move the partition's checkpoint to
+    ``offset``, in the caller's transaction. The checkpoint never moves back (a second
+    owner reading from the start writes rows it already wrote, and the same rows: they
+    are a fold)."""
+    if journal:
+        await conn.execute(insert(schedule_events).on_conflict_do_nothing(), journal)
     if rows:
         # One statement for every row set (executemany): compiled once, and cached.
         await conn.execute(_UPSERT, rows)
@@ -72,13 +83,16 @@ async def park(conn: AsyncConnection, *, topic: str, partition: int, offset: int
 
 
 async def replace_all(conn: AsyncConnection, *, topic: str, rows: list[dict[str, Any]],
-                      checkpoints: dict[int, int]) -> None:
+                      checkpoints: dict[int, int], journal: list[dict[str, Any]]) -> None:
     """``projections rebuild``: the whole table and its checkpoints, in one transaction."""
     await conn.execute(delete(schedules))
+    await conn.execute(delete(schedule_events))
     await conn.execute(delete(projector_offsets).where(
         projector_offsets.c.projection == SCHEDULE_PROJECTION))
     for i in range(0, len(rows), 1000):
         await conn.execute(insert(schedules).values(rows[i:i + 1000]))
+    for i in range(0, len(journal), 1000):
+        await conn.execute(insert(schedule_events).values(journal[i:i + 1000]))
     if checkpoints:
         await conn.execute(insert(projector_offsets).values([
             {"projection": SCHEDULE_PROJECTION, "topic": topic, "partition": p, "offset": o}
@@ -150,3 +164,30 @@ async def running(engine: AsyncEngine, task_ids: Iterable[uuid.UUID]) -> set[uui
     async with engine.connect() as conn:
         done = {r[0] for r in await conn.execute(q)}
     return ids - done
+
+
+async def history(engine: AsyncEngine, *, schedule_id: uuid.UUID
+                  ) -> list[tuple[int, int, dict[str, Any]]]:
+    """The schedule's journal in log order: (partition, offset, CloudEvent JSON)."""
+    q = (select(schedule_events.c.partition, schedule_events.c.offset,
+                schedule_events.c.event)
+         .where(schedule_events.c.schedule_id == schedule_id)
+         .order_by(schedule_events.c.partition, schedule_events.c.offset))
+    async with engine.connect() as conn:
+        return [(r[0], r[1], r[2]) for r in await conn.execute(q)]
+
+
+async def journal(conn: AsyncConnection) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every journal row by position (``projections verify``)."""
+    return {(r["partition"], r["offset"]): dict(r)
+            for r in (await conn.execute(select(schedule_events))).mappings()}
+
+
+async def checkpoint(engine: AsyncEngine, *, topic: str, partition: int) -> int:
+    """The partition's checkpoint (-1 if none): records up to it are journaled."""
+    q = select(projector_offsets.c.offset).where(
+        projector_offsets.c.projection == SCHEDULE_PROJECTION,
+        projector_offsets.c.topic == topic, projector_offsets.c.partition == partition)
+    async with engine.connect() as conn:
+        got = (await conn.execute(q)).scalar()
+    return int(got) if got is not None else -1

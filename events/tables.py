@@ -202,3 +202,18 @@ schedules = Table(
     Column("last_offset", BigInteger, nullable=False),
     Index("schedules_tenant_created", "tenant", "created_at", "schedule_id"),
 )
+
+# The journal of the schedule topic (its rows written by the scheduler with the
+# ``schedules`` rows): what ``GET /schedules/{id}?as_of=`` folds.
+schedule_events = Table(
+    "schedule_events",
+    metadata,
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("schedule_id", Uuid, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("event", JSONB, nullable=False),
+    PrimaryKeyConstraint("partition", "offset"),
+    Index("schedule_events_schedule", "schedule_id", "partition", "offset"),
+)

@@ -27,12 +27,17 @@ COMPARED = ("tenant", "name", "cron", "every_s", "timezone", "task", "overlap", 
             "fires", "skips", "created_at", "updated_at")
 
 
-async def _fold(settings: Settings, upto: dict[int, int] | None
-                ) -> tuple[dict[uuid.UUID, tuple[ScheduleState, int, int]], dict[int, int], int]:
+Folded = tuple[dict[uuid.UUID, tuple[ScheduleState, int, int]], dict[int, int], int,
+               list[dict[str, Any]]]
+
+
+async def _fold(settings: Settings, upto: dict[int, int] | None) -> Folded:
     """Fold the schedule topic (to ``upto``, inclusive): states with their partition and
-    last offset, the last offset read per partition, and the number of records."""
+    last offset, the last offset read per partition, the number of records, and the
+    journal rows."""
     states: dict[uuid.UUID, tuple[ScheduleState, int, int]] = {}
     last: dict[int, int] = {}
+    journal: list[dict[str, Any]] = []
     n = 0
     async for r in read_records(bootstrap=settings.kafka_bootstrap,
                                 topic=schedule_topic(settings.topic), upto=upto):
@@ -42,11 +47,13 @@ async def _fold(settings: Settings, upto: dict[int, int] | None
             ev = decode(r.value)
         except UndecodableEvent:
             continue  # the scheduler parks it; it changes no schedule
+        if r.value is not None:
+            journal.append(schedule_db.journal_row(r.partition, r.offset, ev, r.value))
         old = states.get(ev.subject)
         new = apply_schedule(old[0] if old else None, ev)
         if new is not None:
             states[ev.subject] = (new, r.partition, r.offset)
-    return states, last, n
+    return states, last, n, journal
 
 
 async def verify(settings: Settings) -> tuple[list[Diff], int]:
@@ -61,10 +68,11 @@ async def verify(settings: Settings) -> tuple[list[Diff], int]:
                 projector_offsets.c.topic == topic))}
         rows = {r["schedule_id"]: dict(r)
                 for r in (await conn.execute(select(schedules))).mappings()}
-    if not cps and not rows:
+        journal = await schedule_db.journal(conn)
+    if not cps and not rows and not journal:
         return [], 0
-    states, _, n = await _fold(settings, cps)
-    diffs: list[Diff] = []
+    states, _, n, want_journal = await _fold(settings, cps)
+    diffs: list[Diff] = _journal_diffs(journal, want_journal)
     for sid in sorted(set(states) | set(rows), key=str):
         row, got = rows.get(sid), states.get(sid)
         if got is None:
@@ -80,6 +88,23 @@ async def verify(settings: Settings) -> tuple[list[Diff], int]:
     return diffs, n
 
 
+def _journal_diffs(live: dict[tuple[int, int], dict[str, Any]],
+                   want: list[dict[str, Any]]) -> list[Diff]:
+    """``schedule_events`` (what ``?as_of=`` folds) against the records it journals."""
+    logged = {(j["partition"], j["offset"]): j for j in want}
+    diffs: list[Diff] = []
+    for pos in sorted(set(live) | set(logged)):
+        a, b = live.get(pos), logged.get(pos)
+        where = f"journal {pos[0]}:{pos[1]}"
+        if a is None or b is None:
+            diffs.append(Diff(where, "row", "present" if a else "absent",
+                              "present" if b else "absent"))
+            continue
+        diffs.extend(Diff(where, f, a[f], b[f]) for f in ("schedule_id", "type", "time",
+                                                          "event") if a[f] != b[f])
+    return diffs
+
+
 async def rebuild(settings: Settings) -> int:
     """Replace the ``schedules`` table with a fold of the whole schedule topic, in one
     transaction that holds the table locked, so the scheduler's writes wait for it."""
@@ -87,8 +112,8 @@ async def rebuild(settings: Settings) -> int:
     await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
     async with short_engine(settings.database_url) as engine, engine.begin() as conn:
         await conn.execute(text("LOCK TABLE schedules IN EXCLUSIVE MODE"))
-        states, last, n = await _fold(settings, None)
+        states, last, n, journal = await _fold(settings, None)
         await schedule_db.replace_all(
             conn, topic=topic, rows=[schedule_db.row(*s) for s in states.values()],
-            checkpoints=last)
+            checkpoints=last, journal=journal)
     return n

@@ -89,6 +89,8 @@ class Part:
     handled: dict[uuid.UUID, datetime] = field(default_factory=dict)
     last_task: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
     dirty: dict[uuid.UUID, int] = field(default_factory=dict)  # schedule -> last offset
+    journaled: int = -1  # records up to this offset are in schedule_events already
+    journal: list[dict[str, object]] = field(default_factory=list)  # rows to add
     next_projection: float = 0.0  # monotonic time of the next projection write
 
 
@@ -177,7 +179,11 @@ class Scheduler:
                 timeout_s=self.settings.produce_timeout_s)
             await producer.start()  # fences the previous owner, aborting its open txn
             end = (await consumer.end_offsets([tp]))[tp]
-            self.parts[tp] = Part(tp=tp, producer=producer, end=end, position=firsts[tp])
+            assert self._engine is not None
+            done = await schedule_db.checkpoint(self._engine, topic=self.topic,
+                                                partition=tp[1])
+            self.parts[tp] = Part(tp=tp, producer=producer, end=end, position=firsts[tp],
+                                  journaled=done)
             log.info("partition %d: folding from %d to %d before firing", tp[1],
                      firsts[tp], end)
             return tp, firsts[tp]
@@ -242,6 +248,8 @@ class Scheduler:
             log.warning("parked %s:%d:%d: %s", r.topic, r.partition, r.offset, exc.error)
             self._to_park.append((part.tp[1], r, exc.error))
             return
+        if r.offset > part.journaled and r.value is not None:
+            part.journal.append(schedule_db.journal_row(part.tp[1], r.offset, ev, r.value))
         old = part.states.get(ev.subject)
         new = apply_schedule(old, ev)
         if new is not None:
@@ -250,7 +258,7 @@ class Scheduler:
 
     async def _project(self, part: Part) -> None:
         """Write the changed schedules of ``part`` and its checkpoint in one transaction."""
-        if not part.dirty and not self._to_park:
+        if not part.dirty and not self._to_park and not part.journal:
             return
         assert self._engine is not None
         rows = [schedule_db.row(part.states[sid], part.tp[1], off)
@@ -261,8 +269,11 @@ class Scheduler:
                 await schedule_db.park(conn, topic=self.topic, partition=r.partition,
                                        offset=r.offset, key=r.key, raw=r.value, error=error)
             await schedule_db.write(conn, topic=self.topic, partition=part.tp[1],
-                                    offset=part.position - 1, rows=rows)
+                                    offset=part.position - 1, rows=rows,
+                                    journal=part.journal)
         part.dirty.clear()
+        part.journaled = max(part.journaled, part.position - 1)
+        part.journal = []
         self._to_park = [p for p in self._to_park if p[0] != part.tp[1]]
 
     async def _fire(self, part: Part) -> None:
