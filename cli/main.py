@@ -381,7 +381,7 @@ def projections_rebuild() -> None:
     from projector.webhooks import rebuild as rebuild_webhooks
 
     rows = asyncio.run(rebuild_webhooks(get_settings()))
-    print(f"rebuild: {rows} webhook and delivery row(s) refolded", file=sys.stderr)
+    print(f"rebuild: {rows} webhook and delivery row(s) refolded, swapped in", file=sys.stderr)
     from projector import schedules
 
     n = asyncio.run(schedules.rebuild(get_settings()))

@@ -151,13 +151,14 @@ ORDER BY c.relname, t.tgname
 """
 
 
-async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> list[str]:
+async def _create_shadow(conn: asyncpg.Connection, shadow: str,
+                         tables: tuple[str, ...] = (*SWAPPED, "task_changes",
+                                                    "projector_offsets")) -> list[str]:
     """Create the shadow tables; returns the index statements deferred until catch-up.
 
     Indexes and constraints are recreated from the live ones under the same names, so
     the swapped-in tables look exactly like the ones they replace.
     """
-    tables = (*SWAPPED, "task_changes", "projector_offsets")
     await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
     await conn.execute(f"CREATE SCHEMA {shadow}")
     for t in tables:
