@@ -59,6 +59,8 @@ class Sizes:
     reads_requests: int = 1000  # timed requests per read probe
     reads_p99_target_ms: float = 50.0
     webhooks_n: int = 20_000  # tasks, each a task.done delivered to one webhook
+    webhooks_rate: float = 100.0  # tasks/s submitted evenly for the steady p99 ...
+    webhooks_steady_s: float = 20.0  # ... over this many seconds
     schedules_n: int = 1000  # interval schedules firing at once
     schedules_every_s: float = 1.0
     schedules_s: float = 60.0  # seconds they fire for
@@ -73,7 +75,8 @@ QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latenc
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000,
               reads_tasks=100_000, reads_requests=300, schedules_n=200, schedules_s=15.0,
-              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000)
+              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000,
+              webhooks_steady_s=10.0)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               latency_s=1.0,
@@ -84,7 +87,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
               fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30,
               schedules_n=5, schedules_s=2.0, delayed_n=20, delayed_spread_s=1.0,
-              webhooks_n=100)
+              webhooks_n=100, webhooks_rate=50.0, webhooks_steady_s=2.0)
 
 
 
