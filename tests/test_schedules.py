@@ -39,6 +39,7 @@ async def senv(env: Env) -> AsyncIterator[Env]:
         await delete_topics(env.bootstrap, [schedule_topic(env.topic)])
 
 
+DOWNTIME_S = 30  # seconds without a scheduler in the catchup test
 TASK = {"title": "tick", "type": "echo", "payload": {"message": "tick"}}
 
 
@@ -247,7 +248,7 @@ async def test_each_catchup_policy_after_scheduler_downtime(senv: Env) -> None:
         await wait_until(lambda: _more_fires(env, sids["none"], 2), timeout=30, what="fires")
         sched.kill9()
         down_at = datetime.now(UTC)
-        await asyncio.sleep(6)
+        await asyncio.sleep(DOWNTIME_S)  # the 30 s without any scheduler
         env.proc("scheduler")
         await wait_until(lambda: _after_restart(env, list(sids.values())), timeout=60,
                          what="fires after the restart")
@@ -260,11 +261,11 @@ async def test_each_catchup_policy_after_scheduler_downtime(senv: Env) -> None:
     # all: every due time of the downtime fired, late, and none is missing.
     all_dues = sorted(d.due_at for _, d in await fired(env, sids["all"]) if d.due_at)
     assert not missed["all"] and contiguous(all_dues, 1.0)
-    assert len(late["all"]) >= 5 and all(down_at < d for d in late["all"])
+    assert len(late["all"]) >= DOWNTIME_S - 2 and all(down_at < d for d in late["all"])
     # none: the downtime's due times were skipped; no fire is late.
-    assert sum(m.count for m in missed["none"]) >= 5 and not late["none"]
+    assert sum(m.count for m in missed["none"]) >= DOWNTIME_S - 2 and not late["none"]
     # latest: one late fire, the last missed due time; the ones before it skipped.
-    assert sum(m.count for m in missed["latest"]) >= 4
+    assert sum(m.count for m in missed["latest"]) >= DOWNTIME_S - 3
     assert len(late["latest"]) == 1, late["latest"]
     assert late["latest"][0] > max(m.due_at for m in missed["latest"]) > down_at
 
