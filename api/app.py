@@ -11,12 +11,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks
+from api import audit, dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks
 from api.auth import KeyRing
 from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
 from api.limits import RequestGuard
-from events import __version__
+from events import __version__, chain
 from events.db import DB_ERRORS, database_down, make_engine
 from events.errors import LogUnavailable
 from events.log import EventProducer
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        chain.configure(settings)
         app.state.engine = make_engine(settings.database_url)
         app.state.producer = EventProducer(bootstrap=settings.kafka_bootstrap,
                                            topic=settings.topic,
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])
-    for module in (tasks, stream, ops, schedules, webhooks):
+    for module in (tasks, stream, ops, schedules, webhooks, audit):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

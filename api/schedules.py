@@ -23,7 +23,7 @@ from api.problems import Conflict, Invalid, NotFound, documented, for_log_down
 from api.reads import visible
 from api.schemas import TaskIn
 from api.submit import check_type
-from events import constants, schedule_db
+from events import chain, constants, schedule_db
 from events.codec import encode
 from events.errors import LogUnavailable
 from events.log import EventProducer, ensure_topic, task_key
@@ -256,6 +256,7 @@ async def trigger_schedule(schedule_id: uuid.UUID, request: Request, producer: L
                                priority=t.priority, max_attempts=t.max_attempts,
                                timeout_s=t.timeout_s, schedule_id=schedule_id, due_at=now),
                    task_id=tid, source=constants.API_SOURCE, tenant=row["tenant"])
+    ev = chain.seal(ev)
     try:
         [p] = await producer.append([ev])
     except LogUnavailable as exc:

@@ -28,7 +28,7 @@ from api import metrics, task_callback
 from api.auth import Tenant
 from api.problems import BASE, Invalid, Problem, for_log_down
 from api.schemas import BatchItemIn, PositionOut, TaskAccepted, TaskIn
-from events import constants, ids, queries
+from events import chain, constants, ids, queries
 from events.errors import LogUnavailable
 from events.log import EventProducer
 from events.models import CloudEvent, Position, TaskCreated, TaskStatus, new_event
@@ -50,12 +50,13 @@ def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEven
     run_at = body.run_at
     if body.delay_s is not None:
         run_at = datetime.now(UTC) + timedelta(seconds=body.delay_s)
-    return new_event(
+    ev = new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
                     priority=body.priority, max_attempts=body.max_attempts,
                     timeout_s=body.timeout_s, run_at=run_at),
         task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
     )
+    return chain.seal(ev) if chain.enabled() else ev
 
 
 def initial_status(body: TaskIn) -> TaskStatus:

@@ -31,7 +31,7 @@ from api.schemas import (
     TaskOut,
     TaskPage,
 )
-from events import constants, queries
+from events import chain, chain_db, constants, queries
 from events.codec import decode
 from events.fold import fold
 from events.models import TERMINAL, TaskCancelRequested, TaskStatus, new_event
@@ -202,13 +202,15 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
         ev = new_event(TaskCancelRequested(reason="api"), task_id=task_id,
                        source=constants.API_SOURCE, attempt=row["attempt"],
                        tenant=row.get("tenant"))
+        if chain.enabled():
+            ev = chain.seal(ev, (await chain_db.heads(db, [task_id])).get(task_id, ""))
         [pos] = await producer.append([ev], partitions=[partition])
     else:
         if status is not TaskStatus.FAILED:
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
         [pos] = await redrive(producer, [{**row, "partition": partition}], reason="api",
-                              source=constants.API_SOURCE)
+                              source=constants.API_SOURCE, engine=db)
     return {"task_id": str(task_id), "status": status.value,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 

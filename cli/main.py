@@ -12,6 +12,7 @@ import orjson
 import typer
 import uvloop
 
+from cli.audit import audit_app
 from cli.services import run_all, serve, setup_logging, supervise
 from events.settings import get_settings
 
@@ -19,6 +20,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="TaskFlow: event-sourced tasks.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and Postgres under .stack/.")
 app.add_typer(stack_app, name="stack")
+app.add_typer(audit_app, name="audit")
 
 
 def _version(show: bool) -> None:

@@ -209,6 +209,9 @@ class CloudEvent(BaseModel):
     schemaversion: int = Field(default=1, strict=True)
     attempt: int = Field(default=0, ge=0)
     tenant: str | None = None
+    # The audit hash chain (events.chain); left out of the JSON while unset.
+    chainprev: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    chainhash: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def task_id(self) -> uuid.UUID:

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # projector trims it. A client resuming from a trimmed position gets `event: reset`.
     changes_retention_s: float = Field(default=7 * 86_400, gt=0)
     changes_retention_rows: int = Field(default=1_000_000, ge=1)
+    # Audit (docs/audit.md): a hash chain on every task event (off: no extra bytes, no
+    # extra cost), and the Ed25519 private key (PEM file) that signs audit bundles.
+    audit_chain: bool = False
+    audit_signing_key: str = ""
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Security and limits of the HTTP API.

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from events import chain
 from events.codec import scrub_nul
 from events.fold import TaskState
 from events.log import TP, RawMessage, TransactionalProducer
@@ -85,16 +86,25 @@ class Lane:
     failure: BaseException | None = None
     committed: int = -1  # the group offset this lane last committed
     offset_due: float = 0.0  # monotonic time from which the offset may be committed again
+    chain: dict[uuid.UUID, str] = field(default_factory=dict)  # task -> latest chainhash
 
     @property
     def recovering(self) -> bool:
         return self.position < self.recovery_end
 
     def stage(self, *events: CloudEvent, resolve: uuid.UUID | None = None) -> None:
+        if chain.enabled():
+            events = tuple(self._link(e) for e in events)
         self.outbox.extend(events)
         if resolve is not None:
             self.resolved.add(resolve)
         self.dirty.set()
+
+    def _link(self, event: CloudEvent) -> CloudEvent:
+        """``event`` on the audit chain, after the latest event of its task seen here."""
+        sealed = chain.seal(event, self.chain.get(event.subject, chain.GENESIS))
+        self.chain[event.subject] = sealed.chainhash or chain.GENESIS
+        return sealed
 
     def commit_offset(self) -> int:
         """The lowest trigger offset of a task not yet resolved, else the read position.

@@ -89,6 +89,8 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
                                    f"store: {refusal}")
             return
     tid = ev.subject
+    if ev.chainhash is not None and ev.source != worker.source:
+        lane.chain[tid] = ev.chainhash  # its own events are linked when staged
     if ev.type is EventType.CREATED and tid in lane.finished:
         worker.duplicates += 1  # the fold ignores it too: the first task.created wins
         return
@@ -109,6 +111,7 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
         if tid not in lane.running:
             lane.states.pop(tid, None)  # nothing more to do for it
             lane.base.pop(tid, None)
+            lane.chain.pop(tid, None)
             lane.finished[tid] = None
             if len(lane.finished) > FINISHED_MEMORY:
                 lane.finished.popitem(last=False)

@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from events import constants, runtime
+from events import chain, constants, runtime
 from events.errors import LogUnavailable, ProducerFencedOff
 from events.heartbeat import Heartbeat
 from events.log import (
@@ -112,6 +112,7 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         s = self.settings
+        chain.configure(s)
         for name in filter(None, (m.strip() for m in s.handler_modules.split(","))):
             importlib.import_module(name)  # registers the module's @handler functions
         if s.worker_metrics_port:
