@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # extra cost), and the Ed25519 private key (PEM file) that signs audit bundles.
     audit_chain: bool = False
     audit_signing_key: str = ""
+    # Retention of the read model (projector/retention.py): finished tasks older than
+    # this many days leave tasks and task_events (None: kept forever). The projector
+    # applies it at most every retention_sweep_interval_s seconds.
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_sweep_interval_s: float = Field(default=3600.0, gt=0)
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Security and limits of the HTTP API.

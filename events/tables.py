@@ -202,3 +202,14 @@ schedules = Table(
     Column("last_offset", BigInteger, nullable=False),
     Index("schedules_tenant_created", "tenant", "created_at", "schedule_id"),
 )
+
+# The read model's retention rule (projector/retention.py, migration 0011): the cutoff it
+# last applied per projection, and how many finished tasks it removed in all.
+retention = Table(
+    "retention",
+    metadata,
+    Column("projection", Text, primary_key=True),
+    Column("cutoff", DateTime(timezone=True), nullable=False),
+    Column("expired", BigInteger, nullable=False),
+    Column("swept_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -472,6 +472,18 @@
     );
   }
 
+  function renderRetention(ret, counts) {
+    const kept = Object.values(counts).reduce((a, n) => a + n, 0);
+    const items = [el("li", {}, el("b", {text: String(kept)}), " kept")];
+    if (ret && ret.days) {
+      items.push(el("li", {}, el("b", {text: String(ret.expired)}),
+                    ` expired (> ${ret.days} d)`));
+    } else {
+      items.push(el("li", {text: "kept forever"}));
+    }
+    $("retention").replaceChildren(...items);
+  }
+
   const refreshStats = serial(async () => {
     try {
       const r = await api("/stats?minutes=15");
@@ -479,6 +491,7 @@
       renderCounts(r.data.counts || {});
       renderChart(r.data.throughput || [], 15);
       renderLag(r.data.lag);
+      renderRetention(r.data.retention, r.data.counts || {});
     } catch {
       // the API is away; the next poll will try again
     }
