@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from api import submit
+from api import erasure, submit
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import ChangeFeed
@@ -100,7 +100,8 @@ def parse_as_of(value: str) -> datetime | tuple[int, int]:
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"],
             responses=documented(404, 422))
 async def get_task(
-    task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
+    task_id: uuid.UUID, request: Request, db: DbDep, feed: FeedDep, settings: SettingsDep,
+    tenant: TenantDep,
     min_position: MinPosition = None,
     as_of: Annotated[str | None, Query(
         max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the state then",
@@ -123,17 +124,17 @@ async def get_task(
         state = fold(upto)
         if state is None or not visible(state.tenant, tenant):
             raise NotFound(f"task {task_id} did not exist at {as_of}")
-        return state.model_dump()
+        return (await erasure.reveal_rows(request, [state.model_dump()]))[0]
     row = await wait_for_task(db, feed, task_id, settings.read_wait_s)
     if row is None or not visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
-    return row
+    return (await erasure.reveal_rows(request, [row]))[0]
 
 
 @router.get("/tasks", response_model=TaskPage, tags=["tasks"],
             responses=documented(400, 401, 422, 429))
 async def list_tasks(
-    db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
+    request: Request, db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
     status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=100, pattern=TYPE_PATTERN)] = None,
     created_after: Annotated[QueryTime | None, Query(description="RFC 3339, inclusive")] = None,
@@ -170,13 +171,14 @@ async def list_tasks(
             tenant=tenant.name if tenant.scoped else _ANY)
     except queries.BadCursor:
         raise BadRequest("cursor is not valid") from None
+    rows = await erasure.reveal_rows(request, rows)
     return TaskPage(items=[TaskOut.model_validate(r) for r in rows], next_cursor=nxt)
 
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage, tags=["tasks"],
             responses=documented(404))
-async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: SettingsDep,
-                      tenant: TenantDep) -> EventPage:
+async def task_events(task_id: uuid.UUID, request: Request, db: DbDep, feed: FeedDep,
+                      settings: SettingsDep, tenant: TenantDep) -> EventPage:
     """The task's full history in log order, each CloudEvent with its position."""
     items = await queries.task_history(db, task_id=task_id)
     if items and not visible(items[0].get("tenant"), tenant):
@@ -185,7 +187,7 @@ async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: Se
         raise NotFound(f"no task {task_id}")
     if not items:
         items = await queries.task_history(db, task_id=task_id)
-    return EventPage(items=items)
+    return EventPage(items=await erasure.reveal_events(request, items))
 
 
 async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: SettingsDep,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ import orjson
 import typer
 import uvloop
 
+from cli import erasure as cli_erasure
 from cli.audit import audit_app
 from cli.services import run_all, serve, setup_logging, supervise
 from events.settings import get_settings
@@ -317,13 +319,14 @@ def replay(
     async def go() -> int:
         n = 0
         out = sys.stdout
+        reveal = await cli_erasure.revealer(s)  # sealed fields: plaintext or erased
         async for r, ev, err in run_replay(bootstrap=s.kafka_bootstrap, topic=s.topic, flt=flt):
             pos = {"partition": r.partition, "offset": r.offset}
             if ev is None:
                 doc = {"position": pos, "undecodable": err,
                        "raw": (r.value or b"").decode("utf-8", "backslashreplace")}
             else:
-                doc = {**ev.model_dump(mode="json"), "position": pos}
+                doc = {**await reveal(ev.model_dump(mode="json")), "position": pos}
             out.write(orjson.dumps(doc).decode() + "\n")
             n += 1
         out.flush()
@@ -331,6 +334,25 @@ def replay(
 
     n = asyncio.run(go())
     print(f"{n} event(s)", file=sys.stderr)
+
+
+@app.command()
+def erase(
+    task: Annotated[str | None, typer.Option(help="erase this task's payload and result")]
+    = None,
+    tenant: Annotated[str | None, typer.Option(help="erase those of every task of a tenant")]
+    = None,
+    actor: Annotated[str, typer.Option(help="who asks, recorded in task.erased")] = "cli",
+) -> None:
+    """Crypto-shred: delete the data keys, then append task.erased for each task."""
+    if (task is None) == (tenant is None):
+        raise typer.BadParameter("give exactly one of --task and --tenant")
+    try:
+        tid = uuid.UUID(task) if task else None
+    except ValueError:
+        raise typer.BadParameter(f"not a task id: {task!r}", param_hint="--task") from None
+    n = asyncio.run(cli_erasure.erase(get_settings(), task_id=tid, tenant=tenant, actor=actor))
+    print(f"erased {n} task(s)", file=sys.stderr)
 
 
 projections_app = typer.Typer(no_args_is_help=True, help="Rebuild and verify read models.")

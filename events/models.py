@@ -41,6 +41,7 @@ class EventType(StrEnum):
     CANCELLED = "task.cancelled"
     DEAD_LETTERED = "task.dead_lettered"
     REDRIVEN = "task.redriven"
+    ERASED = "task.erased"  # the task's data key was deleted (events/crypto.py)
     # Schedules (scheduler/): on the schedule topic, keyed and subject-ed by schedule id.
     SCHEDULE_CREATED = "schedule.created"
     SCHEDULE_UPDATED = "schedule.updated"
@@ -123,6 +124,13 @@ class TaskRedriven(EventData):
     spec: TaskCreated | None = None
 
 
+class TaskErased(EventData):
+    """The task's sealed payload and result can no longer be read: its key is gone."""
+
+    actor: str
+    reason: str | None = None
+
+
 ScheduleTask = TaskSpec  # the task of a schedule's definition
 
 
@@ -178,6 +186,7 @@ DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CANCELLED: TaskCancelled,
     EventType.DEAD_LETTERED: TaskDeadLettered,
     EventType.REDRIVEN: TaskRedriven,
+    EventType.ERASED: TaskErased,
     EventType.SCHEDULE_CREATED: ScheduleCreated,
     EventType.SCHEDULE_UPDATED: ScheduleUpdated,
     EventType.SCHEDULE_PAUSED: SchedulePaused,

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # applies it at most every retention_sweep_interval_s seconds.
     retention_days: float | None = Field(default=None, gt=0)
     retention_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    # Erasure (events/crypto.py): base64 of a 32-byte master key; set, payloads and
+    # results are sealed with a key per task that DELETE /tasks/{id}/data deletes.
+    encryption_key: str = ""
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Security and limits of the HTTP API.

@@ -213,3 +213,15 @@ retention = Table(
     Column("expired", BigInteger, nullable=False),
     Column("swept_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Erasure (events/crypto.py, migration 0011): each task's data key, wrapped with the
+# master key. Deleting the row erases the task's sealed payload and result everywhere.
+task_keys = Table(
+    "task_keys",
+    metadata,
+    Column("task_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("task_keys_tenant", "tenant"),
+)

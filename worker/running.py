@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
-from events import constants, jsonsafe
+from events import constants, crypto, jsonsafe
 from events.codec import decode, scrub_nul
 from events.errors import UndecodableEvent
 from events.fold import TaskState, apply
@@ -207,12 +207,19 @@ async def _run_handler(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskSt
     error: str | None = None
     reason: FailureReason = "error"
     retryable = True
+    key: bytes | None = None
     if fn is None:
         error, retryable = f"no handler registered for type {state.type!r}", False
     else:
         try:
+            payload = dict(state.payload)
+            if crypto.is_sealed(payload):  # the result is sealed with the same key
+                key = await worker.data_key(tid)
+                payload = crypto.open_value(key, tid, "payload", payload)
             async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
-                result = await fn(dict(state.payload), ctx)
+                result = await fn(payload, ctx)
+        except crypto.Erased as exc:  # no key, ever again: retrying cannot help
+            error, retryable = str(exc), False
         except TimeoutError:
             error, reason = f"timed out after {timeout:g}s", "timeout"
         except asyncio.CancelledError:
@@ -228,6 +235,8 @@ async def _run_handler(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskSt
             except ValueError as exc:  # the same result would fail every attempt
                 error, retryable = str(exc), False
         if error is None:
+            if key is not None:
+                result = crypto.seal_value(key, tid, "result", result)
             worker.done += 1
             wmetrics.FINISHED.labels(state.type, "DONE").inc()
             lane.stage(worker.event(TaskDone(result=result), tid, attempt, state.tenant),

@@ -36,8 +36,11 @@ import uuid
 from dataclasses import dataclass, field
 
 from events import chain, constants, runtime
+from events.crypto import master_key
+from events.db import make_engine
 from events.errors import LogUnavailable, ProducerFencedOff
 from events.heartbeat import Heartbeat
+from events.keystore import Keyring
 from events.log import (
     TP,
     GroupConsumer,
@@ -88,6 +91,7 @@ class Worker:
     room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
     _fatal: BaseException | None = field(default=None, repr=False)
     _dlt_ready: bool = field(default=False, repr=False)  # <topic>.dlt is known to exist
+    keyring: Keyring | None = field(default=None, repr=False)  # TASKFLOW_ENCRYPTION_KEY
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -105,6 +109,12 @@ class Worker:
         which cost only memory (a backlog of delayed tasks must not stop the polling)."""
         return sum(len(lane.running) for lane in self.lanes.values()) - self.waiting
 
+    async def data_key(self, task_id: uuid.UUID) -> bytes | None:
+        """The task's data key (events/crypto.py); None once erased or without one."""
+        if self.keyring is None:
+            return None
+        return (await self.keyring.keys([task_id])).get(task_id)
+
     def event(self, data: EventData, task_id: uuid.UUID, attempt: int,
               tenant: str | None) -> CloudEvent:
         return new_event(data, task_id=task_id, source=self.source, attempt=attempt, tenant=tenant)
@@ -113,6 +123,9 @@ class Worker:
     async def start(self) -> None:
         s = self.settings
         chain.configure(s)
+        if s.encryption_key:
+            self.keyring = Keyring(master_key(s.encryption_key),
+                                   make_engine(s.database_url, pool_size=2))
         for name in filter(None, (m.strip() for m in s.handler_modules.split(","))):
             importlib.import_module(name)  # registers the module's @handler functions
         if s.worker_metrics_port:
@@ -204,6 +217,8 @@ class Worker:
             await self._consumer.stop()
         # A rebalance that was under way may have opened lanes after the drain above.
         await self._drain(list(self.lanes), 0)
+        if self.keyring is not None:
+            await self.keyring.engine.dispose()
         log.info("shutdown %r", self)
 
     async def _drain(self, tps: list[TP], grace_s: float) -> None:
