@@ -32,6 +32,7 @@ from events.models import (
     TaskCreated,
     TaskDeadLettered,
     TaskDone,
+    TaskErased,
     TaskFailed,
     TaskProcessing,
     TaskProgress,
@@ -58,6 +59,7 @@ SAMPLES: dict[EventType, EventData] = {
     EventType.CANCELLED: TaskCancelled(reason="cancel requested"),
     EventType.DEAD_LETTERED: TaskDeadLettered(error="exhausted"),
     EventType.REDRIVEN: TaskRedriven(reason="fixed the handler"),
+    EventType.ERASED: TaskErased(actor="tenant:acme", reason="erasure request"),
     EventType.SCHEDULE_CREATED: ScheduleCreated(
         name="n", cron="30 2 * * *", timezone="Europe/Berlin",
         task=ScheduleTask(title="t", payload={"a": 1}), overlap="skip", catchup="latest"),
