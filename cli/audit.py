@@ -18,12 +18,15 @@ from events.settings import get_settings
 audit_app = typer.Typer(no_args_is_help=True, help="Tamper evidence: hash chain and bundles.")
 
 
-async def check_log(*, bootstrap: str, topic: str, task: uuid.UUID | None) -> ChainCheck:
-    """Walk every committed record of ``topic`` and check each task's chain."""
+async def check_log(*, bootstrap: str, topic: str, task: uuid.UUID | None,
+                    archive_dir: str = "") -> ChainCheck:
+    """Walk every committed record of ``topic`` (after its archive) and check each
+    task's chain."""
     from projector.replay import read_records
 
     check = ChainCheck(task=task)
-    async for r in read_records(bootstrap=bootstrap, topic=topic, progress=True):
+    async for r in read_records(bootstrap=bootstrap, topic=topic, progress=True,
+                                archive_dir=archive_dir):
         check.feed(r.partition, r.offset, r.value)
     return check
 
@@ -37,7 +40,8 @@ def verify(task: Annotated[str | None, typer.Option(help="only this task id")] =
     except ValueError:
         raise typer.BadParameter(f"not a task id: {task!r}", param_hint="--task") from None
     s = get_settings()
-    check = asyncio.run(check_log(bootstrap=s.kafka_bootstrap, topic=s.topic, task=tid))
+    check = asyncio.run(check_log(bootstrap=s.kafka_bootstrap, topic=s.topic, task=tid,
+                                  archive_dir=s.archive_dir))
     for b in check.breaks:
         sys.stdout.write(orjson.dumps(b.as_dict()).decode() + "\n")
     print(f"{check.records} task event(s), {check.chained} chained, "

@@ -23,6 +23,23 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and Postgres under .stack/.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(audit_app, name="audit")
+log_app = typer.Typer(no_args_is_help=True, help="The log itself: archives.")
+app.add_typer(log_app, name="log")
+
+
+@log_app.command("archive")
+def log_archive(
+    before: Annotated[str, typer.Option(help="archive records older than this (RFC 3339)")],
+    to: Annotated[str, typer.Option(help="folder of the archive (TASKFLOW_ARCHIVE_DIR)")],
+) -> None:
+    """Write older records to compressed, checksummed JSON lines files (docs/audit.md)."""
+    from cli.archive import archive_log
+
+    when = _parse_time(before)
+    assert when is not None
+    counts = asyncio.run(archive_log(get_settings(), before=when, to=to))
+    print(f"archived {sum(counts.values())} record(s) of {len(counts)} partition(s) to {to}",
+          file=sys.stderr)
 
 
 def _version(show: bool) -> None:
@@ -320,7 +337,8 @@ def replay(
         n = 0
         out = sys.stdout
         reveal = await cli_erasure.revealer(s)  # sealed fields: plaintext or erased
-        async for r, ev, err in run_replay(bootstrap=s.kafka_bootstrap, topic=s.topic, flt=flt):
+        async for r, ev, err in run_replay(bootstrap=s.kafka_bootstrap, topic=s.topic, flt=flt,
+                                           archive_dir=s.archive_dir):
             pos = {"partition": r.partition, "offset": r.offset}
             if ev is None:
                 doc = {"position": pos, "undecodable": err,

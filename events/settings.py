@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # Erasure (events/crypto.py): base64 of a 32-byte master key; set, payloads and
     # results are sealed with a key per task that DELETE /tasks/{id}/data deletes.
     encryption_key: str = ""
+    # Log archives (events/archive.py): replay, verify, rebuild and audit verify read
+    # this folder's archive of the topic first, then the live log. Empty: none.
+    archive_dir: str = ""
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Security and limits of the HTTP API.

@@ -86,7 +86,8 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
     from events.errors import UndecodableEvent
 
     async for r in read_records(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
-                                upto=cps, progress=progress):
+                                upto=cps, progress=progress,
+                                archive_dir=settings.archive_dir):
         n += 1
         if (r.partition, r.offset) in parked:
             continue
@@ -247,7 +248,7 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                     async for r in read_records(bootstrap=settings.kafka_bootstrap,
                                                 topic=settings.topic,
                                                 from_position={p: o + 1 for p, o in mine.items()},
-                                                upto=upto):
+                                                upto=upto, archive_dir=settings.archive_dir):
                         buffered.append(r)
                         if len(buffered) >= batch:
                             await queue.put(await decode_slices(buffered))
