@@ -60,7 +60,11 @@ def _keyring(request: Request) -> keystore.Keyring | None:
 
 async def reveal_rows(request: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Task rows with sealed ``payload``/``result`` opened, or marked erased."""
-    ring = _keyring(request)
+    return await open_rows(_keyring(request), rows)
+
+
+async def open_rows(ring: keystore.Keyring | None,
+                    rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     sealed = [r for r in rows if crypto.is_sealed(r.get("payload"))
               or crypto.is_sealed(r.get("result"))]
     if not sealed:

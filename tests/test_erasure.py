@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.helpers import ROOT, Env, SSEReader, wait_until
+from tests.helpers import ROOT, Env, SSEReader, free_port, wait_until
 
 ERASED = {"$erased": True}
 SECRET = "card 4111-1111"  # must never be readable after the erasure
@@ -72,6 +72,21 @@ async def test_erasure_reaches_every_read_path_and_keeps_the_metadata(env: Env) 
         assert SECRET not in stored
         before = (await c.get(f"/tasks/{tid}")).json()
         assert before["payload"] == {"message": SECRET} and before["result"] == SECRET
+
+        # A keyed submit retried on another API process compares with the sealed row.
+        keyed = {"title": "keyed", "payload": {"message": "k"}}
+        h = {"Idempotency-Key": "pay-1"}
+        first = await c.post("/tasks", json=keyed, headers=h)
+        await wait_until(lambda: _done(c, first.json()["task_id"]), what="keyed task done")
+        other = free_port()
+        await env.api(port=other)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{other}", timeout=30) as c2:
+            again = await c2.post("/tasks", json=keyed, headers=h)
+            assert again.status_code == 200, again.text
+            assert again.json()["task_id"] == first.json()["task_id"]
+            clash = await c2.post("/tasks", json={**keyed, "payload": {"message": "x"}},
+                                  headers=h)
+            assert clash.status_code == 422
 
         r = await c.delete(f"/tasks/{tid}/data")
         assert r.status_code == 202, r.text
