@@ -133,3 +133,47 @@ async def test_erasure_reaches_every_read_path_and_keeps_the_metadata(env: Env) 
         assert gone["payload"] == ERASED and gone["result"] == ERASED
         items = (await c.get(f"/tasks/{kept}/events")).json()["items"]
         assert _data(items, "task.erased")["actor"] == "dpo@example.com"
+
+
+async def test_erase_a_tenant_leaves_other_tenants_readable(env: Env) -> None:
+    env.extra.update({"TASKFLOW_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+                      "TASKFLOW_AUTH": "1"})
+    acme_key = cli(env, "keys", "create", "--tenant", "acme").stdout.strip()
+    acme = {"Authorization": f"Bearer {acme_key}"}
+    globex = {"X-API-Key": cli(env, "keys", "create", "--tenant", "globex").stdout.strip()}
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        ids = {}
+        for name, h in (("acme", acme), ("globex", globex)):
+            r = await c.post("/tasks", json={"title": name, "payload": {"message": name}},
+                             headers=h)
+            assert r.status_code == 202, r.text
+            ids[name] = r.json()["task_id"]
+
+        async def both_done() -> bool:
+            for name, h in (("acme", acme), ("globex", globex)):
+                r = await c.get(f"/tasks/{ids[name]}", headers=h)
+                if r.status_code != 200 or r.json()["status"] != "DONE":
+                    return False
+            return True
+
+        await wait_until(both_done, what="both tasks done")
+        assert "erased 1 task(s)" in cli(env, "erase", "--tenant", "acme").stderr
+
+        async def acme_erased() -> bool:
+            r = await c.get(f"/tasks/{ids['acme']}/events", headers=acme)
+            return any(e["type"] == "task.erased" for e in r.json()["items"])
+
+        await wait_until(acme_erased, what="task.erased of acme's task")
+        gone = (await c.get(f"/tasks/{ids['acme']}", headers=acme)).json()
+        assert gone["payload"] == ERASED and gone["result"] == ERASED
+        assert gone["status"] == "DONE"
+        kept = (await c.get(f"/tasks/{ids['globex']}", headers=globex)).json()
+        assert kept["payload"] == {"message": "globex"} and kept["result"] == "globex"
+        # The tenant's own API key erases its own task the same way, with its actor.
+        r = await c.delete(f"/tasks/{ids['globex']}/data", headers=acme)
+        assert r.status_code == 404  # not acme's task
+        r = await c.delete(f"/tasks/{ids['globex']}/data", headers=globex)
+        assert r.status_code == 202
