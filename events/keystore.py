@@ -7,9 +7,10 @@ here. Keys are never cached across requests: an erasure takes effect at once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
@@ -25,12 +26,42 @@ class Keyring:
 
     master: bytes
     engine: AsyncEngine
+    _queue: list[tuple[Mapping[uuid.UUID, str | None], asyncio.Future[dict[uuid.UUID, bytes]]]] = (
+        field(default_factory=list, repr=False))
+    _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def create(self, tasks: Mapping[uuid.UUID, str | None]) -> dict[uuid.UUID, bytes]:
         """A data key for each task (tenant given): a new one, or the one it already has
-        (a resubmit with the same Idempotency-Key names the same task)."""
+        (a resubmit with the same Idempotency-Key names the same task).
+
+        Group commit: each insert waits for its WAL flush, so the keys of submits that
+        arrive while one insert is under way go together in the next one."""
         if not tasks:
             return {}
+        fut: asyncio.Future[dict[uuid.UUID, bytes]] = asyncio.get_running_loop().create_future()
+        self._queue.append((tasks, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            merged: dict[uuid.UUID, str | None] = {}
+            for tasks, _ in batch:
+                merged.update(tasks)
+            try:
+                keys = await self._insert(merged)
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for tasks, fut in batch:
+                if not fut.done():
+                    fut.set_result({t: keys[t] for t in tasks})
+
+    async def _insert(self, tasks: Mapping[uuid.UUID, str | None]) -> dict[uuid.UUID, bytes]:
         rows = [{"task_id": t, "tenant": tenant,
                  "wrapped": crypto.wrap(self.master, t, crypto.new_key())}
                 for t, tenant in tasks.items()]
