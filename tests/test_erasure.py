@@ -177,3 +177,26 @@ async def test_erase_a_tenant_leaves_other_tenants_readable(env: Env) -> None:
         assert r.status_code == 404  # not acme's task
         r = await c.delete(f"/tasks/{ids['globex']}/data", headers=globex)
         assert r.status_code == 202
+
+
+async def test_concurrent_key_requests_share_inserts_and_get_their_own_keys(env: Env) -> None:
+    from events import crypto, keystore
+    from events.db import make_engine
+
+    engine = make_engine(env.database_url, pool_size=1)
+    ring = keystore.Keyring(os.urandom(32), engine)
+    try:
+        ids = [uuid.uuid4() for _ in range(50)]
+        got = await asyncio.gather(*(ring.create({t: "acme"}) for t in ids))
+        assert [list(g) for g in got] == [[t] for t in ids]
+        keys = {t: g[t] for t, g in zip(ids, got, strict=True)}
+        assert len(set(keys.values())) == 50
+        again = await ring.create({ids[0]: "acme"})  # the same task keeps its key
+        assert again == {ids[0]: keys[ids[0]]}
+        assert await ring.keys(ids) == keys
+        sealed = crypto.seal_value(keys[ids[1]], ids[1], "payload", {"a": 1})
+        assert crypto.open_value(keys[ids[1]], ids[1], "payload", sealed) == {"a": 1}
+        assert sorted(await keystore.erase(engine, tenant="acme"), key=str) == sorted(ids, key=str)
+        assert await ring.keys(ids) == {}
+    finally:
+        await engine.dispose()
