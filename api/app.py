@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks
+from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks, workflows
 from api.auth import KeyRing
 from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
@@ -123,5 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])
     for module in (tasks, stream, ops, schedules, webhooks):
         app.include_router(module.router)
+    app.include_router(workflows.router)
     app.include_router(dashboard.router)
     return app

@@ -226,6 +226,18 @@ def scheduler(
     uvloop.run(serve(lambda: Scheduler(s), name="scheduler", burst=burst))
 
 
+@app.command()
+def coordinator(
+    burst: Annotated[bool, typer.Option(help="exit once nothing is left to do")] = False,
+) -> None:
+    """Run a coordinator: runs workflows as one member of the coordinator group."""
+    from coordinator.service import Coordinator
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Coordinator(s), name="coordinator", burst=burst))
+
+
 topics_app = typer.Typer(no_args_is_help=True, help="The event topic.")
 app.add_typer(topics_app, name="topics")
 
@@ -345,6 +357,10 @@ def projections_verify() -> None:
     diffs, n = asyncio.run(verify(get_settings(), progress=True))
     sdiffs, sn = asyncio.run(schedules.verify(get_settings()))
     diffs, n = diffs + sdiffs, n + sn
+    from projector import workflows
+
+    wdiffs, wn = asyncio.run(workflows.verify(get_settings()))
+    diffs, n = diffs + wdiffs, n + wn
     for d in diffs:
         print(str(d))
     hook_diffs = asyncio.run(verify_webhooks(get_settings()))
@@ -386,6 +402,10 @@ def projections_rebuild() -> None:
 
     n = asyncio.run(schedules.rebuild(get_settings()))
     print(f"rebuild: schedules from {n} event(s)", file=sys.stderr)
+    from projector import workflows
+
+    n = asyncio.run(workflows.rebuild(get_settings()))
+    print(f"rebuild: workflows from {n} event(s)", file=sys.stderr)
 
 
 @projections_app.command("dead-letters")

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     scheduler_group: str = ""
     scheduler_tick_s: float = Field(default=constants.SCHEDULER_TICK_S, gt=0)
     scheduler_grace_s: float = Field(default=constants.SCHEDULER_GRACE_S, ge=0)
+    # The coordinator (coordinator/): its group (default: <topic>.coordinator), and how
+    # often it looks for nodes whose task finished.
+    coordinator_group: str = ""
+    coordinator_tick_s: float = Field(default=constants.COORDINATOR_TICK_S, gt=0)
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)

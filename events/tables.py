@@ -202,3 +202,28 @@ schedules = Table(
     Column("last_offset", BigInteger, nullable=False),
     Index("schedules_tenant_created", "tenant", "created_at", "schedule_id"),
 )
+
+# The workflows projection (migration 0010): the fold of the workflow topic, written by
+# the coordinator with its checkpoint (projection "workflows" in projector_offsets).
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("workflow_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("name", Text, nullable=False),
+    Column("on_failure", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("finished_round", Integer, nullable=True),
+    Column("digest", Text, nullable=True),
+    Column("spec", JSONB, nullable=False),  # the tasks as submitted, in order
+    Column("nodes", JSONB, nullable=False),  # key -> node state
+    Column("summary", JSONB, nullable=False),  # node status -> count
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("partition", Integer, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Index("workflows_tenant_created", "tenant", "created_at", "workflow_id"),
+)
