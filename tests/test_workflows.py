@@ -1,0 +1,259 @@
+"""Workflows over HTTP with the coordinator, worker, projector and API as real processes.
+
+Node starts are checked in the log itself: one ``task.created`` per node and round, with
+the id derived from the workflow, the key and the round.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from events.log import delete_topics
+from events.models import EventType
+from events.workflows import node_task_id, workflow_topic
+from tests.helpers import ROOT, Env, wait_until
+
+
+@pytest.fixture
+async def wenv(env: Env) -> AsyncIterator[Env]:
+    try:
+        yield env
+    finally:
+        env.stop_all()
+        await delete_topics(env.bootstrap, [workflow_topic(env.topic)])
+
+
+TYPES = "echo,sleep,fail,noop,gate"
+
+
+async def services(env: Env, coordinator: bool = True) -> None:
+    env.proc("projector")
+    env.proc("worker", TASKFLOW_HANDLER_MODULES="tests.workflow_handlers",
+             TASKFLOW_TASK_TYPES=TYPES)
+    if coordinator:
+        env.proc("coordinator")
+    await env.api(TASKFLOW_TASK_TYPES=TYPES)
+
+
+def echo(key: str, *deps: str, **extra: Any) -> dict[str, Any]:
+    return {"key": key, "title": key.upper(), "payload": {"message": key},
+            "depends_on": list(deps), **extra}
+
+
+async def submit(c: httpx.AsyncClient, tasks: list[dict[str, Any]], **body: Any
+                 ) -> dict[str, Any]:
+    r = await c.post("/workflows", json={"name": "w", "tasks": tasks, **body})
+    assert r.status_code == 202, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+async def finished(c: httpx.AsyncClient, wid: str, timeout: float = 60, round: int = 0
+                   ) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        r = await c.get(f"/workflows/{wid}")
+        if r.status_code != 200:
+            return None
+        doc: dict[str, Any] = r.json()
+        return doc if doc["status"] != "RUNNING" and doc["round"] == round else None
+
+    doc = await wait_until(done, timeout=timeout, what=f"workflow {wid} to finish")
+    assert doc is not None
+    return doc
+
+
+def nodes(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["key"]: n for n in doc["nodes"]}
+
+
+async def node_events(env: Env, task_ids: set[uuid.UUID]
+                      ) -> tuple[Counter[uuid.UUID], Counter[uuid.UUID]]:
+    """Per task: the number of task.created and of terminal events in the log."""
+    created: Counter[uuid.UUID] = Counter()
+    terminal: Counter[uuid.UUID] = Counter()
+    ends = {EventType.DONE, EventType.FAILED, EventType.CANCELLED}
+    for _, ev in await env.log_events():
+        if ev.subject not in task_ids:
+            continue
+        if ev.type is EventType.CREATED:
+            created[ev.subject] += 1
+        elif ev.type in ends:
+            terminal[ev.subject] += 1
+    return created, terminal
+
+
+def taskflow(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
+                          env={**os.environ, **env.vars}, capture_output=True, text=True,
+                          timeout=300)
+
+
+async def test_diamond_d_sees_both_results_and_rebuild_equals_live(wenv: Env) -> None:
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, [echo("a"), echo("b", "a"), echo("c", "a"),
+                               echo("d", "b", "c")])
+        wid = doc["workflow_id"]
+        assert doc["tasks"]["d"] == str(node_task_id(uuid.UUID(wid), "d", 0))
+        wf = await finished(c, wid)
+        assert wf["status"] == "DONE", wf
+        assert wf["summary"] == {"DONE": 4}
+        ns = nodes(wf)
+        assert [n["status"] for n in ns.values()] == ["DONE"] * 4
+        assert ns["d"]["result"] == "d"
+        d = (await c.get(f"/tasks/{doc['tasks']['d']}")).json()
+        assert d["payload"]["parents"] == {"b": "b", "c": "c"}
+        b = (await c.get(f"/tasks/{doc['tasks']['b']}")).json()
+        assert b["payload"]["parents"] == {"a": "a"}
+        listed = (await c.get("/workflows", params={"status": "DONE"})).json()
+        assert [w["workflow_id"] for w in listed["items"]] == [wid]
+        assert (await c.get("/workflows", params={"status": "FAILED"})).json()["items"] == []
+    ids = {uuid.UUID(t) for t in doc["tasks"].values()}
+    created, terminal = await node_events(wenv, ids)
+    assert created == Counter(dict.fromkeys(ids, 1)) and terminal == created
+    # The live projection equals a fold of the log, and a rebuild writes the same.
+    v = taskflow(wenv, "projections", "verify")
+    assert v.returncode == 0, v.stdout + v.stderr
+    conn = await wenv.db()
+    try:
+        before = [dict(r) for r in await conn.fetch(
+            "SELECT * FROM workflows ORDER BY workflow_id")]
+        r = taskflow(wenv, "projections", "rebuild")
+        assert r.returncode == 0, r.stderr
+        assert "workflows from" in r.stderr
+        after = [dict(r) for r in await conn.fetch(
+            "SELECT * FROM workflows ORDER BY workflow_id")]
+    finally:
+        await conn.close()
+    strip = ("partition", "last_offset")
+    assert [{k: v for k, v in row.items() if k not in strip} for row in after] == \
+        [{k: v for k, v in row.items() if k not in strip} for row in before]
+    assert len(after) == 1
+
+
+@pytest.mark.parametrize("tasks,field,value", [
+    ([echo("a", "c"), echo("b", "a"), echo("c", "b"), echo("x")], "cycle", None),
+    ([echo("a", "a")], "cycle", ["a", "a"]),
+    ([echo("a"), echo("b", "nope")], "unknown_key", "nope"),
+])
+async def test_bad_graph_is_422_naming_the_cycle_or_key(
+        wenv: Env, tasks: list[dict[str, Any]], field: str, value: Any) -> None:
+    await wenv.api()
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        r = await c.post("/workflows", json={"name": "bad", "tasks": tasks})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    doc = r.json()
+    if value is not None:
+        assert doc[field] == value
+    if field == "cycle":
+        cycle = doc["cycle"]
+        assert cycle[0] == cycle[-1] and " -> ".join(cycle) in doc["detail"]
+        if len(tasks) == 4:
+            assert set(cycle) == {"a", "b", "c"}
+    else:
+        assert "nope" in doc["detail"]
+
+
+async def test_size_and_key_checks_and_idempotency(wenv: Env) -> None:
+    await wenv.api()
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        many = [{"key": f"n{i}", "title": "t"} for i in range(1001)]
+        r = await c.post("/workflows", json={"name": "big", "tasks": many})
+        assert r.status_code == 422 and "problem+json" in r.headers["content-type"]
+        r = await c.post("/workflows", json={"name": "dup", "tasks": [echo("a"), echo("a")]})
+        assert r.status_code == 422 and "duplicate" in r.json()["detail"]
+        r = await c.post("/workflows", json={"name": "t", "tasks": [
+            {"key": "a", "title": "A", "type": "no_such_type"}]})
+        assert r.status_code == 422
+        body = {"name": "once", "tasks": [echo("a"), echo("b", "a")]}
+        h = {"Idempotency-Key": "wf-1"}
+        first = await c.post("/workflows", json=body, headers=h)
+        again = await c.post("/workflows", json=body, headers=h)
+        assert first.status_code == again.status_code == 202
+        assert first.json() == again.json()
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        other = await c.post("/workflows", json={**body, "name": "changed"}, headers=h)
+        assert other.status_code == 422, other.text
+        thousand = [{"key": f"n{i}", "title": "t", "type": "noop"} for i in range(1000)]
+        r = await c.post("/workflows", json={"name": "max", "tasks": thousand})
+        assert r.status_code == 202, r.text
+        assert len(r.json()["tasks"]) == 1000
+
+
+# a fails at once; b runs a while; c depends on a, d on b.
+def policy_graph(tmp: str) -> list[dict[str, Any]]:
+    return [{"key": "a", "title": "A", "type": "fail", "max_attempts": 1},
+            {"key": "b", "title": "B", "type": "sleep", "payload": {"seconds": 1.5}},
+            echo("c", "a"), echo("d", "b")]
+
+
+async def test_fail_fast_cancels_everything_not_started(wenv: Env) -> None:
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, policy_graph(""), on_failure="fail_fast")
+        wf = await finished(c, doc["workflow_id"])
+    ns = nodes(wf)
+    assert wf["status"] == "FAILED"
+    assert ns["a"]["status"] == "FAILED" and ns["b"]["status"] == "DONE"
+    for k in "cd":
+        assert ns[k]["status"] == "CANCELLED" and ns[k]["reason"] == "upstream_failed", ns[k]
+    assert wf["summary"] == {"FAILED": 1, "DONE": 1, "CANCELLED": 2}
+    created, _ = await node_events(wenv, {uuid.UUID(t) for t in doc["tasks"].values()})
+    assert set(created) == {uuid.UUID(doc["tasks"][k]) for k in "ab"}  # c, d never ran
+
+
+async def test_continue_runs_what_does_not_depend_on_the_failure(wenv: Env) -> None:
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, policy_graph(""), on_failure="continue")
+        wf = await finished(c, doc["workflow_id"])
+    ns = nodes(wf)
+    assert wf["status"] == "FAILED"
+    assert ns["c"]["status"] == "CANCELLED" and ns["c"]["reason"] == "upstream_failed"
+    assert ns["d"]["status"] == "DONE" and ns["b"]["status"] == "DONE"
+
+
+async def test_retry_reruns_from_the_failure_keeping_done_results(wenv: Env,
+                                                                   tmp_path: Any) -> None:
+    await services(wenv)
+    gate = str(tmp_path / "fixed")
+    tasks = [echo("a"), echo("x"),
+             {"key": "b", "title": "B", "type": "gate", "payload": {"gate": gate},
+              "depends_on": ["a"], "max_attempts": 1},
+             echo("c", "b", "x")]
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, tasks, on_failure="continue")
+        wid = doc["workflow_id"]
+        wf = await finished(c, wid)
+        assert wf["status"] == "FAILED"
+        assert nodes(wf)["c"]["reason"] == "upstream_failed"
+        before = nodes(wf)
+        (tmp_path / "fixed").touch()  # the fix
+        r = await c.post(f"/workflows/{wid}/retry")
+        assert r.status_code == 202, r.text
+        again = r.json()
+        assert again["round"] == 1 and set(again["tasks"]) == {"b", "c"}
+        assert again["tasks"]["b"] == str(node_task_id(uuid.UUID(wid), "b", 1))
+        wf = await finished(c, wid, round=1)
+        assert wf["status"] == "DONE", wf
+        ns = nodes(wf)
+        for k in "ax":  # kept: same task, same result
+            assert ns[k]["task_id"] == before[k]["task_id"] == doc["tasks"][k]
+            assert ns[k]["result"] == k and ns[k]["round"] == 0
+        assert ns["b"]["result"] == {"passed": ["a"]} and ns["b"]["round"] == 1
+        assert (await c.post(f"/workflows/{wid}/retry")).status_code == 409
+    ids = {uuid.UUID(t) for t in [*doc["tasks"].values(), *again["tasks"].values()]}
+    created, terminal = await node_events(wenv, ids)
+    assert created[uuid.UUID(doc["tasks"]["a"])] == 1  # a did not run again
+    assert uuid.UUID(doc["tasks"]["c"]) not in created  # skipped in round 0: no task
+    assert all(n == 1 for n in created.values()) and terminal == created
