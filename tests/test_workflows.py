@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from events.codec import decode
 from events.log import delete_topics
-from events.models import EventType
+from events.models import EventType, WorkflowNodeStarted
 from events.workflows import node_task_id, workflow_topic
 from tests.helpers import ROOT, Env, wait_until
 
@@ -257,3 +258,57 @@ async def test_retry_reruns_from_the_failure_keeping_done_results(wenv: Env,
     assert created[uuid.UUID(doc["tasks"]["a"])] == 1  # a did not run again
     assert uuid.UUID(doc["tasks"]["c"]) not in created  # skipped in round 0: no task
     assert all(n == 1 for n in created.values()) and terminal == created
+
+
+async def test_fan_out_200_then_fan_in(wenv: Env) -> None:
+    await services(wenv)
+    fan = [echo(f"f{i}", "root") for i in range(200)]
+    tasks = [echo("root"), *fan, echo("sink", *(t["key"] for t in fan))]
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, tasks)
+        wf = await finished(c, doc["workflow_id"], timeout=180)
+        assert wf["status"] == "DONE" and wf["summary"] == {"DONE": 202}
+        sink = (await c.get(f"/tasks/{doc['tasks']['sink']}")).json()
+    assert sink["payload"]["parents"] == {f"f{i}": f"f{i}" for i in range(200)}
+
+
+def layered(layers: int, width: int) -> list[dict[str, Any]]:
+    """``layers`` of ``width`` noop nodes; each depends on two nodes of the layer above."""
+    out: list[dict[str, Any]] = []
+    for layer in range(layers):
+        for i in range(width):
+            deps = [] if layer == 0 else sorted({f"n{layer - 1}_{i}",
+                                                 f"n{layer - 1}_{(i + 1) % width}"})
+            out.append({"key": f"n{layer}_{i}", "title": "n", "type": "noop",
+                        "depends_on": deps})
+    return out
+
+
+async def test_kill_9_coordinator_mid_workflow_starts_each_node_once(wenv: Env) -> None:
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, layered(20, 25))
+        wid = doc["workflow_id"]
+        assert len(doc["tasks"]) == 500
+
+        async def some_done() -> bool:
+            r = await c.get(f"/workflows/{wid}")
+            return r.status_code == 200 and 100 <= r.json()["summary"].get("DONE", 0) < 450
+
+        await wait_until(some_done, timeout=120, interval=0.05, what="a fifth of the nodes")
+        [coord] = [p for p in wenv.procs if p.argv[0] == "coordinator"]
+        coord.kill9()
+        wenv.proc("coordinator")
+        wf = await finished(c, wid, timeout=240)
+    assert wf["status"] == "DONE" and wf["summary"] == {"DONE": 500}
+    ids = {uuid.UUID(t) for t in doc["tasks"].values()}
+    created, terminal = await node_events(wenv, ids)
+    assert set(created) == ids and set(terminal) == ids
+    assert max(created.values()) == 1 and max(terminal.values()) == 1
+    # ... and the coordinator's own record: one node_started per node.
+    starts: Counter[str] = Counter()
+    for r in await wenv.read_log(workflow_topic(wenv.topic)):
+        ev = decode(r.value)
+        if isinstance(ev.data, WorkflowNodeStarted):
+            starts[ev.data.key] += 1
+    assert len(starts) == 500 and max(starts.values()) == 1
