@@ -283,6 +283,18 @@ async def retry_workflow(workflow_id: uuid.UUID, request: Request, db: DbDep,
                     status_code=202, media_type="application/json")
 
 
+RETRY_HORIZON = 10  # rounds past the current one whose node tasks /events?workflow_id= keeps
+
+
+async def stream_task_ids(db: DbDep, wid: uuid.UUID, tenant: Tenant,
+                          wait_s: float) -> list[uuid.UUID]:
+    """The node tasks ``/events?workflow_id=`` follows: every node's, in every round up
+    to ``RETRY_HORIZON`` retries past the current one (their ids are known already)."""
+    row = await _row(db, wid, tenant, wait_s)
+    return [node_task_id(wid, s["key"], r) for r in range(row["round"] + RETRY_HORIZON + 1)
+            for s in row["spec"]]
+
+
 def _node_view(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["key"]: n for n in out["nodes"]}
 

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from events.codec import decode
 from events.log import delete_topics
 from events.models import EventType, WorkflowNodeStarted
 from events.workflows import node_task_id, workflow_topic
-from tests.helpers import ROOT, Env, wait_until
+from tests.helpers import ROOT, Env, SSEReader, wait_until
 
 
 @pytest.fixture
@@ -312,3 +313,56 @@ async def test_kill_9_coordinator_mid_workflow_starts_each_node_once(wenv: Env) 
         if isinstance(ev.data, WorkflowNodeStarted):
             starts[ev.data.key] += 1
     assert len(starts) == 500 and max(starts.values()) == 1
+
+
+async def test_cancel_stops_running_and_skips_waiting_nodes(wenv: Env) -> None:
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, [{"key": "a", "title": "A", "type": "sleep",
+                                "payload": {"seconds": 60}}, echo("b", "a")])
+        wid = doc["workflow_id"]
+
+        async def a_running() -> bool:
+            r = await c.get(f"/tasks/{doc['tasks']['a']}")
+            return r.status_code == 200 and r.json()["status"] == "PROCESSING"
+
+        await wait_until(a_running, timeout=60, what="node a to run")
+        r = await c.post(f"/workflows/{wid}/cancel")
+        assert r.status_code == 202, r.text
+        wf = await finished(c, wid, timeout=60)
+        assert wf["status"] == "CANCELLED", wf
+        ns = nodes(wf)
+        assert ns["a"]["status"] == "CANCELLED"
+        assert ns["b"]["status"] == "CANCELLED" and ns["b"]["reason"] == "workflow_cancelled"
+        assert (await c.post(f"/workflows/{wid}/cancel")).status_code == 409
+        assert (await c.post(f"/workflows/{uuid.uuid4()}/cancel")).status_code == 404
+
+
+async def test_sse_events_filter_and_workflow_stream(wenv: Env) -> None:
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        other = await c.post("/tasks", json={"title": "unrelated",
+                                             "payload": {"message": "x"}})
+        assert other.status_code == 202
+        slow = {"type": "sleep", "payload": {"seconds": 0.3}}
+        doc = await submit(c, [{"key": "a", "title": "A", **slow},
+                               {"key": "b", "title": "B", "depends_on": ["a"], **slow}])
+        wid = doc["workflow_id"]
+        url = f"{wenv.base_url}/workflows/{wid}/stream"
+        async with SSEReader(url) as live, \
+                SSEReader(f"{wenv.base_url}/events?after=0&workflow_id={wid}") as feed:
+            assert live.status == 200 and feed.status == 200
+
+            async def ended() -> bool:
+                return any(e.get("event") == "workflow" for e in live.events) and \
+                    sum(e.get("event") == "task.done" for e in feed.events) == 2
+
+            await wait_until(ended, timeout=60, what="both streams to see the end")
+    assert live.events[0]["event"] == "snapshot"
+    assert orjson.loads(live.events[0]["data"])["workflow_id"] == wid
+    node_changes = [orjson.loads(e["data"]) for e in live.events if e.get("event") == "node"]
+    assert {(n["key"], n["status"]) for n in node_changes} >= {("a", "DONE"), ("b", "DONE")}
+    last = [e for e in live.events if e.get("event") == "workflow"][-1]
+    assert orjson.loads(last["data"])["status"] == "DONE"
+    seen = {orjson.loads(e["data"])["task_id"] for e in feed.events if "data" in e}
+    assert seen == {doc["tasks"]["a"], doc["tasks"]["b"]}  # not the unrelated task
