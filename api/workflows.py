@@ -8,6 +8,7 @@ folds them into the ``workflows`` table, which the reads serve, and starts the n
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 import uuid
@@ -17,10 +18,12 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.auth import Tenant, TenantDep
+from api.dashboard import CSP, STATIC
 from api.deps import DbDep, SettingsDep
 from api.problems import BadRequest, Conflict, Invalid, NotFound, documented, for_log_down
 from api.reads import visible
@@ -281,6 +284,20 @@ async def retry_workflow(workflow_id: uuid.UUID, request: Request, db: DbDep,
     tasks = {k: str(node_task_id(workflow_id, k, rnd)) for k in row["nodes"] if k in redo}
     return Response(_json({"workflow_id": str(workflow_id), "round": rnd, "tasks": tasks}),
                     status_code=202, media_type="application/json")
+
+
+@functools.cache
+def _page() -> str:
+    return (STATIC / "workflow.html").read_text(encoding="utf-8")
+
+
+@router.get("/ui/workflows/{workflow_id}", response_class=HTMLResponse,
+            include_in_schema=False)
+async def workflow_page(workflow_id: uuid.UUID) -> HTMLResponse:
+    """The dashboard's workflow page: the DAG, with live node statuses."""
+    return HTMLResponse(_page().replace("__WORKFLOW_ID__", str(workflow_id)),
+                        headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP,
+                                 "X-Content-Type-Options": "nosniff"})
 
 
 RETRY_HORIZON = 10  # rounds past the current one whose node tasks /events?workflow_id= keeps
