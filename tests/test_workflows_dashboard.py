@@ -6,7 +6,7 @@ import httpx
 from playwright.async_api import Browser
 
 from tests.helpers import Env
-from tests.test_dashboard import DESKTOP, WAIT_MS, Dashboard, browser
+from tests.test_dashboard import WAIT_MS, Dashboard, browser
 from tests.test_workflows import echo, services, submit, wenv
 
 __all__ = ["browser", "wenv"]  # the fixtures, used by name
@@ -21,7 +21,8 @@ async def test_workflow_page_draws_the_dag_with_live_statuses(
                                 "payload": {"seconds": 3}, "depends_on": ["a"]},
                                echo("c", "a"), echo("d", "b", "c")])
     wid = doc["workflow_id"]
-    page = await (await browser.new_context(viewport=DESKTOP)).new_page()
+    ctx = await browser.new_context(viewport={"width": 1366, "height": 900})
+    page = await ctx.new_page()
     page.set_default_timeout(WAIT_MS)
     dash = Dashboard(page)
     await page.goto(f"{wenv.base_url}/ui/workflows/{wid}")
