@@ -19,12 +19,13 @@ from bench.procs import LOGS, Redis
 from bench.report import machine, table, write_json
 from bench.stats import PEERS, Figure, say
 from bench.webhooks import webhooks as webhooks_scenario
+from bench.workflow import scenario as workflow_scenario
 from bench.world import TEMPLATE, Lab, db_url
 from events.db import asyncpg_dsn
 from events.settings import get_settings
 
 SCENARIOS = ("submit", "e2e", "latency", "sdk", "projector", "fanout", "reads",
-             "schedules", "webhooks")
+             "schedules", "webhooks", "workflow")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Sizes:
     schedules_s: float = 60.0  # seconds they fire for
     delayed_n: int = 5000  # delayed tasks, due evenly over ...
     delayed_spread_s: float = 20.0  # ... this many seconds
+    workflow_layers: int = 20  # the workflow scenario: layers of ...
+    workflow_width: int = 50  # ... this many noop nodes (1,000 nodes)
 
 
 QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latency_s=2.0,
@@ -84,7 +87,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
               fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30,
               schedules_n=5, schedules_s=2.0, delayed_n=20, delayed_spread_s=1.0,
-              webhooks_n=100)
+              webhooks_n=100, workflow_layers=3, workflow_width=4)
 
 
 
@@ -176,6 +179,8 @@ class Run:
                 await webhooks_scenario(self)
             if "schedules" in a.scenarios:
                 await scenarios.schedules(self)
+            if "workflow" in a.scenarios:
+                await workflow_scenario(self)
         finally:
             for p in self.peers:
                 p.stop_worker()
