@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -29,10 +30,11 @@ from api.problems import BadRequest, Conflict, Invalid, NotFound, documented, fo
 from api.reads import visible
 from api.schemas import TaskIn
 from api.submit import check_type
+from api.tasks import parse_as_of
 from events import constants, workflow_db
-from events.codec import encode
-from events.errors import LogUnavailable
-from events.log import EventProducer, ensure_topic, task_key
+from events.codec import decode, encode
+from events.errors import LogUnavailable, UndecodableEvent
+from events.log import EventProducer, LogReader, ensure_topic, partition_for, task_key
 from events.models import (
     EventData,
     WorkflowCancelRequested,
@@ -43,7 +45,15 @@ from events.models import (
 )
 from events.queries import decode_cursor, encode_cursor
 from events.settings import Settings
-from events.workflows import MAX_NODES, BadWorkflow, check, node_task_id, workflow_topic
+from events.workflows import (
+    MAX_NODES,
+    BadWorkflow,
+    WorkflowState,
+    apply_workflow,
+    check,
+    node_task_id,
+    workflow_topic,
+)
 
 router = APIRouter()
 
@@ -227,11 +237,63 @@ async def list_workflows(
 _ANY = object()
 
 
-@router.get("/workflows/{workflow_id}", tags=["workflows"], responses=documented(404))
-async def get_workflow(workflow_id: uuid.UUID, db: DbDep, settings: SettingsDep,
-                       tenant: TenantDep) -> Response:
+async def _state_at(settings: Settings, wid: uuid.UUID, point: datetime | tuple[int, int]
+                    ) -> WorkflowState | None:
+    """The workflow as its events up to ``point`` (a time or a position) leave it, folded
+    from its partition of the workflow topic."""
+    reader = LogReader(bootstrap=settings.kafka_bootstrap, topic=workflow_topic(settings.topic))
+    try:
+        parts = await reader.start()
+    except LogUnavailable:
+        return None
+    key = task_key(wid)
+    state: WorkflowState | None = None
+    try:
+        p = partition_for(wid, len(parts))
+        bounds = await reader.bounds()
+        for q in parts:
+            if q != p:
+                reader.pause(q)
+        first, end = bounds[p]
+        reader.seek(p, first)
+        while await reader.position(p) < end:
+            for r in await reader.poll(timeout_ms=200):
+                if r.partition != p or r.offset >= end or r.key != key:
+                    continue
+                try:
+                    ev = decode(r.value)
+                except UndecodableEvent:
+                    continue
+                if (r.partition, r.offset) > point if isinstance(point, tuple) \
+                        else ev.time > point:
+                    return state
+                state = apply_workflow(state, ev)
+    finally:
+        await reader.stop()
+    return state
+
+
+@router.get("/workflows/{workflow_id}", tags=["workflows"], responses=documented(404, 422))
+async def get_workflow(
+    workflow_id: uuid.UUID, db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    as_of: Annotated[str | None, Query(
+        max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the workflow then",
+        examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
+) -> Response:
     """A workflow: its status, round, summary, and every node with its status, task id,
-    result, error and ``reason`` (``upstream_failed`` for a skipped node)."""
+    result, error and ``reason`` (``upstream_failed`` for a skipped node). With
+    ``as_of``, as it was then (folded from the workflow topic)."""
+    if as_of is not None:
+        point = parse_as_of(as_of)
+        st = await _state_at(settings, workflow_id, point)
+        if st is None or not visible(st.tenant, tenant):
+            raise NotFound(f"workflow {workflow_id} did not exist at {as_of}")
+        row = workflow_db.row(st, 0, 0)
+        del row["partition"], row["last_offset"], row["finished_round"]
+        out = await _out(db, row)
+        for n in out["nodes"]:
+            n["task_status"] = None  # the task's status now would not be "then"
+        return Response(_json(out), media_type="application/json")
     row = await _row(db, workflow_id, tenant, settings.read_wait_s)
     return Response(_json(await _out(db, row)), media_type="application/json")
 

@@ -116,6 +116,16 @@ async def test_diamond_d_sees_both_results_and_rebuild_equals_live(wenv: Env) ->
         assert d["payload"]["parents"] == {"b": "b", "c": "c"}
         b = (await c.get(f"/tasks/{doc['tasks']['b']}")).json()
         assert b["payload"]["parents"] == {"a": "a"}
+        # As it was: at its creation every node waited; before it, it did not exist.
+        then = (await c.get(f"/workflows/{wid}", params={"as_of": wf["created_at"]})).json()
+        assert then["status"] == "RUNNING" and then["summary"] == {"WAITING": 4}, then
+        now = (await c.get(f"/workflows/{wid}",
+                           params={"as_of": "2999-01-01T00:00:00Z"})).json()
+        assert now["status"] == "DONE" and nodes(now)["d"]["result"] == "d"
+        r = await c.get(f"/workflows/{wid}", params={"as_of": "2000-01-01T00:00:00Z"})
+        assert r.status_code == 404
+        r = await c.get(f"/workflows/{wid}", params={"as_of": "yesterday"})
+        assert r.status_code == 422 and "problem+json" in r.headers["content-type"]
         listed = (await c.get("/workflows", params={"status": "DONE"})).json()
         assert [w["workflow_id"] for w in listed["items"]] == [wid]
         assert (await c.get("/workflows", params={"status": "FAILED"})).json()["items"] == []
@@ -127,12 +137,12 @@ async def test_diamond_d_sees_both_results_and_rebuild_equals_live(wenv: Env) ->
     assert v.returncode == 0, v.stdout + v.stderr
     conn = await wenv.db()
     try:
-        before = [dict(r) for r in await conn.fetch(
+        before = [dict(row) for row in await conn.fetch(
             "SELECT * FROM workflows ORDER BY workflow_id")]
-        r = taskflow(wenv, "projections", "rebuild")
-        assert r.returncode == 0, r.stderr
-        assert "workflows from" in r.stderr
-        after = [dict(r) for r in await conn.fetch(
+        rb = taskflow(wenv, "projections", "rebuild")
+        assert rb.returncode == 0, rb.stderr
+        assert "workflows from" in rb.stderr
+        after = [dict(row) for row in await conn.fetch(
             "SELECT * FROM workflows ORDER BY workflow_id")]
     finally:
         await conn.close()
