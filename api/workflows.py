@@ -201,7 +201,9 @@ async def submit_workflow(
             _recent_keyed[wid] = digest
             while len(_recent_keyed) > RECENT_KEYED_MAX:
                 _recent_keyed.popitem(last=False)
-    return Response(_json({"workflow_id": str(wid), "tasks": tasks}), status_code=202,
+    # A replay answers 200, as a keyed task submit does.
+    return Response(_json({"workflow_id": str(wid), "tasks": tasks}),
+                    status_code=200 if headers else 202,
                     media_type="application/json",
                     headers={"Location": f"/workflows/{wid}", **headers})
 
