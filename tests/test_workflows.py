@@ -376,3 +376,30 @@ async def test_sse_events_filter_and_workflow_stream(wenv: Env) -> None:
     assert orjson.loads(last["data"])["status"] == "DONE"
     seen = {orjson.loads(e["data"])["task_id"] for e in feed.events if "data" in e}
     assert seen == {doc["tasks"]["a"], doc["tasks"]["b"]}  # not the unrelated task
+
+
+async def test_rebalance_between_coordinators_starts_each_node_once(wenv: Env) -> None:
+    """A second coordinator joins mid-workflow, then the first leaves (SIGTERM): the group
+    rebalances twice, the workflow's partition changes owner, and every node starts once."""
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, layered(12, 25))
+        wid = doc["workflow_id"]
+
+        async def done_at_least(n: int) -> bool:
+            r = await c.get(f"/workflows/{wid}")
+            return r.status_code == 200 and r.json()["summary"].get("DONE", 0) >= n
+
+        await wait_until(lambda: done_at_least(50), timeout=120, interval=0.05,
+                         what="50 nodes done")
+        first = next(p for p in wenv.procs if p.argv[0] == "coordinator")
+        wenv.proc("coordinator")
+        await wait_until(lambda: done_at_least(120), timeout=120, interval=0.05,
+                         what="120 nodes done")
+        assert first.terminate() == 0
+        wf = await finished(c, wid, timeout=240)
+    assert wf["status"] == "DONE" and wf["summary"] == {"DONE": 300}
+    ids = {uuid.UUID(t) for t in doc["tasks"].values()}
+    created, terminal = await node_events(wenv, ids)
+    assert set(created) == ids and max(created.values()) == 1
+    assert set(terminal) == ids and max(terminal.values()) == 1
