@@ -79,6 +79,17 @@ def coordinator_group(settings: Settings) -> str:
 
 
 @dataclass
+class Pending:
+    """What was written for one workflow and committed, but not read back yet: left alone
+    until the fold has it. Forgotten once the workflow has nothing left to do."""
+
+    issued: set[tuple[str, int]] = field(default_factory=set)  # started or skipped
+    reported: set[tuple[str, int]] = field(default_factory=set)  # node_finished written
+    cancels: set[uuid.UUID] = field(default_factory=set)  # task.cancel_requested written
+    finished: set[int] = field(default_factory=set)  # rounds a workflow.finished was for
+
+
+@dataclass
 class Part:
     """What a coordinator keeps for one workflow partition."""
 
@@ -90,11 +101,7 @@ class Part:
     recovered: bool = False
     states: dict[uuid.UUID, WorkflowState] = field(default_factory=dict)
     active: set[uuid.UUID] = field(default_factory=set)  # workflows with work left
-    # Written and committed, but not read back yet: left alone until the fold has them.
-    issued: dict[uuid.UUID, set[tuple[str, int]]] = field(default_factory=dict)
-    reported: set[tuple[uuid.UUID, str, int]] = field(default_factory=set)
-    cancels_sent: set[uuid.UUID] = field(default_factory=set)
-    finish_sent: set[tuple[uuid.UUID, int]] = field(default_factory=set)
+    pending: dict[uuid.UUID, Pending] = field(default_factory=dict)
     dirty: dict[uuid.UUID, int] = field(default_factory=dict)  # workflow -> last offset
     next_projection: float = 0.0
 
@@ -263,7 +270,7 @@ class Coordinator:
             part.active.add(ev.subject)
         else:
             part.active.discard(ev.subject)
-            part.issued.pop(ev.subject, None)
+            part.pending.pop(ev.subject, None)
 
     def _park(self, part: Part, r: Record, error: str) -> None:
         self.parked += 1
@@ -297,14 +304,16 @@ class Coordinator:
         marks: list[CloudEvent] = []
         issued: list[tuple[uuid.UUID, str, int]] = []
         reported: list[tuple[uuid.UUID, str, int]] = []
-        cancels: list[uuid.UUID] = []
+        cancels: list[tuple[uuid.UUID, uuid.UUID]] = []
         finishes: list[tuple[uuid.UUID, int]] = []
+        none = Pending()
         # Nodes whose task may have ended: their task, by id.
         watch: dict[uuid.UUID, tuple[WorkflowState, str, int]] = {}
         for wid in part.active:
             st = part.states[wid]
+            seen = part.pending.get(wid, none).reported
             for key, node in st.nodes.items():
-                if node.status == "STARTED" and (wid, key, node.round) not in part.reported:
+                if node.status == "STARTED" and (key, node.round) not in seen:
                     watch[node.task_id] = (st, key, node.round)
         ended = await workflow_db.finished_tasks(self._engine, watch)
         for tid, (status, result, error) in ended.items():
@@ -315,8 +324,8 @@ class Coordinator:
             reported.append((st.workflow_id, key, rnd))
         for wid in part.active:
             st = part.states[wid]
-            done = part.issued.get(wid, set())
-            p = plan(st, done)
+            pend = part.pending.get(wid, none)
+            p = plan(st, pend.issued)
             for spec, tid, rnd, payload in p.start:
                 tasks.append(new_event(
                     TaskCreated(title=spec.title, type=spec.type, payload=payload,
@@ -331,12 +340,12 @@ class Coordinator:
                     key=key, round=rnd, status="CANCELLED", reason=reason)))
                 issued.append((wid, key, rnd))
             for tid in p.cancel:
-                if tid not in part.cancels_sent:
+                if tid not in pend.cancels:
                     tasks.append(new_event(TaskCancelRequested(reason="workflow cancelled"),
                                            task_id=tid, source=self.source,
                                            tenant=st.tenant))
-                    cancels.append(tid)
-            if p.finish and (wid, st.round) not in part.finish_sent:
+                    cancels.append((wid, tid))
+            if p.finish and st.round not in pend.finished:
                 marks.append(self._mark(st, WorkflowFinished(
                     round=st.round, status=cast(NodeOutcome, st.status),
                     nodes={k: st.nodes[k].status for k in st.order})))
@@ -347,11 +356,18 @@ class Coordinator:
                for ev in marks]
         await part.producer.safe_commit(topic=self.settings.topic, events=tasks, offsets={},
                                         group_id=self.group, raw=raw)
+
+        def pending(wid: uuid.UUID) -> Pending:
+            return part.pending.setdefault(wid, Pending())
+
         for wid, key, rnd in issued:
-            part.issued.setdefault(wid, set()).add((key, rnd))
-        part.reported.update(reported)
-        part.cancels_sent.update(cancels)
-        part.finish_sent.update(finishes)
+            pending(wid).issued.add((key, rnd))
+        for wid, key, rnd in reported:
+            pending(wid).reported.add((key, rnd))
+        for wid, tid in cancels:
+            pending(wid).cancels.add(tid)
+        for wid, rnd in finishes:
+            pending(wid).finished.add(rnd)
         n_started = sum(1 for ev in marks if isinstance(ev.data, WorkflowNodeStarted))
         self.started += n_started
         self.skipped += len(issued) - n_started
