@@ -18,8 +18,9 @@ import httpx
 import orjson
 import pytest
 
+from api.workflows import WORKFLOW_IDEMPOTENCY_NS
 from events.codec import decode
-from events.log import delete_topics
+from events.log import EventProducer, delete_topics, ensure_topic, task_key
 from events.models import EventType, WorkflowNodeStarted
 from events.workflows import node_task_id, workflow_topic
 from tests.helpers import ROOT, Env, SSEReader, wait_until
@@ -403,3 +404,33 @@ async def test_rebalance_between_coordinators_starts_each_node_once(wenv: Env) -
     created, terminal = await node_events(wenv, ids)
     assert set(created) == ids and max(created.values()) == 1
     assert set(terminal) == ids and max(terminal.values()) == 1
+
+
+async def test_a_poison_record_on_the_workflow_topic_is_parked(wenv: Env) -> None:
+    """An undecodable record ahead of a workflow in its partition is parked with its
+    coordinates, and the workflow behind it runs."""
+    wid = uuid.uuid5(WORKFLOW_IDEMPOTENCY_NS, "\npoisoned")
+    topic = workflow_topic(wenv.topic)
+    await ensure_topic(wenv.bootstrap, topic, 6)
+    producer = EventProducer(bootstrap=wenv.bootstrap, topic=topic, timeout_s=10)
+    await producer.start()
+    try:
+        poison = await producer.append_raw(topic, task_key(wid), b"\x00 not an event")
+    finally:
+        await producer.stop()
+    await services(wenv)
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        r = await c.post("/workflows", json={"name": "w", "tasks": [echo("a"), echo("b", "a")]},
+                         headers={"Idempotency-Key": "poisoned"})
+        assert r.status_code == 202 and r.json()["workflow_id"] == str(wid)
+        wf = await finished(c, str(wid))
+    assert wf["status"] == "DONE"
+    conn = await wenv.db()
+    try:
+        rows = await conn.fetch("SELECT projection, topic, partition, \"offset\", error "
+                                "FROM dead_letters WHERE projection = 'workflows'")
+    finally:
+        await conn.close()
+    assert [(r["topic"], r["partition"], r["offset"]) for r in rows] == \
+        [(topic, poison.partition, poison.offset)]
+    assert rows[0]["error"]
