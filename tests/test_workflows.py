@@ -129,7 +129,24 @@ async def test_diamond_d_sees_both_results_and_rebuild_equals_live(wenv: Env) ->
         assert r.status_code == 422 and "problem+json" in r.headers["content-type"]
         listed = (await c.get("/workflows", params={"status": "DONE"})).json()
         assert [w["workflow_id"] for w in listed["items"]] == [wid]
+        assert listed["items"][0]["summary"] == {"DONE": 4} and "nodes" not in listed["items"][0]
         assert (await c.get("/workflows", params={"status": "FAILED"})).json()["items"] == []
+        # Paging, newest first, and the name filter.
+        more = [(await submit(c, [echo("x")], name="p"))["workflow_id"] for _ in range(2)]
+        for m in more:
+            await finished(c, m)
+        seen, cursor = [], None
+        while True:
+            page = (await c.get("/workflows", params={"limit": 1, **(
+                {"cursor": cursor} if cursor else {})})).json()
+            seen += [w["workflow_id"] for w in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [more[1], more[0], wid]
+        named = (await c.get("/workflows", params={"name": "p"})).json()["items"]
+        assert [w["workflow_id"] for w in named] == [more[1], more[0]]
+        assert (await c.get("/workflows", params={"cursor": "nope"})).status_code == 400
     ids = {uuid.UUID(t) for t in doc["tasks"].values()}
     created, terminal = await node_events(wenv, ids)
     assert created == Counter(dict.fromkeys(ids, 1)) and terminal == created
@@ -150,7 +167,7 @@ async def test_diamond_d_sees_both_results_and_rebuild_equals_live(wenv: Env) ->
     strip = ("partition", "last_offset")
     assert [{k: v for k, v in row.items() if k not in strip} for row in after] == \
         [{k: v for k, v in row.items() if k not in strip} for row in before]
-    assert len(after) == 1
+    assert len(after) == 3
 
 
 @pytest.mark.parametrize("tasks,field,value", [
