@@ -63,7 +63,14 @@ from events.models import (
     new_event,
 )
 from events.settings import Settings
-from events.workflows import WorkflowState, apply_workflow, plan, workflow_topic
+from events.workflows import (
+    NODE_EVENT_MAX,
+    PARENTS_TOO_LARGE,
+    WorkflowState,
+    apply_workflow,
+    plan,
+    workflow_topic,
+)
 
 log = logging.getLogger("taskflow.coordinator")
 
@@ -327,11 +334,20 @@ class Coordinator:
             pend = part.pending.get(wid, none)
             p = plan(st, pend.issued)
             for spec, tid, rnd, payload in p.start:
-                tasks.append(new_event(
+                created = new_event(
                     TaskCreated(title=spec.title, type=spec.type, payload=payload,
                                 priority=spec.priority, max_attempts=spec.max_attempts,
                                 timeout_s=spec.timeout_s),
-                    task_id=tid, source=self.source, tenant=st.tenant))
+                    task_id=tid, source=self.source, tenant=st.tenant)
+                size = len(encode(created))
+                if size > NODE_EVENT_MAX:
+                    marks.append(self._mark(st, WorkflowNodeFinished(
+                        key=spec.key, round=rnd, status="FAILED", reason=PARENTS_TOO_LARGE,
+                        error=f"the task with its parents' results is {size} bytes, over "
+                              f"{NODE_EVENT_MAX}")))
+                    issued.append((wid, spec.key, rnd))
+                    continue
+                tasks.append(created)
                 marks.append(self._mark(st, WorkflowNodeStarted(key=spec.key, round=rnd,
                                                                 task_id=tid)))
                 issued.append((wid, spec.key, rnd))

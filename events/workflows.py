@@ -51,6 +51,11 @@ WORKFLOW_PROJECTION: Final = "workflows"  # name of the projection in projector_
 NODE_NS: Final = uuid.UUID("7c4e2b1d-9a3f-4c58-b6e1-2f8d0a5c7e93")  # uuid5 of node tasks
 MAX_NODES: Final = 1000  # nodes of one workflow, at most
 PARENTS_FIELD: Final = "parents"  # payload field a node's handler finds its parents in
+# Bytes of a node's task.created at most: its payload carries the parents' results, and
+# a record over Kafka's default limit (1 MiB) would fail the coordinator's transaction
+# every time it tried; such a node fails instead, with the reason ``parents_too_large``.
+NODE_EVENT_MAX: Final = 900 * 1024
+PARENTS_TOO_LARGE: Final = "parents_too_large"
 UPSTREAM_FAILED: Final = "upstream_failed"
 WORKFLOW_CANCELLED: Final = "workflow_cancelled"
 

@@ -35,7 +35,7 @@ async def wenv(env: Env) -> AsyncIterator[Env]:
         await delete_topics(env.bootstrap, [workflow_topic(env.topic)])
 
 
-TYPES = "echo,sleep,fail,noop,gate"
+TYPES = "echo,sleep,fail,noop,gate,big"
 
 
 async def services(env: Env, coordinator: bool = True) -> None:
@@ -451,3 +451,19 @@ async def test_a_poison_record_on_the_workflow_topic_is_parked(wenv: Env) -> Non
     assert [(r["topic"], r["partition"], r["offset"]) for r in rows] == \
         [(topic, poison.partition, poison.offset)]
     assert rows[0]["error"]
+
+
+async def test_parents_results_too_large_fail_the_node_not_the_coordinator(wenv: Env) -> None:
+    await services(wenv)
+    bigs = [{"key": k, "title": k, "type": "big", "payload": {"n": 500_000}} for k in "pq"]
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30) as c:
+        doc = await submit(c, [*bigs, echo("d", "p", "q"), echo("after", "d"), echo("free")],
+                           on_failure="continue")
+        wf = await finished(c, doc["workflow_id"], timeout=120)
+        ns = nodes(wf)
+        assert ns["d"]["status"] == "FAILED" and ns["d"]["reason"] == "parents_too_large"
+        assert ns["after"]["reason"] == "upstream_failed"
+        assert ns["free"]["status"] == "DONE" and wf["status"] == "FAILED"
+        # The coordinator is still running workflows.
+        ok = await submit(c, [echo("a"), echo("b", "a")])
+        assert (await finished(c, ok["workflow_id"]))["status"] == "DONE"

@@ -14,3 +14,9 @@ def gate(payload: dict[str, Any], ctx: TaskContext) -> Any:
     if not Path(payload["gate"]).exists():
         raise RuntimeError("the gate is closed")
     return {"passed": sorted(payload.get("parents", {}))}
+
+
+@handler("big")
+def big(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """A result of ``payload["n"]`` characters."""
+    return "x" * int(payload["n"])
