@@ -62,6 +62,7 @@ WORKFLOW_IDEMPOTENCY_NS = uuid.UUID("5d0b8e4a-1f6c-4a92-9e37-b8c2d4f61a07")
 _recent_keyed: OrderedDict[uuid.UUID, str] = OrderedDict()  # id -> digest, not projected yet
 RECENT_KEYED_MAX = 1000
 STREAM_POLL_S = 0.25  # seconds between two looks at a streamed workflow
+_ANY = object()  # "any tenant" in a listing
 
 
 class WorkflowTaskIn(TaskIn):
@@ -234,9 +235,6 @@ async def list_workflows(
         nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["workflow_id"])
     return Response(_json({"items": rows, "next_cursor": nxt}),
                     media_type="application/json")
-
-
-_ANY = object()
 
 
 async def _state_at(settings: Settings, wid: uuid.UUID, point: datetime | tuple[int, int]
