@@ -40,6 +40,7 @@ from events.models import (
     CloudEvent,
     EventType,
     WorkflowCreated,
+    WorkflowFinished,
     WorkflowNode,
     WorkflowNodeFinished,
     WorkflowNodeStarted,
@@ -245,7 +246,10 @@ def apply_workflow(state: WorkflowState | None, ev: CloudEvent) -> WorkflowState
         return _with_nodes(state, ev, nodes, round=d.round, cancel_requested=False,
                            finished_at=None, status="RUNNING")
     if t is EventType.WORKFLOW_FINISHED:
-        return state.model_copy(update={"finished_round": state.round})
+        assert isinstance(d, WorkflowFinished)
+        if d.round != state.round:
+            return state  # of a round a retry has replaced since
+        return state.model_copy(update={"finished_round": d.round})
     return state
 
 

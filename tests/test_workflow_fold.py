@@ -198,6 +198,9 @@ def test_retry_reruns_failed_and_dependants_keeping_done() -> None:
     assert spec.key == "b" and rnd == 1 and payload["parents"] == {"a": "ra"}
     twice = apply_workflow(retried, ev(WorkflowRetryRequested(round=1)))
     assert twice == retried
+    # The coordinator's workflow.finished of round 0, landing after the retry, is stale.
+    late = apply_workflow(retried, ev(WorkflowFinished(round=0, status="FAILED", nodes={})))
+    assert late == retried and plan(retried, set()).finish is False
 
 
 def test_cancel_skips_waiting_and_cancels_running() -> None:
