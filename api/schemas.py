@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -17,6 +18,7 @@ from pydantic import (
 )
 
 from events.models import TaskStatus
+from events.priority import PRIORITY_MAX, PRIORITY_MIN, parse_priority
 
 MAX_TITLE = 500
 MAX_DELAY_S = 366 * 86_400  # seconds: the longest delay a task may wait
@@ -48,7 +50,10 @@ class TaskIn(BaseModel):
     title: str = Field(min_length=1, max_length=MAX_TITLE)
     type: str = Field(default="echo", min_length=1, max_length=100, pattern=TYPE_PATTERN)
     payload: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-100, le=100)
+    priority: Annotated[int, BeforeValidator(parse_priority)] = Field(
+        default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX,
+        description="-100..100, higher starts first; or low (-50), normal (0), high (50), "
+                    "critical (100)")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
     # Webhook for this task alone: its terminal events, signed (see docs/webhooks.md).

@@ -71,6 +71,7 @@ class Lane:
     base: dict[uuid.UUID, int] = field(default_factory=dict)  # attempt at last redrive
     running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
     ctxs: dict[uuid.UUID, TaskCtx] = field(default_factory=dict)
+    queued: set[uuid.UUID] = field(default_factory=set)  # running, but waiting for a slot
     cancel_reason: dict[uuid.UUID, str] = field(default_factory=dict)
     # Tasks this lane saw end, so a late duplicate task.created (an idempotent submit
     # retried before the first was projected) cannot start a finished task again.

@@ -147,7 +147,6 @@ def schedule(worker: Worker, lane: Lane, tid: uuid.UUID) -> None:
 
 
 async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
-    assert worker.sem is not None
     attempt = state.attempt + 1
     try:
         if state.not_before is not None:
@@ -162,8 +161,15 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
                     await asyncio.sleep(delay + 0.001)
             finally:
                 worker.waiting -= 1
-        async with worker.sem:
+        lane.queued.add(tid)  # until it has a slot: a revoke drops it at once
+        try:
+            await worker.gate.acquire(state.priority, state.tenant)
+        finally:
+            lane.queued.discard(tid)
+        try:
             await _attempt(worker, lane, tid, state, attempt)
+        finally:
+            worker.gate.release(state.tenant)
     except asyncio.CancelledError:
         reason = lane.cancel_reason.get(tid)
         if reason == "cancel":

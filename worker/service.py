@@ -46,9 +46,11 @@ from events.log import (
     ensure_topic,
 )
 from events.models import CloudEvent, EventData, new_event
+from events.priority import parse_tenant_weights
 from events.settings import Settings
 from worker import metrics as wmetrics
 from worker import outbound as _outbound  # noqa: F401  (registers http and email)
+from worker.gate import Gate
 from worker.lane import Lane
 from worker.running import on_record, schedule
 
@@ -83,7 +85,7 @@ class Worker:
     waiting: int = 0  # tasks waiting for their not_before (delayed, retrying): no slot
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
-    sem: asyncio.Semaphore | None = field(default=None, repr=False)  # worker_concurrency
+    gate: Gate = field(default_factory=lambda: Gate(1), repr=False)  # worker_concurrency
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
     _fatal: BaseException | None = field(default=None, repr=False)
@@ -116,7 +118,7 @@ class Worker:
             importlib.import_module(name)  # registers the module's @handler functions
         if s.worker_metrics_port:
             wmetrics.serve(s.worker_metrics_port)
-        self.sem = asyncio.Semaphore(s.worker_concurrency)
+        self.gate = Gate(s.worker_concurrency, weights=parse_tenant_weights(s.tenant_weights))
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
             topics=[s.topic],
@@ -207,6 +209,12 @@ class Worker:
 
     async def _drain(self, tps: list[TP], grace_s: float) -> None:
         lanes = [self.lanes[tp] for tp in tps if tp in self.lanes]
+        for lane in lanes:  # not started yet: nothing to finish, and no slot to take
+            for tid in list(lane.queued):
+                lane.cancel_reason[tid] = "abandon"
+                task = lane.running.get(tid)
+                if task is not None:
+                    task.cancel()
         running = [t for lane in lanes for t in lane.running.values()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
@@ -284,7 +292,10 @@ class Worker:
         assert self._consumer is not None
         idle_since = time.monotonic()
         next_stall_check = time.monotonic() + STALL_CHECK_S
-        limit = self.settings.worker_concurrency * 8
+        # The whole backlog is read, up to worker_queue_max, so that the gate can pick
+        # the highest priority (and the fairest tenant) among all of it, not just among
+        # what the log happened to put first.
+        limit = max(self.settings.worker_concurrency * 8, self.settings.worker_queue_max)
         heartbeat = Heartbeat(self.settings.heartbeat_file)
         while not self._stopping.is_set():
             heartbeat.beat()
