@@ -179,11 +179,22 @@ def api(
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="exit once there is nothing left to do")] = False,
+    types: Annotated[str | None, typer.Option(
+        help="serve only these task types, as their own pool (comma-separated); each must "
+             "be in TASKFLOW_POOLED_TYPES")] = None,
 ) -> None:
     """Run a worker: consumes the log as one member of the worker group."""
+    from events import pools
     from worker.service import Worker
 
     s = get_settings()
+    if types is not None:
+        s = s.model_copy(update={"worker_types": types})
+    unpooled = set(pools.type_list(s.worker_types)) - set(pools.type_list(s.pooled_types))
+    if unpooled:  # the default pool would run them too
+        raise typer.BadParameter(
+            f"{', '.join(sorted(unpooled))} must be listed in TASKFLOW_POOLED_TYPES (on every "
+            f"worker) to be served by a pool of their own", param_hint="--types")
     setup_logging(s.log_level)
     uvloop.run(serve(lambda: Worker(s), name="worker", burst=burst))
 

@@ -9,6 +9,7 @@ which releases its trigger offset, only together with the events that end it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,8 @@ from worker.results import storable
 
 if TYPE_CHECKING:
     from worker.service import Worker
+
+log = logging.getLogger("taskflow.worker")
 
 _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
 FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
@@ -96,9 +99,12 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
     lane.states[tid] = state
     if ev.type is EventType.REDRIVEN:
         lane.base[tid] = state.attempt
-    if ev.type in _TRIGGERS and not state.terminal:
+    if (ev.type in _TRIGGERS and not state.terminal and worker.claims(state.type)
+            and (state.created_at is not None or ev.type is EventType.REDRIVEN)):
         # Keep the earliest trigger of an unfinished task: committing past its
-        # task.created would lose the definition a restarted worker needs.
+        # task.created would lose the definition a restarted worker needs. A task of
+        # another pool's type is that pool's (and one whose task.created this lane never
+        # saw, its type unknown, was another pool's: its own pool kept it open).
         lane.open.setdefault(tid, r.offset)
     if state.terminal:
         lane.open.pop(tid, None)
@@ -141,6 +147,12 @@ def schedule(worker: Worker, lane: Lane, tid: uuid.UUID) -> None:
         return
     if state.cancel_requested:
         _cancel_now(worker, lane, tid, state)
+        return
+    if state.type not in REGISTRY:  # waits, PENDING, for a worker that has the handler
+        if state.type not in worker.missing:
+            worker.missing.add(state.type)
+            log.warning("no handler for type %r: its tasks wait for a worker that has one",
+                        state.type)
         return
     lane.running[tid] = asyncio.create_task(_run_task(worker, lane, tid, state))
 

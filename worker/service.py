@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from events import constants, runtime
+from events import constants, pools, runtime
 from events.errors import LogUnavailable, ProducerFencedOff
 from events.heartbeat import Heartbeat
 from events.log import (
@@ -83,6 +83,9 @@ class Worker:
     redelivered: int = 0
     duplicates: int = 0
     waiting: int = 0  # tasks waiting for their not_before (delayed, retrying): no slot
+    types: tuple[str, ...] = ()  # this worker's pool (--types); () is the default pool
+    pooled: tuple[str, ...] = ()  # types only dedicated pools run
+    missing: set[str] = field(default_factory=set)  # types seen without a handler here
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     gate: Gate = field(default_factory=lambda: Gate(1), repr=False)  # worker_concurrency
@@ -94,6 +97,12 @@ class Worker:
     def __post_init__(self) -> None:
         if not self.worker_id:
             self.worker_id = self.settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        # A pool (``--types``) is its own consumer group: see events/pools.py.
+        self.types = pools.type_list(self.settings.worker_types)
+        self.pooled = pools.type_list(self.settings.pooled_types)
+        if self.types:
+            self.settings = self.settings.model_copy(update={
+                "worker_group": pools.pool_group(self.settings.worker_group, self.types)})
         self.source = constants.WORKER_SOURCE_PREFIX + self.worker_id
 
     def __repr__(self) -> str:
@@ -106,6 +115,11 @@ class Worker:
         """Tasks taking or waiting for a slot; not those waiting for their start time,
         which cost only memory (a backlog of delayed tasks must not stop the polling)."""
         return sum(len(lane.running) for lane in self.lanes.values()) - self.waiting
+
+    def claims(self, type_: str) -> bool:
+        """Whether this worker's pool is the one to run tasks of ``type_``. It keeps them
+        open even without a handler, so that a worker with one runs them later."""
+        return pools.serves(type_, types=self.types, pooled=self.pooled)
 
     def event(self, data: EventData, task_id: uuid.UUID, attempt: int,
               tenant: str | None) -> CloudEvent:
