@@ -32,7 +32,10 @@ def parse_priority(value: Any) -> Any:
 
 
 def parse_tenant_weights(text: str) -> dict[str, float]:
-    """``"acme=3,globex=1"`` -> ``{"acme": 3.0, "globex": 1.0}``; ``ValueError`` if bad."""
+    """``"acme=3,globex=1"`` -> ``{"acme": 3.0, "globex": 1.0}``; ``ValueError`` if bad.
+
+    Also reads ``TASKFLOW_TYPE_RATE_LIMITS`` (``"email=10"``: tasks started per second).
+    """
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, weight = part.partition("=")

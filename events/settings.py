@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     worker_queue_max: int = Field(default=constants.WORKER_QUEUE_MAX, ge=1)
     # Fair share between tenants: "acme=3,globex=1"; a tenant not listed weighs 1.
     tenant_weights: str = ""
+    # Starts per second per task type across the pool: "email=10,http=50" (worker/ratelimit.py).
+    type_rate_limits: str = ""
     # Worker pools (events/pools.py): the types this worker serves (`--types`; empty =
     # the default pool), and the types only dedicated pools serve (set it on every worker).
     worker_types: str = ""

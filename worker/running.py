@@ -175,6 +175,9 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
                 worker.waiting -= 1
         lane.queued.add(tid)  # until it has a slot: a revoke drops it at once
         try:
+            rate = worker.rates.get(state.type)
+            if rate is not None:  # its turn first, so that waiting for it holds no slot
+                await rate.take()
             await worker.gate.acquire(state.priority, state.tenant)
         finally:
             lane.queued.discard(tid)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -52,6 +53,7 @@ from worker import metrics as wmetrics
 from worker import outbound as _outbound  # noqa: F401  (registers http and email)
 from worker.gate import Gate
 from worker.lane import Lane
+from worker.ratelimit import StartRate
 from worker.running import on_record, schedule
 
 log = logging.getLogger("taskflow.worker")
@@ -86,6 +88,7 @@ class Worker:
     types: tuple[str, ...] = ()  # this worker's pool (--types); () is the default pool
     pooled: tuple[str, ...] = ()  # types only dedicated pools run
     missing: set[str] = field(default_factory=set)  # types seen without a handler here
+    rates: dict[str, StartRate] = field(default_factory=dict, repr=False)  # per type
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     gate: Gate = field(default_factory=lambda: Gate(1), repr=False)  # worker_concurrency
@@ -116,6 +119,14 @@ class Worker:
         which cost only memory (a backlog of delayed tasks must not stop the polling)."""
         return sum(len(lane.running) for lane in self.lanes.values()) - self.waiting
 
+    def share(self) -> float:
+        """This worker's part of the pool's work: its partitions over all of them."""
+        total = self._consumer.partition_count() if self._consumer is not None else 0
+        return len(self.lanes) / total if total else 0.0
+
+    def type_rate(self, limit: float) -> float:
+        return limit * self.share()
+
     def claims(self, type_: str) -> bool:
         """Whether this worker's pool is the one to run tasks of ``type_``. It keeps them
         open even without a handler, so that a worker with one runs them later."""
@@ -133,6 +144,8 @@ class Worker:
         if s.worker_metrics_port:
             wmetrics.serve(s.worker_metrics_port)
         self.gate = Gate(s.worker_concurrency, weights=parse_tenant_weights(s.tenant_weights))
+        for type_, limit in parse_tenant_weights(s.type_rate_limits).items():
+            self.rates[type_] = StartRate(rate=functools.partial(self.type_rate, limit))
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
             topics=[s.topic],
