@@ -62,11 +62,20 @@ class TaskIn(BaseModel):
         default=None, description="RFC 3339 with an offset: the task starts no earlier")
     delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S,
                                   description="seconds from now before the task may start")
+    concurrency_key: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="at most max_concurrency tasks with this key run at once, across workers")
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000,
+                                        description="with concurrency_key; default 1")
 
     @model_validator(mode="after")
     def _one_delay(self) -> TaskIn:
         if self.run_at is not None and self.delay_s is not None:
             raise ValueError("give run_at or delay_s, not both")
+        if self.max_concurrency is not None and self.concurrency_key is None:
+            raise ValueError("max_concurrency needs a concurrency_key")
+        if self.concurrency_key is not None and "\x00" in self.concurrency_key:
+            raise ValueError("concurrency_key must not contain NUL characters")
         return self
 
     @field_validator("title")

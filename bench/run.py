@@ -15,6 +15,7 @@ import asyncpg
 
 from bench import scenarios, sdk
 from bench.peers import Peer
+from bench.priority import scenario as priority_scenario
 from bench.procs import LOGS, Redis
 from bench.report import machine, table, write_json
 from bench.stats import PEERS, Figure, say
@@ -24,7 +25,7 @@ from events.db import asyncpg_dsn
 from events.settings import get_settings
 
 SCENARIOS = ("submit", "e2e", "latency", "sdk", "projector", "fanout", "reads",
-             "schedules", "webhooks")
+             "schedules", "webhooks", "priority", "fairness")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Sizes:
     schedules_s: float = 60.0  # seconds they fire for
     delayed_n: int = 5000  # delayed tasks, due evenly over ...
     delayed_spread_s: float = 20.0  # ... this many seconds
+    priority_backlog: int = 10_000  # queued tasks ahead of the measured ones
+    priority_n: int = 20  # measured tasks (critical, or the other tenant's)
+    priority_task_s: float = 0.05  # each backlog task's sleep: the backlog outlasts the run
 
 
 QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latency_s=2.0,
@@ -73,7 +77,7 @@ QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latenc
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000,
               reads_tasks=100_000, reads_requests=300, schedules_n=200, schedules_s=15.0,
-              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000)
+              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000, priority_backlog=2000)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               latency_s=1.0,
@@ -84,7 +88,7 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
               fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30,
               schedules_n=5, schedules_s=2.0, delayed_n=20, delayed_spread_s=1.0,
-              webhooks_n=100)
+              webhooks_n=100, priority_backlog=100, priority_n=3)
 
 
 
@@ -176,6 +180,9 @@ class Run:
                 await webhooks_scenario(self)
             if "schedules" in a.scenarios:
                 await scenarios.schedules(self)
+            for name in ("priority", "fairness"):
+                if name in a.scenarios:
+                    await priority_scenario(self, name)
         finally:
             for p in self.peers:
                 p.stop_worker()

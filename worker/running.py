@@ -9,6 +9,7 @@ which releases its trigger offset, only together with the events that end it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -97,6 +98,9 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
         return
     state = apply(lane.states.get(tid), ev)
     lane.states[tid] = state
+    spec = ev.data if isinstance(ev.data, TaskCreated) else getattr(ev.data, "spec", None)
+    if isinstance(spec, TaskCreated) and spec.concurrency_key and tid not in lane.keys:
+        lane.keys[tid] = (spec.concurrency_key, spec.max_concurrency or 1)
     if ev.type is EventType.REDRIVEN:
         lane.base[tid] = state.attempt
     if (ev.type in _TRIGGERS and not state.terminal and worker.claims(state.type)
@@ -114,6 +118,7 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
             task.cancel()
         if tid not in lane.running:
             lane.states.pop(tid, None)  # nothing more to do for it
+            lane.keys.pop(tid, None)
             lane.base.pop(tid, None)
             lane.finished[tid] = None
             if len(lane.finished) > FINISHED_MEMORY:
@@ -160,6 +165,7 @@ def schedule(worker: Worker, lane: Lane, tid: uuid.UUID) -> None:
 
 async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
     attempt = state.attempt + 1
+    leased = False
     try:
         if state.not_before is not None:
             worker.waiting += 1
@@ -178,6 +184,10 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
             rate = worker.rates.get(state.type)
             if rate is not None:  # its turn first, so that waiting for it holds no slot
                 await rate.take()
+            key = lane.keys.get(tid)
+            if key is not None:  # a place under its key first, holding no slot meanwhile
+                leased = True
+                await worker.leases.acquire(key[0], key[1], tid)
             await worker.gate.acquire(state.priority, state.tenant)
         finally:
             lane.queued.discard(tid)
@@ -197,6 +207,9 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
         lane.running.pop(tid, None)
         lane.cancel_reason.pop(tid, None)
         worker.room.set()  # the main loop may be waiting for room to resume
+        if leased:  # back once the task's end is in the log, not before
+            lane.on_commit.append(functools.partial(worker.leases.release_soon, tid))
+            lane.dirty.set()
 
 
 async def _attempt(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState,

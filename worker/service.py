@@ -51,6 +51,7 @@ from events.priority import parse_tenant_weights
 from events.settings import Settings
 from worker import metrics as wmetrics
 from worker import outbound as _outbound  # noqa: F401  (registers http and email)
+from worker.concurrency import Leases
 from worker.gate import Gate
 from worker.lane import Lane
 from worker.ratelimit import StartRate
@@ -89,6 +90,7 @@ class Worker:
     pooled: tuple[str, ...] = ()  # types only dedicated pools run
     missing: set[str] = field(default_factory=set)  # types seen without a handler here
     rates: dict[str, StartRate] = field(default_factory=dict, repr=False)  # per type
+    leases: Leases = field(default_factory=lambda: Leases("", ""), repr=False)
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     gate: Gate = field(default_factory=lambda: Gate(1), repr=False)  # worker_concurrency
@@ -144,6 +146,7 @@ class Worker:
         if s.worker_metrics_port:
             wmetrics.serve(s.worker_metrics_port)
         self.gate = Gate(s.worker_concurrency, weights=parse_tenant_weights(s.tenant_weights))
+        self.leases = Leases(s.database_url, self.source)
         for type_, limit in parse_tenant_weights(s.type_rate_limits).items():
             self.rates[type_] = StartRate(rate=functools.partial(self.type_rate, limit))
         self._consumer = GroupConsumer(
@@ -232,6 +235,7 @@ class Worker:
             await self._consumer.stop()
         # A rebalance that was under way may have opened lanes after the drain above.
         await self._drain(list(self.lanes), 0)
+        await self.leases.close()
         log.info("shutdown %r", self)
 
     async def _drain(self, tps: list[TP], grace_s: float) -> None:
