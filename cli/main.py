@@ -69,9 +69,12 @@ async def _bootstrap(replication_factor: int, min_insync_replicas: int) -> None:
 
 async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | None = None,
                          min_insync_replicas: int | None = None) -> None:
-    """Create the event topic and its dead-letter topic if missing, retrying twice a second
+    """Create the event topic, its dead-letter, schedule and webhook topics if missing,
+    retrying twice a second
     (the broker may still be electing itself controller); raises the last error."""
+    from events import webhooks
     from events.log import ensure_topics
+    from events.schedules import schedule_topic
 
     s = get_settings()
     for attempt in range(attempts):
@@ -79,7 +82,8 @@ async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | N
             created = await ensure_topics(
                 s.kafka_bootstrap, s.topic, s.partitions,
                 replication_factor=replication_factor or s.replication_factor,
-                min_insync_replicas=min_insync_replicas or s.min_insync_replicas)
+                min_insync_replicas=min_insync_replicas or s.min_insync_replicas,
+                also=[schedule_topic(s.topic), webhooks.topic_for(s.topic)])
             break
         except Exception:
             if attempt == attempts - 1:
