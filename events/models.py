@@ -80,6 +80,10 @@ class TaskCreated(TaskSpec):
     # A schedule's fire: the schedule and the due time this task is for (scheduler/).
     schedule_id: uuid.UUID | None = None
     due_at: AwareDatetime | None = None
+    # At most max_concurrency tasks with this key run at once, across workers
+    # (events/leases.py).
+    concurrency_key: str | None = None
+    max_concurrency: int | None = None
 
 
 class TaskProcessing(EventData):

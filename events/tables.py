@@ -64,6 +64,7 @@ tasks = Table(
     Index("tasks_created", "created_at", "task_id"),
     Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("tasks_type_created", "type", "created_at", "task_id"),
+    Index("tasks_priority_created", "priority", "created_at", "task_id"),  # ?sort=priority
     # GET /schedules/{id}/runs: a schedule's fires, latest due time first.
     Index("tasks_schedule_due", "schedule_id", "due_at",
           postgresql_where=text("schedule_id IS NOT NULL")),
