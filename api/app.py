@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks
+from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks, workflows
 from api.audit import router as audit_router
 from api.auth import KeyRing
 from api.erasure import router as erasure_router
@@ -133,5 +133,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(audit_router)
     app.include_router(erasure_router)
+    app.include_router(workflows.router)
     app.include_router(dashboard.router)
     return app

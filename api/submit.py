@@ -53,7 +53,10 @@ def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEven
     ev = new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
                     priority=body.priority, max_attempts=body.max_attempts,
-                    timeout_s=body.timeout_s, run_at=run_at),
+                    timeout_s=body.timeout_s, run_at=run_at,
+                    concurrency_key=body.concurrency_key,
+                    max_concurrency=(body.max_concurrency or 1) if body.concurrency_key
+                    else None),
         task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
     )
     return chain.seal(ev) if chain.enabled() else ev

@@ -17,6 +17,7 @@ from api import erasure, submit
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import ChangeFeed
+from api.priorities import query_priority
 from api.problems import BadRequest, Conflict, Invalid, NotFound, documented
 from api.reads import reach, visible, wait_for_task
 from api.schemas import (
@@ -148,6 +149,14 @@ async def list_tasks(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     min_position: MinPosition = None,
+    priority: Annotated[str | None, Query(
+        max_length=10, description="exactly this priority: -100..100 or a level name")] = None,
+    min_priority: Annotated[str | None, Query(
+        max_length=10, description="this priority or higher: -100..100 or a level name")]
+    = None,
+    sort: Annotated[str, Query(pattern="^(created|priority)$", description=(
+        "created: by creation time; priority: by priority, then creation time "
+        "(order=desc: highest first)"))] = "created",
 ) -> TaskPage:
     """Tasks by creation time (newest first by default), with an opaque keyset cursor.
 
@@ -162,13 +171,16 @@ async def list_tasks(
     if q is not None and "\x00" in q:
         raise Invalid("q must not contain NUL",
                       errors=[{"loc": ["query", "q"], "msg": "NUL", "type": "value"}])
+    prio, min_prio = query_priority("priority", priority), query_priority(
+        "min_priority", min_priority)
     try:
         rows, nxt = await queries.list_tasks(
             db, status=status.value if status else None, type_=type,
             limit=min(limit, settings.list_limit_max), cursor=cursor,
             descending=order == "desc", created_after=created_after,
             created_before=created_before, search=q,
-            tenant=tenant.name if tenant.scoped else _ANY)
+            tenant=tenant.name if tenant.scoped else _ANY,
+            priority=prio, min_priority=min_prio, by_priority=sort == "priority")
     except queries.BadCursor:
         raise BadRequest("cursor is not valid") from None
     rows = await erasure.reveal_rows(request, rows)

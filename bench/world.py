@@ -192,12 +192,13 @@ class Lab:
         await ensure_database(url)
         await asyncio.to_thread(migrate, url)
 
-    async def world(self, scenario: str, **extra_env: str) -> World:
+    async def world(self, scenario: str, *, partitions: int = PARTITIONS,
+                    **extra_env: str) -> World:
         name = f"bench_{self.run_id}_{scenario}"
         url = db_url(self.settings.database_url, name)
         await ensure_database(url, template=TEMPLATE)
         topic = f"bench.{self.run_id}.{scenario}"
-        await ensure_topic(self.settings.kafka_bootstrap, topic, PARTITIONS)
+        await ensure_topic(self.settings.kafka_bootstrap, topic, partitions)
         from cli.stack import Stack
 
         stack = Stack(self.settings)  # the local broker and server, whose CPU counts too

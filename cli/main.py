@@ -90,9 +90,13 @@ async def _bootstrap(replication_factor: int, min_insync_replicas: int) -> None:
 
 async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | None = None,
                          min_insync_replicas: int | None = None) -> None:
-    """Create the event topic and its dead-letter topic if missing, retrying twice a second
+    """Create the event topic, its dead-letter, schedule and webhook topics if missing,
+    retrying twice a second
     (the broker may still be electing itself controller); raises the last error."""
+    from events import webhooks
     from events.log import ensure_topics
+    from events.schedules import schedule_topic
+    from events.workflows import workflow_topic
 
     s = get_settings()
     for attempt in range(attempts):
@@ -100,7 +104,9 @@ async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | N
             created = await ensure_topics(
                 s.kafka_bootstrap, s.topic, s.partitions,
                 replication_factor=replication_factor or s.replication_factor,
-                min_insync_replicas=min_insync_replicas or s.min_insync_replicas)
+                min_insync_replicas=min_insync_replicas or s.min_insync_replicas,
+                also=[schedule_topic(s.topic), webhooks.topic_for(s.topic),
+                      workflow_topic(s.topic)])
             break
         except Exception:
             if attempt == attempts - 1:
@@ -200,11 +206,22 @@ def api(
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="exit once there is nothing left to do")] = False,
+    types: Annotated[str | None, typer.Option(
+        help="serve only these task types, as their own pool (comma-separated); each must "
+             "be in TASKFLOW_POOLED_TYPES")] = None,
 ) -> None:
     """Run a worker: consumes the log as one member of the worker group."""
+    from events import pools
     from worker.service import Worker
 
     s = get_settings()
+    if types is not None:
+        s = s.model_copy(update={"worker_types": types})
+    unpooled = set(pools.type_list(s.worker_types)) - set(pools.type_list(s.pooled_types))
+    if unpooled:  # the default pool would run them too
+        raise typer.BadParameter(
+            f"{', '.join(sorted(unpooled))} must be listed in TASKFLOW_POOLED_TYPES (on every "
+            f"worker) to be served by a pool of their own", param_hint="--types")
     setup_logging(s.log_level)
     uvloop.run(serve(lambda: Worker(s), name="worker", burst=burst))
 
@@ -245,6 +262,18 @@ def scheduler(
     s = get_settings()
     setup_logging(s.log_level)
     uvloop.run(serve(lambda: Scheduler(s), name="scheduler", burst=burst))
+
+
+@app.command()
+def coordinator(
+    burst: Annotated[bool, typer.Option(help="exit once nothing is left to do")] = False,
+) -> None:
+    """Run a coordinator: runs workflows as one member of the coordinator group."""
+    from coordinator.service import Coordinator
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Coordinator(s), name="coordinator", burst=burst))
 
 
 topics_app = typer.Typer(no_args_is_help=True, help="The event topic.")
@@ -387,6 +416,10 @@ def projections_verify() -> None:
     diffs, n = asyncio.run(verify(get_settings(), progress=True))
     sdiffs, sn = asyncio.run(schedules.verify(get_settings()))
     diffs, n = diffs + sdiffs, n + sn
+    from projector import workflows
+
+    wdiffs, wn = asyncio.run(workflows.verify(get_settings()))
+    diffs, n = diffs + wdiffs, n + wn
     for d in diffs:
         print(str(d))
     hook_diffs = asyncio.run(verify_webhooks(get_settings()))
@@ -428,6 +461,10 @@ def projections_rebuild() -> None:
 
     n = asyncio.run(schedules.rebuild(get_settings()))
     print(f"rebuild: schedules from {n} event(s)", file=sys.stderr)
+    from projector import workflows
+
+    n = asyncio.run(workflows.rebuild(get_settings()))
+    print(f"rebuild: workflows from {n} event(s)", file=sys.stderr)
 
 
 @projections_app.command("dead-letters")

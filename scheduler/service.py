@@ -127,7 +127,9 @@ class Scheduler:
     async def start(self) -> None:
         s = self.settings
         chain.configure(s)
-        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions)
+        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions,
+                           replication_factor=s.replication_factor,
+                           min_insync_replicas=s.min_insync_replicas)
         self._engine = make_engine(s.database_url, pool_size=2)
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap, topics=[self.topic], group_id=self.group,

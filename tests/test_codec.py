@@ -39,6 +39,13 @@ from events.models import (
     TaskRedriven,
     TaskRetryScheduled,
     TaskStatus,
+    WorkflowCancelRequested,
+    WorkflowCreated,
+    WorkflowFinished,
+    WorkflowNode,
+    WorkflowNodeFinished,
+    WorkflowNodeStarted,
+    WorkflowRetryRequested,
     new_event,
 )
 
@@ -69,6 +76,14 @@ SAMPLES: dict[EventType, EventData] = {
     EventType.SCHEDULE_RESUMED: ScheduleResumed(),
     EventType.SCHEDULE_DELETED: ScheduleDeleted(),
     EventType.SCHEDULE_FIRED: ScheduleFired(due_at=T0, task_id=TID),
+    EventType.WORKFLOW_CREATED: WorkflowCreated(name="w", tasks=[
+        WorkflowNode(key="a", title="A"), WorkflowNode(key="b", title="B", depends_on=["a"])]),
+    EventType.WORKFLOW_NODE_STARTED: WorkflowNodeStarted(key="a", round=0, task_id=TID),
+    EventType.WORKFLOW_NODE_FINISHED: WorkflowNodeFinished(key="a", round=0, task_id=TID,
+                                                           status="DONE", result={"x": 1}),
+    EventType.WORKFLOW_CANCEL_REQUESTED: WorkflowCancelRequested(reason="r"),
+    EventType.WORKFLOW_RETRY_REQUESTED: WorkflowRetryRequested(round=1),
+    EventType.WORKFLOW_FINISHED: WorkflowFinished(round=0, status="DONE", nodes={"a": "DONE"}),
 }
 
 
