@@ -26,9 +26,10 @@ from api.reads import visible
 from api.schemas import TaskIn
 from api.submit import check_type, key_lock
 from api.tasks import parse_as_of
-from events import constants, schedule_db
+from events import chain, constants, schedule_db
 from events.codec import decode, encode
 from events.errors import LogUnavailable
+from events.hook_queries import applied
 from events.log import EventProducer, ensure_topic, task_key
 from events.models import (
     EventData,
@@ -43,6 +44,7 @@ from events.models import (
 )
 from events.queries import BadCursor
 from events.schedules import (
+    SCHEDULE_PROJECTION,
     BadSchedule,
     ScheduleState,
     apply_schedule,
@@ -119,21 +121,31 @@ def _spec(body: ScheduleIn | SchedulePatch, settings: Settings,
 
 async def _append(request: Request, data: EventData, sid: uuid.UUID,
                   tenant: str | None) -> datetime:
-    """Append a schedule event; answers with its time (503 if Kafka did not ack)."""
+    """Append a schedule event and wait (bounded) until the scheduler has projected it, so
+    a read right after the answer sees the write; answers with the event's time (503 if
+    Kafka did not ack)."""
     state = request.app.state
     settings: Settings = state.settings
     producer: EventProducer = state.producer
     topic = schedule_topic(settings.topic)
     if not getattr(state, "schedule_topic_ready", False):
-        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
+        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions,
+                           replication_factor=settings.replication_factor,
+                           min_insync_replicas=settings.min_insync_replicas)
         state.schedule_topic_ready = True
     ev = new_event(data, task_id=sid, source=constants.API_SOURCE, tenant=tenant)
     try:
-        await producer.append_raw(topic, task_key(sid), encode(ev))
+        pos = await producer.append_raw(topic, task_key(sid), encode(ev))
     except LogUnavailable:
         raise
     except Exception as exc:  # a timeout or a Kafka error: the write may still land
         raise LogUnavailable(repr(exc)) from None
+    deadline = time.monotonic() + settings.read_wait_s
+    while time.monotonic() < deadline:
+        if await applied(state.engine, projection=SCHEDULE_PROJECTION, topic=topic,
+                         partition=pos.partition, offset=pos.offset):
+            break
+        await asyncio.sleep(0.02)
     return ev.time
 
 
@@ -358,6 +370,7 @@ async def trigger_schedule(schedule_id: uuid.UUID, request: Request, producer: L
                                priority=t.priority, max_attempts=t.max_attempts,
                                timeout_s=t.timeout_s, schedule_id=schedule_id, due_at=now),
                    task_id=tid, source=constants.API_SOURCE, tenant=row["tenant"])
+    ev = chain.seal(ev)
     try:
         [p] = await producer.append([ev])
     except LogUnavailable as exc:

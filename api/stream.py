@@ -34,16 +34,24 @@ async def stream(
     feed: FeedDep,
     settings: SettingsDep,
     tenant: TenantDep,
+    db: DbDep,
     task_id: Annotated[list[uuid.UUID] | None, Query()] = None,
     status: Annotated[list[TaskStatus] | None, Query()] = None,
     type: Annotated[list[EventType] | None, Query()] = None,
     after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
+    workflow_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: one event per visible change; ``id`` is the change position.
 
     Resume with ``Last-Event-ID`` (or ``?after=``) to get every change after it exactly once.
+    ``workflow_id`` keeps the changes of that workflow's node tasks.
     """
+    if workflow_id is not None:
+        from api.workflows import stream_task_ids
+
+        task_id = [*(task_id or ()), *await stream_task_ids(db, workflow_id, tenant,
+                                                             settings.read_wait_s)]
     start = after
     if last_event_id:
         try:

@@ -109,7 +109,9 @@ async def append(request: Request, producer: EventProducer, settings: Settings,
     """Append ``ev`` to the webhook topic and wait (bounded) for the projection."""
     topic = wh.topic_for(settings.topic)
     if not getattr(request.app.state, "webhook_topic_ready", False):
-        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
+        await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions,
+                           replication_factor=settings.replication_factor,
+                           min_insync_replicas=settings.min_insync_replicas)
         request.app.state.webhook_topic_ready = True
     pos = await producer.append_raw(topic, ev.key(), ev.encode())
     deadline = time.monotonic() + settings.read_wait_s

@@ -249,4 +249,5 @@ def run_all(settings: Settings) -> int:
         # Last: the banner lists the pids in this order, and tools read the first three.
         "scheduler": [*exe, "scheduler"],
         "notifier": [*exe, "notifier"],
+        "coordinator": [*exe, "coordinator"],
     }, grace_s=settings.shutdown_grace_s, banner=banner)

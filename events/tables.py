@@ -64,6 +64,7 @@ tasks = Table(
     Index("tasks_created", "created_at", "task_id"),
     Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("tasks_type_created", "type", "created_at", "task_id"),
+    Index("tasks_priority_created", "priority", "created_at", "task_id"),  # ?sort=priority
     # GET /schedules/{id}/runs: a schedule's fires, latest due time first.
     Index("tasks_schedule_due", "schedule_id", "due_at",
           postgresql_where=text("schedule_id IS NOT NULL")),
@@ -216,4 +217,52 @@ schedule_events = Table(
     Column("event", JSONB, nullable=False),
     PrimaryKeyConstraint("partition", "offset"),
     Index("schedule_events_schedule", "schedule_id", "partition", "offset"),
+)
+
+# The read model's retention rule (projector/retention.py, migration 0011): the cutoff it
+# last applied per projection, and how many finished tasks it removed in all.
+retention = Table(
+    "retention",
+    metadata,
+    Column("projection", Text, primary_key=True),
+    Column("cutoff", DateTime(timezone=True), nullable=False),
+    Column("expired", BigInteger, nullable=False),
+    Column("swept_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Erasure (events/crypto.py, migration 0011): each task's data key, wrapped with the
+# master key. Deleting the row erases the task's sealed payload and result everywhere.
+task_keys = Table(
+    "task_keys",
+    metadata,
+    Column("task_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("task_keys_tenant", "tenant"),
+)
+
+# The workflows projection (migration 0010): the fold of the workflow topic, written by
+# the coordinator with its checkpoint (projection "workflows" in projector_offsets).
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("workflow_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("name", Text, nullable=False),
+    Column("on_failure", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("finished_round", Integer, nullable=True),
+    Column("digest", Text, nullable=True),
+    Column("spec", JSONB, nullable=False),  # the tasks as submitted, in order
+    Column("nodes", JSONB, nullable=False),  # key -> node state
+    Column("summary", JSONB, nullable=False),  # node status -> count
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("partition", Integer, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Index("workflows_tenant_created", "tenant", "created_at", "workflow_id"),
 )

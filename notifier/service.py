@@ -104,7 +104,9 @@ class Notifier:
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topic(s.kafka_bootstrap, self.hook_topic, s.partitions)
+        await ensure_topic(s.kafka_bootstrap, self.hook_topic, s.partitions,
+                           replication_factor=s.replication_factor,
+                           min_insync_replicas=s.min_insync_replicas)
         self._pool = await asyncpg.create_pool(asyncpg_dsn(s.database_url), min_size=1,
                                                max_size=4)
         self._producer = EventProducer(bootstrap=s.kafka_bootstrap, topic=self.hook_topic,

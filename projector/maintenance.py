@@ -32,7 +32,7 @@ from events.errors import TaskFlowError
 from events.fold import TaskState, apply
 from events.log import Record
 from events.settings import Settings
-from projector import connections, store
+from projector import connections, retention, store
 from projector.apply import apply_or_park
 from projector.batch import Decoded, decode_slices
 from projector.replay import read_records
@@ -77,6 +77,7 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
             parked = {(r["partition"], r["offset"]) for r in await conn.fetch(
                 'SELECT partition, "offset" FROM dead_letters '
                 "WHERE projection = $1 AND topic = $2", settings.projection, settings.topic)}
+            cutoff = await retention.cutoff(conn, projection=settings.projection)
     finally:
         await conn.close()
     states: dict[uuid.UUID, TaskState] = {}
@@ -85,7 +86,8 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
     from events.errors import UndecodableEvent
 
     async for r in read_records(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
-                                upto=cps, progress=progress):
+                                upto=cps, progress=progress,
+                                archive_dir=settings.archive_dir):
         n += 1
         if (r.partition, r.offset) in parked:
             continue
@@ -94,6 +96,7 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
         except UndecodableEvent:
             continue
         states[ev.subject] = apply(states.get(ev.subject), ev)
+    states = {t: st for t, st in states.items() if not retention.expired(st, cutoff)}
     diffs: list[Diff] = []
     for tid in sorted(set(states) | set(rows), key=str):
         st, row = states.get(tid), rows.get(tid)
@@ -246,7 +249,7 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                     async for r in read_records(bootstrap=settings.kafka_bootstrap,
                                                 topic=settings.topic,
                                                 from_position={p: o + 1 for p, o in mine.items()},
-                                                upto=upto):
+                                                upto=upto, archive_dir=settings.archive_dir):
                         buffered.append(r)
                         if len(buffered) >= batch:
                             await queue.put(await decode_slices(buffered))
@@ -301,6 +304,13 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
             await catch_up(mine, live)
             mine = await shadow_checkpoints()
             _refuse_if_short(mine, live)
+            # The retention rule, at the cutoff the live read model was swept to.
+            cutoff = await live_conn.fetchval(
+                "SELECT cutoff FROM public.retention WHERE projection = $1 FOR UPDATE",
+                settings.projection)
+            if cutoff is not None:
+                stats.extra["expired"] = await retention.expire(conn, schema=shadow,
+                                                                cutoff=cutoff)
             for t in SWAPPED:
                 await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
             for t in SWAPPED:

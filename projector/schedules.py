@@ -109,7 +109,9 @@ async def rebuild(settings: Settings) -> int:
     """Replace the ``schedules`` table with a fold of the whole schedule topic, in one
     transaction that holds the table locked, so the scheduler's writes wait for it."""
     topic = schedule_topic(settings.topic)
-    await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions,
+                       replication_factor=settings.replication_factor,
+                       min_insync_replicas=settings.min_insync_replicas)
     async with short_engine(settings.database_url) as engine, engine.begin() as conn:
         await conn.execute(text("LOCK TABLE schedules IN EXCLUSIVE MODE"))
         states, last, n, journal = await _fold(settings, None)

@@ -176,7 +176,9 @@ class WebhookProjector:
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions)
+        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions,
+                           replication_factor=s.replication_factor,
+                           min_insync_replicas=s.min_insync_replicas)
         self._pool = await connections.create_pool(asyncpg_dsn(s.database_url), min_size=1,
                                                    max_size=2)
         self._consumer = GroupConsumer(

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import constants, schedule_db
+from events import chain, constants, schedule_db
 from events.codec import decode, encode
 from events.db import make_engine
 from events.errors import ProducerFencedOff, UndecodableEvent
@@ -128,7 +128,10 @@ class Scheduler:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         s = self.settings
-        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions)
+        chain.configure(s)
+        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions,
+                           replication_factor=s.replication_factor,
+                           min_insync_replicas=s.min_insync_replicas)
         self._engine = make_engine(s.database_url, pool_size=2)
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap, topics=[self.topic], group_id=self.group,
@@ -345,11 +348,11 @@ class Scheduler:
                 skipped = []
             tid = fire_task_id(st.schedule_id, d)
             t = st.spec.task
-            tasks.append(new_event(
+            tasks.append(chain.seal(new_event(
                 TaskCreated(title=t.title, type=t.type, payload=t.payload,
                             priority=t.priority, max_attempts=t.max_attempts,
                             timeout_s=t.timeout_s, schedule_id=st.schedule_id, due_at=d),
-                task_id=tid, source=self.source, tenant=st.tenant))
+                task_id=tid, source=self.source, tenant=st.tenant)))
             marks.append(self._mark(st, ScheduleFired(due_at=d, task_id=tid)))
             running = st.spec.overlap == "skip"  # the task just fired is running
         if skipped:

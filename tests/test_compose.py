@@ -18,7 +18,8 @@ from events.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKFLOW = Path(sys.executable).parent / "taskflow"
-APP_SERVICES = ("migrate", "api", "worker", "projector", "scheduler", "notifier")
+APP_SERVICES = ("migrate", "api", "worker", "projector", "scheduler", "notifier",
+                "coordinator")
 SETTINGS_ENV = {"TASKFLOW_" + name.upper() for name in Settings.model_fields}
 
 

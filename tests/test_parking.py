@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from events import constants
+from events import constants, webhooks
 from events.jsonsafe import jsonb_text, row_refusal
 from events.log import EventProducer, LogReader, delete_topics, ensure_topic, partition_for
 from events.models import (
@@ -30,6 +30,8 @@ from events.models import (
     TaskProcessing,
     new_event,
 )
+from events.schedules import schedule_topic
+from events.workflows import workflow_topic
 from tests.helpers import (
     ROOT,
     Env,
@@ -369,13 +371,20 @@ async def test_migrate_creates_the_dead_letter_topic(env: Env) -> None:
 
 async def test_stack_up_bootstrap_creates_the_dead_letter_topic(env: Env) -> None:
     """What ``taskflow stack up`` does once Kafka and Postgres run (starting them is left
-    out: the shared stack is up, and this must not touch it)."""
-    res = python(env, "-c", "import asyncio; from cli.main import _bootstrap; "
-                 "asyncio.run(_bootstrap())")
-    assert res.returncode == 0, res.stderr[-3000:]
-    dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
-    assert f"stack: created topic {dlt}" in res.stderr
-    assert await ensure_topic(env.bootstrap, dlt, 1) is False
+    out: the shared stack is up, and this must not touch it): the event topic's dead-letter,
+    schedule, webhook and workflow topics are made with it."""
+    companions = [schedule_topic(env.topic), webhooks.topic_for(env.topic),
+                  workflow_topic(env.topic)]
+    try:
+        res = python(env, "-c", "import asyncio; from cli.main import _bootstrap; "
+                     "asyncio.run(_bootstrap(1, 1))")
+        assert res.returncode == 0, res.stderr[-3000:]
+        dlt = env.topic + constants.DEAD_LETTER_TOPIC_SUFFIX
+        for name in (dlt, *companions):
+            assert f"stack: created topic {name}" in res.stderr
+            assert await ensure_topic(env.bootstrap, name, 1) is False
+    finally:
+        await delete_topics(env.bootstrap, companions)
 
 
 async def test_worker_whose_dead_letter_topic_vanished_recreates_it(env: Env) -> None:

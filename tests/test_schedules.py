@@ -261,7 +261,9 @@ async def test_each_catchup_policy_after_scheduler_downtime(senv: Env) -> None:
     # all: every due time of the downtime fired, late, and none is missing.
     all_dues = sorted(d.due_at for _, d in await fired(env, sids["all"]) if d.due_at)
     assert not missed["all"] and contiguous(all_dues, 1.0)
-    assert len(late["all"]) >= DOWNTIME_S - 2 and all(down_at < d for d in late["all"])
+    # The due time just before the kill may still have been waiting for its tick.
+    assert len([d for d in late["all"] if d > down_at]) >= DOWNTIME_S - 2
+    assert all(d > down_at - timedelta(seconds=2) for d in late["all"]), late["all"]
     # none: the downtime's due times were skipped; no fire is late.
     assert sum(m.count for m in missed["none"]) >= DOWNTIME_S - 2 and not late["none"]
     # latest: one late fire, the last missed due time; the ones before it skipped.
@@ -365,7 +367,9 @@ async def test_verify_and_rebuild_cover_schedules(senv: Env) -> None:
         diffs, _ = await proj.verify(settings)
         assert {(d.task_id, d.field) for d in diffs} == {
             (b, "paused"), (b, "fires"), (a, "row")}
-        assert await proj.rebuild(settings) == n
+        # A fire committed as the scheduler stopped may reach the rebuild's read and not
+        # the verify's before it: the rebuild folds at least what verify saw.
+        assert await proj.rebuild(settings) >= n
         diffs, _ = await proj.verify(settings)
         assert diffs == []
         row = await conn.fetchrow("SELECT paused, deleted FROM schedules WHERE schedule_id = $1",

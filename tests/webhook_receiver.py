@@ -20,6 +20,8 @@ class Received:
     path: str
     msg_id: str
     body: dict[str, Any]
+    raw: bytes = b""  # the body and headers as they came, for other verifiers
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,7 +55,8 @@ class Receiver:
         else:
             code = self.status.get(path, 204)
             if code < 300:
-                self.received.append(Received(path, headers["webhook-id"], orjson.loads(body)))
+                self.received.append(Received(path, headers["webhook-id"], orjson.loads(body),
+                                              body, headers))
         await answer(send, code)
 
     async def start(self) -> None:

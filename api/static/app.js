@@ -154,6 +154,10 @@
 
   // Rows are built once and then updated in place, so a focused button keeps its focus
   // while the stream rewrites the row around it.
+  const PRIORITY_NAMES = {"-50": "low", "0": "normal", "50": "high", "100": "critical"};
+  const priorityLabel = (p) => (p === undefined || p === null) ? ""
+    : (PRIORITY_NAMES[String(p)] || String(p));
+
   function renderRow(row) {
     const t = row.task;
     if (!row.tr) {
@@ -162,6 +166,7 @@
                               onclick: () => select(row.task.task_id, true)}),
         id: el("span", {class: "mono id"}),
         type: el("td", {class: "col-type"}),
+        priority: el("td", {class: "col-priority num"}),
         status: el("td", {class: "col-status"}),
         attempt: el("td", {class: "col-attempt num"}),
         progress: el("progress", {max: 100, value: 0}),
@@ -171,7 +176,7 @@
       row.cells = c;
       row.tr = el("tr", {},
         el("th", {scope: "row", class: "col-task"}, c.button, c.id),
-        c.type, c.status, c.attempt, el("td", {class: "col-progress"}, c.progress),
+        c.type, c.priority, c.status, c.attempt, el("td", {class: "col-progress"}, c.progress),
         c.summary, c.created);
     }
     const c = row.cells;
@@ -185,6 +190,7 @@
     c.button.textContent = t.title || t.task_id;
     c.id.textContent = t.task_id.slice(0, 8);
     c.type.textContent = t.type || "";
+    c.priority.textContent = priorityLabel(t.priority);
     c.status.replaceChildren(badge(t.status));
     c.attempt.textContent = String(t.attempt ?? "");
     c.progress.value = t.progress || 0;
@@ -472,6 +478,18 @@
     );
   }
 
+  function renderRetention(ret, counts) {
+    const kept = Object.values(counts).reduce((a, n) => a + n, 0);
+    const items = [el("li", {}, el("b", {text: String(kept)}), " kept")];
+    if (ret && ret.days) {
+      items.push(el("li", {}, el("b", {text: String(ret.expired)}),
+                    ` expired (> ${ret.days} d)`));
+    } else {
+      items.push(el("li", {text: "kept forever"}));
+    }
+    $("retention").replaceChildren(...items);
+  }
+
   const refreshStats = serial(async () => {
     try {
       const r = await api("/stats?minutes=15");
@@ -479,6 +497,7 @@
       renderCounts(r.data.counts || {});
       renderChart(r.data.throughput || [], 15);
       renderLag(r.data.lag);
+      renderRetention(r.data.retention, r.data.counts || {});
     } catch {
       // the API is away; the next poll will try again
     }

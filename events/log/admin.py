@@ -51,15 +51,19 @@ def dead_letter_topic(topic: str) -> str:
 
 
 async def ensure_topics(bootstrap: str, topic: str, partitions: int, *,
-                        replication_factor: int = 1, min_insync_replicas: int = 1) -> list[str]:
-    """Create the event topic and its dead-letter topic where missing; the names created.
+                        replication_factor: int = 1, min_insync_replicas: int = 1,
+                        also: Sequence[str] = ()) -> list[str]:
+    """Create the event topic, its dead-letter topic and the topics ``also`` names (with
+    the event topic's partitions) where missing; the names created.
 
-    Both are made wherever one is (``stack up``, ``migrate``, the worker at start), so
-    that the first poison record never finds its dead-letter topic missing.
+    They are made wherever one is (``stack up``, ``migrate``, the worker at start), so
+    that the first poison record never finds its dead-letter topic missing, and each is
+    replicated as the event topic is.
     """
     created = []
     for name, n in ((topic, partitions),
-                    (dead_letter_topic(topic), constants.DEAD_LETTER_PARTITIONS)):
+                    (dead_letter_topic(topic), constants.DEAD_LETTER_PARTITIONS),
+                    *((name, partitions) for name in also)):
         if await ensure_topic(bootstrap, name, n, replication_factor=replication_factor,
                               min_insync_replicas=min_insync_replicas):
             created.append(name)
@@ -178,5 +182,20 @@ async def grow_partitions(bootstrap: str, topic: str, partitions: int) -> int:
                 detail = (rest[0] if rest else None) or f"error code {code}"
                 raise for_code(code)(f"cannot grow topic {topic!r}: {detail}")
         return before
+    finally:
+        await admin.close()
+
+
+async def delete_records_before(bootstrap: str, topic: str, offsets: dict[int, int]) -> None:
+    """Delete each partition's records below the offset given, as Kafka's retention does
+    (what an archived topic may then lose; the tests use it to stand in for retention)."""
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **client_options())
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(before_offset=o)
+                                    for p, o in offsets.items()}, timeout_ms=30_000)
     finally:
         await admin.close()

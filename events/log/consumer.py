@@ -107,6 +107,10 @@ class GroupConsumer:
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
+    def partition_count(self) -> int:
+        """Partitions of the (first) topic, as the last metadata had them; 0 if unknown."""
+        return len(self._consumer.partitions_for_topic(self.topics[0]) or ())
+
     async def stalled(self, timeout_s: float) -> list[TP]:
         """Partitions whose position was below the log's end at the previous call and has
         not moved since, although the log's end is still past it.

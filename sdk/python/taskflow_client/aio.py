@@ -265,6 +265,111 @@ class AsyncTaskFlow:
         return Action.from_json(await self._json_call(
             "POST", f"/tasks/{_seg(task_id)}/retry", safe=False))
 
+    # ------------------------------------------------------------------ schedules
+    async def create_schedule(self, name: str, task: TaskSpec | Mapping[str, Any], *,
+                              cron: str | None = None, every_s: float | None = None,
+                              timezone: str = "UTC", overlap: str = "allow",
+                              catchup: str = "none",
+                              idempotency_key: str | None = None) -> dict[str, Any]:
+        """Create a schedule firing ``task`` on ``cron`` (in ``timezone``) or every
+        ``every_s`` seconds; ``{schedule_id, next_run_at}``."""
+        body = {"name": name, "task": _task_body(task), "timezone": timezone,
+                "overlap": overlap, "catchup": catchup,
+                **{k: v for k, v in (("cron", cron), ("every_s", every_s)) if v is not None}}
+        doc: dict[str, Any] = await self._json_call(
+            "POST", "/schedules", body,
+            headers={"Idempotency-Key": idempotency_key or new_key()}, safe=False)
+        return doc
+
+    async def schedules(self, *, limit: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """The caller's schedules, following ``next_cursor`` when the API pages them."""
+        cursor: str | None = None
+        while True:
+            query = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+            doc = await self._json_call("GET", f"/schedules?{urlencode(query)}")
+            for item in doc["items"]:
+                yield item
+            cursor = doc.get("next_cursor")
+            if not cursor or not doc["items"]:
+                return
+
+    async def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json_call("GET", f"/schedules/{_seg(schedule_id)}")
+        return doc
+
+    async def update_schedule(self, schedule_id: str, **changes: Any) -> dict[str, Any]:
+        """Change any of ``create_schedule``'s fields; it restarts from now."""
+        if isinstance(changes.get("task"), TaskSpec | Mapping):
+            changes["task"] = _task_body(changes["task"])
+        doc: dict[str, Any] = await self._json_call(
+            "PATCH", f"/schedules/{_seg(schedule_id)}", changes, safe=False)
+        return doc
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._call("DELETE", f"/schedules/{_seg(schedule_id)}", ok=(204,))
+
+    async def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """Pause (``Conflict`` if it is paused already)."""
+        doc: dict[str, Any] = await self._json_call(
+            "POST", f"/schedules/{_seg(schedule_id)}:pause", safe=False)
+        return doc
+
+    async def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """Resume from now (``Conflict`` if it is not paused)."""
+        doc: dict[str, Any] = await self._json_call(
+            "POST", f"/schedules/{_seg(schedule_id)}:resume", safe=False)
+        return doc
+
+    async def trigger_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """Run the schedule's task now, once; ``{task_id, due_at, status, position}``."""
+        doc: dict[str, Any] = await self._json_call(
+            "POST", f"/schedules/{_seg(schedule_id)}:trigger", safe=False)
+        return doc
+
+    async def schedule_runs(self, schedule_id: str, *,
+                            limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """The tasks the schedule created, latest due time first."""
+        doc = await self._json_call(
+            "GET", f"/schedules/{_seg(schedule_id)}/runs?{urlencode({'limit': limit})}")
+        return builtins.list(doc["items"])
+
+    # ------------------------------------------------------------------ webhooks
+    async def create_webhook(self, url: str, events: Iterable[str], *,
+                             description: str | None = None) -> dict[str, Any]:
+        """Subscribe ``url`` to ``events`` (e.g. ``task.done``); the answer holds the
+        ``secret``, said once: keep it to ``webhooks.verify`` deliveries."""
+        body = {"url": url, "events": builtins.list(events),
+                **({"description": description} if description is not None else {})}
+        doc: dict[str, Any] = await self._json_call("POST", "/webhooks", body, safe=False)
+        return doc
+
+    async def webhooks(self) -> builtins.list[dict[str, Any]]:
+        return builtins.list((await self._json_call("GET", "/webhooks"))["items"])
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json_call("GET", f"/webhooks/{_seg(webhook_id)}")
+        return doc
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._call("DELETE", f"/webhooks/{_seg(webhook_id)}", ok=(204,))
+
+    async def rotate_webhook_secret(self, webhook_id: str) -> str:
+        """A new secret, shown once; deliveries are signed with it from then on."""
+        doc = await self._json_call("POST", f"/webhooks/{_seg(webhook_id)}:rotate-secret",
+                                    safe=False)
+        return str(doc["secret"])
+
+    async def deliveries(self, webhook_id: str) -> builtins.list[dict[str, Any]]:
+        """The webhook's deliveries with their status and attempts."""
+        doc = await self._json_call("GET", f"/webhooks/{_seg(webhook_id)}/deliveries")
+        return builtins.list(doc["items"])
+
+    async def redeliver(self, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json_call(
+            "POST", f"/webhooks/{_seg(webhook_id)}/deliveries/{_seg(delivery_id)}:redeliver",
+            safe=False)
+        return doc
+
     # ------------------------------------------------------------------ streams
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """The task once it is terminal (DONE, FAILED or CANCELLED), from its SSE stream
@@ -354,3 +459,7 @@ def _seg(task_id: str) -> str:
 
 
 __all__ = ["AsyncTaskFlow", "BatchError", "Retry", "WaitTimeout"]
+
+
+def _task_body(task: TaskSpec | Mapping[str, Any]) -> dict[str, Any]:
+    return (task if isinstance(task, TaskSpec) else TaskSpec(**task)).body()

@@ -135,5 +135,60 @@ class TaskFlow:
                                               after=after))
 
 
+    # Schedules and webhooks: the same calls as ``AsyncTaskFlow``'s.
+    def create_schedule(self, name: str, task: TaskSpec | Mapping[str, Any], *,
+                        cron: str | None = None, every_s: float | None = None,
+                        timezone: str = "UTC", overlap: str = "allow", catchup: str = "none",
+                        idempotency_key: str | None = None) -> dict[str, Any]:
+        return self._run(self._aio.create_schedule(
+            name, task, cron=cron, every_s=every_s, timezone=timezone, overlap=overlap,
+            catchup=catchup, idempotency_key=idempotency_key))
+
+    def schedules(self, *, limit: int = 100) -> Iterator[dict[str, Any]]:
+        return self._iterate(self._aio.schedules(limit=limit))
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._run(self._aio.get_schedule(schedule_id))
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> dict[str, Any]:
+        return self._run(self._aio.update_schedule(schedule_id, **changes))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._run(self._aio.delete_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._run(self._aio.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._run(self._aio.resume_schedule(schedule_id))
+
+    def trigger_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._run(self._aio.trigger_schedule(schedule_id))
+
+    def schedule_runs(self, schedule_id: str, *, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        return self._run(self._aio.schedule_runs(schedule_id, limit=limit))
+
+    def create_webhook(self, url: str, events: Iterable[str], *,
+                       description: str | None = None) -> dict[str, Any]:
+        return self._run(self._aio.create_webhook(url, events, description=description))
+
+    def webhooks(self) -> builtins.list[dict[str, Any]]:
+        return self._run(self._aio.webhooks())
+
+    def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return self._run(self._aio.get_webhook(webhook_id))
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._run(self._aio.delete_webhook(webhook_id))
+
+    def rotate_webhook_secret(self, webhook_id: str) -> str:
+        return self._run(self._aio.rotate_webhook_secret(webhook_id))
+
+    def deliveries(self, webhook_id: str) -> builtins.list[dict[str, Any]]:
+        return self._run(self._aio.deliveries(webhook_id))
+
+    def redeliver(self, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+        return self._run(self._aio.redeliver(webhook_id, delivery_id))
+
 async def _next(ait: AsyncIterator[T]) -> T:
     return await anext(ait)
