@@ -219,7 +219,7 @@ async def test_a_slow_endpoint_does_not_delay_the_others(hooks_env: Env,
     receiver.delay_s["/slow"] = 8  # past the notifier's read timeout (5 s)
     await receiver.start()
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
-        _, s1 = await subscribe(c, receiver.url("/slow"), ["task.done"])
+        slow, s1 = await subscribe(c, receiver.url("/slow"), ["task.done"])
         _, s2 = await subscribe(c, receiver.url("/fast"), ["task.done"])
         receiver.secrets.update({"/slow": s1, "/fast": s2})
         tids = await submit(c, 20)
@@ -230,6 +230,12 @@ async def test_a_slow_endpoint_does_not_delay_the_others(hooks_env: Env,
 
         await wait_until(fast_all, what="every delivery to the fast endpoint")
         assert receiver.event_ids("/slow") == set()  # still stuck in its first requests
+
+        async def timed_out() -> bool:  # the read timeout ended the slow requests
+            return any(d["attempts"] >= 1 and d["last_error"] == "timeout: ReadTimeout"
+                       for d in await deliveries(c, slow))
+
+        await wait_until(timed_out, timeout=60, what="a slow delivery's read timeout")
 
 
 async def test_connect_time_check_refuses_what_the_api_allowed(

@@ -276,9 +276,9 @@ class AsyncTaskFlow:
         body = {"name": name, "task": _task_body(task), "timezone": timezone,
                 "overlap": overlap, "catchup": catchup,
                 **{k: v for k, v in (("cron", cron), ("every_s", every_s)) if v is not None}}
-        doc: dict[str, Any] = await self._json_call(
+        doc: dict[str, Any] = await self._json_call(  # keyed, so a retry makes no twin
             "POST", "/schedules", body,
-            headers={"Idempotency-Key": idempotency_key or new_key()}, safe=False)
+            headers={"Idempotency-Key": idempotency_key or new_key()}, safe=True)
         return doc
 
     async def schedules(self, *, limit: int = 100) -> AsyncIterator[dict[str, Any]]:
