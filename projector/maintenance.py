@@ -203,6 +203,7 @@ def _refuse_if_short(mine: dict[int, int], live: dict[int, int]) -> None:
 async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float], None]
                   | None = None, batch: int = 10_000) -> RebuildStats:
     """Rebuild ``tasks``, ``task_events`` and ``dead_letters`` from offset 0 and swap them in.
+    The records other projections parked are carried over as they are.
 
     The log is read and decoded one batch ahead of the batch being written, so Postgres
     and this process work side by side. The shadow schema is invisible until the swap,
@@ -313,6 +314,12 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                                                                 cutoff=cutoff)
             for t in SWAPPED:
                 await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
+            # The other projections' parked records (schedules, webhooks, workflows) are
+            # not this rebuild's to drop: they move into the new table with it.
+            cols = 'projection, topic, partition, "offset", key, raw, error, reason, parked_at'
+            await live_conn.execute(
+                f"INSERT INTO {shadow}.dead_letters ({cols}) SELECT {cols} "
+                "FROM public.dead_letters WHERE projection <> $1", settings.projection)
             for t in SWAPPED:
                 await live_conn.execute(f"DROP TABLE public.{t}")
                 await live_conn.execute(f"ALTER TABLE {shadow}.{t} SET SCHEMA public")

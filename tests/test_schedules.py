@@ -480,6 +480,19 @@ async def test_a_record_that_is_no_schedule_event_is_parked_and_fires_go_on(
         text = (await c.get("/metrics")).text
     assert ('taskflow_projector_parked_records{projection="schedules",reason="decode"} 1.0'
             in text), [x for x in text.splitlines() if "parked" in x]
+    # A rebuild of the task projection keeps what the scheduler parked.
+    from events.settings import Settings
+    from projector.maintenance import rebuild
+
+    await rebuild(Settings(database_url=env.database_url, topic=env.topic,
+                           kafka_bootstrap=env.bootstrap))
+    conn = await env.db()
+    try:
+        kept = await conn.fetch('SELECT topic, partition, "offset" FROM dead_letters '
+                                "WHERE projection = 'schedules'")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in kept] == [(schedule_topic(env.topic), pos.partition, pos.offset)]
 
 
 async def test_patch_changes_the_definition_and_is_checked_like_a_create(senv: Env) -> None:
