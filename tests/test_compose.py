@@ -133,7 +133,7 @@ def test_dockerfile_runs_the_taskflow_cli() -> None:
 
 @pytest.mark.parametrize(("service", "subcommand"), [
     ("migrate", "migrate"), ("api", "api"), ("worker", "worker"), ("projector", "projector"),
-    ("scheduler", "scheduler"),
+    ("scheduler", "scheduler"), ("notifier", "notifier"), ("coordinator", "coordinator"),
 ])
 def test_commands_are_taskflow_subcommands(service: str, subcommand: str) -> None:
     cmd = command_of(service)
