@@ -72,6 +72,8 @@ async def test_erasure_reaches_every_read_path_and_keeps_the_metadata(env: Env) 
         assert SECRET not in stored
         before = (await c.get(f"/tasks/{tid}")).json()
         assert before["payload"] == {"message": SECRET} and before["result"] == SECRET
+        snap = await _snapshot(c, tid)
+        assert snap["payload"] == {"message": SECRET} and snap["result"] == SECRET
 
         # A keyed submit retried on another API process compares with the sealed row.
         keyed = {"title": "keyed", "payload": {"message": "k"}}
@@ -94,6 +96,8 @@ async def test_erasure_reaches_every_read_path_and_keeps_the_metadata(env: Env) 
 
         after = (await c.get(f"/tasks/{tid}")).json()
         assert after["payload"] == ERASED and after["result"] == ERASED
+        snap = await _snapshot(c, tid)
+        assert snap["payload"] == ERASED and snap["result"] == ERASED
         for f in ("status", "type", "title", "attempt", "created_at", "finished_at"):
             assert after[f] == before[f]
         listed = {t["task_id"]: t for t in (await c.get("/tasks")).json()["items"]}
@@ -200,3 +204,13 @@ async def test_concurrent_key_requests_share_inserts_and_get_their_own_keys(env:
         assert await ring.keys(ids) == {}
     finally:
         await engine.dispose()
+
+
+async def _snapshot(c: httpx.AsyncClient, tid: str) -> dict[str, Any]:
+    """The ``snapshot`` event of a finished task's stream (which then ends)."""
+    r = await c.get(f"/tasks/{tid}/stream")
+    assert r.status_code == 200, r.text
+    frame = r.text.split("\n\n")[0].splitlines()
+    assert "event: snapshot" in frame, frame
+    doc: dict[str, Any] = orjson.loads(next(x[6:] for x in frame if x.startswith("data: ")))
+    return doc
