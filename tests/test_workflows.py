@@ -157,6 +157,16 @@ async def test_diamond_d_sees_both_results_and_rebuild_equals_live(wenv: Env) ->
     try:
         before = [dict(row) for row in await conn.fetch(
             "SELECT * FROM workflows ORDER BY workflow_id")]
+        # Tamper with the read model: verify names each change, and the rebuild mends it.
+        edited, dropped = before[0]["workflow_id"], before[1]["workflow_id"]
+        await conn.execute("UPDATE workflows SET status = 'FAILED' WHERE workflow_id = $1",
+                           edited)
+        await conn.execute("DELETE FROM workflows WHERE workflow_id = $1", dropped)
+        v = taskflow(wenv, "projections", "verify")
+        assert v.returncode == 1, v.stdout + v.stderr
+        named = [ln for ln in v.stdout.splitlines() if str(edited) in ln or str(dropped) in ln]
+        assert len(named) == 2 and len(v.stdout.splitlines()) == 2, v.stdout
+        assert any("status" in ln for ln in named), named
         rb = taskflow(wenv, "projections", "rebuild")
         assert rb.returncode == 0, rb.stderr
         assert "workflows from" in rb.stderr
