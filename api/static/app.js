@@ -615,6 +615,7 @@
     $("d-attempt").textContent = String(task.attempt) +
       (task.max_attempts ? ` of ${task.max_attempts}` : "") + (task.dead_lettered ? " (dead-lettered)" : "");
     $("d-created").replaceChildren(timeEl(task.created_at));
+    $("d-due").replaceChildren(task.not_before ? timeEl(task.not_before) : "—");
     $("d-finished").replaceChildren(task.finished_at ? timeEl(task.finished_at) : "—");
     $("d-progress").value = task.progress || 0;
     $("d-progress-text").textContent = `${task.progress || 0}%` +
