@@ -657,8 +657,8 @@ def watch(
 
 @app.command()
 def run() -> None:
-    """Run API, worker, projector, scheduler and notifier together; a child that dies is
-    restarted (Ctrl-C stops them all)."""
+    """Run API, worker, projector, scheduler, notifier and coordinator together; a child
+    that dies is restarted (Ctrl-C stops them all)."""
     raise typer.Exit(run_all(get_settings()))
 
 

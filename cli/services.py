@@ -228,8 +228,8 @@ def supervise(argvs: dict[str, list[str]], *, grace_s: float,
 
 
 def run_all(settings: Settings) -> int:
-    """Run API, worker, projector, scheduler and notifier as child processes; Ctrl-C or
-    SIGTERM stops them all.
+    """Run API, worker, projector, scheduler, notifier and coordinator as child processes;
+    Ctrl-C or SIGTERM stops them all.
 
     A child that dies is restarted (see ``supervise``); the others keep running.
     """

@@ -36,10 +36,15 @@ async def test_workflow_page_draws_the_dag_with_live_statuses(
     await dash.until("document.getElementById('wf-status').textContent === 'DONE'")
     for key in "abcd":
         href = await dash.page.locator(f'a.node[data-key="{key}"]').get_attribute("href")
-        assert href == f"/tasks/{doc['tasks'][key]}"
+        assert href == f"/?task={doc['tasks'][key]}"
     # D is drawn to the right of both of its parents.
     xs = {k: float(await dash.page.locator(f'a.node[data-key="{k}"] rect').get_attribute("x")
                    or 0) for k in "abcd"}
     assert xs["a"] < xs["b"] == xs["c"] < xs["d"]
     await dash.shot("workflow-page.png")
+    assert dash.errors == [] and dash.console == []
+    # A node opens its task's panel on the dashboard.
+    await dash.page.locator('a.node[data-key="d"]').click()
+    await dash.until("document.querySelector('#detail').dataset.status === 'DONE'")
+    assert await dash.page.locator("#d-id").inner_text() == doc["tasks"]["d"]
     assert dash.errors == [] and dash.console == []

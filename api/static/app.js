@@ -787,6 +787,9 @@
     refreshDead();
     refreshSchedules();
     setInterval(refreshSchedules, STATS_EVERY_MS);
+    // A link to one task (`/?task=ID`, as the workflow page makes) opens its panel.
+    const linked = new URLSearchParams(location.search).get("task");
+    if (linked && /^[0-9a-f-]{36}$/i.test(linked)) select(linked.toLowerCase(), true);
   }
 
   start();

@@ -56,7 +56,7 @@
     }
     for (const n of wf.nodes) {
       const p = pos.get(n.key);
-      const a = el("a", { class: "node", href: `/tasks/${n.task_id}`, "data-key": n.key }, svg);
+      const a = el("a", { class: "node", href: `/?task=${encodeURIComponent(n.task_id)}`, "data-key": n.key }, svg);
       el("rect", { x: p.x, y: p.y, width: W, height: H }, a);
       const t = el("text", { x: p.x + 8, y: p.y + H / 2 + 4 }, a);
       t.textContent = n.key;
@@ -71,7 +71,7 @@
     const a = boxes.get(n.key);
     if (!a) return;
     a.dataset.status = n.status;
-    a.setAttribute("href", `/tasks/${n.task_id}`);
+    a.setAttribute("href", `/?task=${encodeURIComponent(n.task_id)}`);
     a.querySelector("title").textContent =
       `${n.key}: ${n.status}${n.reason ? ` (${n.reason})` : ""}${n.task_status ? ` · task ${n.task_status}` : ""}`;
   }
