@@ -101,6 +101,7 @@ class Task:
     finished_at: datetime | None = None
     schedule_id: str | None = None  # the schedule that fired it, and for which due time
     due_at: datetime | None = None
+    waiting_reason: str | None = None  # PENDING because no running worker pool serves it
 
     @property
     def id(self) -> str:
@@ -125,7 +126,7 @@ class Task:
             created_at=_time(d.get("created_at")), updated_at=_time(d.get("updated_at")),
             finished_at=_time(d.get("finished_at")),
             schedule_id=str(d["schedule_id"]) if d.get("schedule_id") else None,
-            due_at=_time(d.get("due_at")),
+            due_at=_time(d.get("due_at")), waiting_reason=d.get("waiting_reason"),
         )
 
 
