@@ -69,9 +69,15 @@ class Registration:
     async def close(self) -> None:
         """Delete the row: this worker serves nothing any more."""
         if self._writing is not None:
-            with contextlib.suppress(Exception):
+            if self._failing:  # Postgres is away: the row lapses on its own
+                self._writing.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._writing, CLOSE_TIMEOUT_S)
         if self._engine is None:
+            return
+        if self._failing:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._engine.dispose(), CLOSE_TIMEOUT_S)
             return
         try:
             await asyncio.wait_for(
