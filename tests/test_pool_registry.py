@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import Env, wait_until
+from tests.helpers import Env, free_port, wait_until
 from tests.test_worker import submit, wait_status
 
 TYPES = "echo,sleep,fail,flaky,compute,noop,pooled"
@@ -88,3 +88,18 @@ async def test_a_task_no_pool_serves_says_why_it_waits(env: Env) -> None:
         doc = (await c.get(f"/tasks/{echo}")).json()
         assert doc["status"] == "DONE" and doc["waiting_reason"] is None
 
+
+
+async def test_a_worker_without_postgres_runs_on_and_is_reported_unserved(env: Env) -> None:
+    env.proc("projector")
+    nowhere = f"postgresql+asyncpg://taskflow:taskflow@127.0.0.1:{free_port()}/taskflow"
+    worker = env.proc("worker", TASKFLOW_DATABASE_URL=nowhere,
+                      TASKFLOW_WORKER_POOL_REFRESH_S="0.5")
+    await env.api()
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        echo = await submit(c, {"title": "e", "payload": {"message": "m"}})
+        assert (await wait_status(c, echo, {"DONE"}))["result"] == "m"
+        handlers = (await c.get("/handlers")).json()
+        assert handlers["pools"] == [] and "echo" in handlers["unserved"]
+    assert worker.terminate() == 0
+    assert "cannot register the worker pool default" in worker.output()
