@@ -17,7 +17,7 @@ from api import erasure, submit
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import ChangeFeed
-from api.pools import with_waiting_reasons
+from api.pools import HandlersOut, with_waiting_reasons
 from api.priorities import query_priority
 from api.problems import BadRequest, Conflict, Invalid, NotFound, documented
 from api.reads import reach, visible, wait_for_task
@@ -245,7 +245,7 @@ async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed: Feed
     """Redrive a FAILED (dead-lettered) task: it runs again as a new attempt."""
     return await _emit(producer, db, feed, settings, task_id, "retry", tenant)
 
-@router.get("/handlers", tags=["tasks"])
+@router.get("/handlers", response_model=HandlersOut, tags=["tasks"])
 async def handlers(settings: SettingsDep, db: DbDep) -> dict[str, Any]:
     """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``), and the worker pools
     running now: each with the types it serves, its live workers, and when one last wrote
