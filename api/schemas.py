@@ -123,6 +123,8 @@ class TaskOut(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    # PENDING because no running worker pool serves the type (events/pool_registry.py).
+    waiting_reason: str | None = None
 
 
 class TaskPage(BaseModel):

@@ -17,6 +17,7 @@ from api import erasure, submit
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import ChangeFeed
+from api.pools import HandlersOut, with_waiting_reasons
 from api.priorities import query_priority
 from api.problems import BadRequest, Conflict, Invalid, NotFound, documented
 from api.reads import reach, visible, wait_for_task
@@ -32,7 +33,7 @@ from api.schemas import (
     TaskOut,
     TaskPage,
 )
-from events import chain, chain_db, constants, queries
+from events import chain, chain_db, constants, pool_registry, queries
 from events.codec import decode
 from events.fold import fold
 from events.models import TERMINAL, TaskCancelRequested, TaskStatus, new_event
@@ -129,7 +130,7 @@ async def get_task(
     row = await wait_for_task(db, feed, task_id, settings.read_wait_s)
     if row is None or not visible(row["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
-    return (await erasure.reveal_rows(request, [row]))[0]
+    return (await with_waiting_reasons(db, await erasure.reveal_rows(request, [row])))[0]
 
 
 @router.get("/tasks", response_model=TaskPage, tags=["tasks"],
@@ -183,7 +184,7 @@ async def list_tasks(
             priority=prio, min_priority=min_prio, by_priority=sort == "priority")
     except queries.BadCursor:
         raise BadRequest("cursor is not valid") from None
-    rows = await erasure.reveal_rows(request, rows)
+    rows = await with_waiting_reasons(db, await erasure.reveal_rows(request, rows))
     return TaskPage(items=[TaskOut.model_validate(r) for r in rows], next_cursor=nxt)
 
 
@@ -244,7 +245,12 @@ async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed: Feed
     """Redrive a FAILED (dead-lettered) task: it runs again as a new attempt."""
     return await _emit(producer, db, feed, settings, task_id, "retry", tenant)
 
-@router.get("/handlers", tags=["tasks"])
-async def handlers(settings: SettingsDep) -> dict[str, list[str]]:
-    """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``)."""
-    return {"types": list(settings.task_type_list)}
+@router.get("/handlers", response_model=HandlersOut, tags=["tasks"])
+async def handlers(settings: SettingsDep, db: DbDep) -> dict[str, Any]:
+    """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``), and the worker pools
+    running now: each with the types it serves, its live workers, and when one last wrote
+    (``unserved``: accepted types no running pool serves; their tasks wait as PENDING)."""
+    running = await pool_registry.live_pools(db)
+    served = {t for p in running for t in p["types"]}
+    return {"types": list(settings.task_type_list), "pools": running,
+            "unserved": [t for t in settings.task_type_list if t not in served]}

@@ -613,7 +613,8 @@ def submit(
     type: Annotated[str, typer.Option(help="the task type (handler name)")] = "echo",
     payload: Annotated[str, typer.Option(help="the payload, a JSON object")] = "{}",
     title: Annotated[str | None, typer.Option(help="default: the type")] = None,
-    priority: Annotated[int | None, typer.Option()] = None,
+    priority: Annotated[str | None, typer.Option(
+        help="-100..100 (higher starts first) or low, normal, high, critical")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="default: a new one")] = None,
     delay_s: Annotated[float | None, typer.Option(help="start after this many seconds")]
     = None,
@@ -632,7 +633,8 @@ def submit(
     if not isinstance(body, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--payload")
     raise typer.Exit(client.submit(url or _api_url(), api_key, title=title or type,
-                                   type_=type, payload=body, priority=priority,
+                                   type_=type, payload=body,
+                                   priority=client.priority_arg(priority),
                                    idempotency_key=idempotency_key, delay_s=delay_s,
                                    run_at=run_at, wait=wait, timeout=timeout))
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # the default pool), and the types only dedicated pools serve (set it on every worker).
     worker_types: str = ""
     pooled_types: str = ""
+    # Each worker writes its pool and the types it serves to Postgres (worker_pools) this
+    # often; a row not written for three intervals counts as gone (events/pool_registry.py).
+    worker_pool_refresh_s: float = Field(default=5.0, gt=0)
     default_timeout_s: float = Field(default=constants.DEFAULT_TIMEOUT_S, gt=0)
     default_max_attempts: int = Field(default=constants.DEFAULT_MAX_ATTEMPTS, ge=1)
     retry_base_s: float = Field(default=constants.RETRY_BASE_S, ge=0)

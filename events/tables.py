@@ -6,6 +6,7 @@
 * ``task_counts``        tasks per (partition, status), kept by triggers on ``tasks``
 * ``projector_offsets``  checkpoint per (projection, topic, partition), same txn as the rows
 * ``dead_letters``       log records the projector could not apply, with coordinates
+* ``worker_pools``       the running workers' pools and types (live state, not a projection)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -265,4 +266,19 @@ workflows = Table(
     Column("partition", Integer, nullable=False),
     Column("last_offset", BigInteger, nullable=False),
     Index("workflows_tenant_created", "tenant", "created_at", "workflow_id"),
+)
+
+# The running workers (migration 0013, events/pool_registry.py): each writes its pool and
+# the types it serves every TASKFLOW_WORKER_POOL_REFRESH_S, and deletes its row at a clean
+# stop; a row past expires_at is a worker gone (killed). Live state, not a projection of
+# the log: `projections rebuild` and `verify` leave it alone.
+worker_pools = Table(
+    "worker_pools",
+    metadata,
+    Column("worker_id", Text, primary_key=True),
+    Column("pool", Text, nullable=False),
+    Column("types", ARRAY(Text), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

@@ -56,8 +56,10 @@ from worker import metrics as wmetrics
 from worker import outbound as _outbound  # noqa: F401  (registers http and email)
 from worker.concurrency import Leases
 from worker.gate import Gate
+from worker.handlers import names as handler_names
 from worker.lane import Lane
 from worker.ratelimit import StartRate
+from worker.registry import Registration
 from worker.running import on_record, schedule
 
 log = logging.getLogger("taskflow.worker")
@@ -102,6 +104,7 @@ class Worker:
     _fatal: BaseException | None = field(default=None, repr=False)
     _dlt_ready: bool = field(default=False, repr=False)  # <topic>.dlt is known to exist
     keyring: Keyring | None = field(default=None, repr=False)  # TASKFLOW_ENCRYPTION_KEY
+    registration: Registration | None = field(default=None, repr=False)  # worker_pools row
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -159,6 +162,10 @@ class Worker:
             importlib.import_module(name)  # registers the module's @handler functions
         if s.worker_metrics_port:
             wmetrics.serve(s.worker_metrics_port)
+        # What this worker serves, for /handlers and waiting_reason (worker/registry.py).
+        self.registration = Registration(
+            s.database_url, self.worker_id, pools.pool_name(self.types),
+            tuple(t for t in handler_names() if self.claims(t)), s.worker_pool_refresh_s)
         self.gate = Gate(s.worker_concurrency, weights=parse_tenant_weights(s.tenant_weights))
         self.leases = Leases(s.database_url, self.source)
         for type_, limit in parse_tenant_weights(s.type_rate_limits).items():
@@ -250,6 +257,8 @@ class Worker:
         # A rebalance that was under way may have opened lanes after the drain above.
         await self._drain(list(self.lanes), 0)
         await self.leases.close()
+        if self.registration is not None:
+            await self.registration.close()
         if self.keyring is not None:
             await self.keyring.engine.dispose()
         log.info("shutdown %r", self)
@@ -346,6 +355,8 @@ class Worker:
         heartbeat = Heartbeat(self.settings.heartbeat_file)
         while not self._stopping.is_set():
             heartbeat.beat()
+            if self.registration is not None:
+                self.registration.tick()
             if self.in_flight > limit:
                 # Backpressure: stop polling until half the backlog is done. Not
                 # ``consumer.pause``: aiokafka drops a paused partition's fetched records
@@ -357,6 +368,8 @@ class Worker:
                         await asyncio.wait_for(self.room.wait(), 0.1)
                     self.room.clear()
                     await self._consumer.keepalive()
+                    if self.registration is not None:
+                        self.registration.tick()
                 continue
             records = await self._consumer.poll(timeout_ms=100, max_records=500)
             if records:

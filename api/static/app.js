@@ -501,14 +501,30 @@
     } catch {
       // the API is away; the next poll will try again
     }
-    if (!state.types.length) loadHandlers();
+    loadHandlers();  // the pools come and go; the types are read once
   });
   const refreshStatsSoon = debounce(refreshStats, 500);
+
+  // Each running pool with its workers and the types it serves; accepted types no pool
+  // serves are named too: their tasks wait as PENDING until a worker for them starts.
+  function renderPools(pools, unserved) {
+    const items = pools.map((p) => el("li", {dataset: {pool: p.pool}, title: `last seen ${p.seen_at}`},
+                                      el("b", {text: p.pool}), ` ×${p.workers}: `,
+                                      el("span", {class: "pool-types", text: p.types.join(", ") || "—"})));
+    if (!pools.length) items.push(el("li", {class: "warn", text: "no worker running"}));
+    if (unserved.length) {
+      items.push(el("li", {class: "warn", dataset: {unserved: unserved.join(",")}},
+                    "not served: ", el("b", {text: unserved.join(", ")})));
+    }
+    $("pools").replaceChildren(...items);
+  }
 
   async function loadHandlers() {
     let r;
     try { r = await api("/handlers"); } catch { return; }
     if (!r.ok) return;
+    renderPools(r.data.pools || [], r.data.unserved || []);
+    if (state.types.length) return;
     state.types = r.data.types || [];
     const typeSel = $("f-type");
     const current = typeSel.value;
@@ -612,6 +628,8 @@
     $("d-status").replaceWith(Object.assign(badge(task.status), {id: "d-status"}));
     $("d-id").textContent = task.task_id;
     $("d-type").textContent = task.type;
+    $("d-waiting").textContent = task.waiting_reason || "";
+    $("d-waiting").hidden = $("d-waiting-label").hidden = !task.waiting_reason;
     $("d-attempt").textContent = String(task.attempt) +
       (task.max_attempts ? ` of ${task.max_attempts}` : "") + (task.dead_lettered ? " (dead-lettered)" : "");
     $("d-created").replaceChildren(timeEl(task.created_at));
