@@ -272,6 +272,13 @@ async def test_each_catchup_policy_after_scheduler_downtime(senv: Env) -> None:
     assert late["latest"][0] > max(m.due_at for m in missed["latest"]) > down_at
 
 
+async def projected(c: httpx.AsyncClient, sid: str) -> None:
+    """Until the schedule is in the read model (one GET waits a bounded time for it)."""
+    async def found() -> bool:
+        return (await c.get(f"/schedules/{sid}")).status_code == 200
+    await wait_until(found, timeout=30, what="the schedule's projection")
+
+
 async def late_fires(env: Env, sid: str, over_s: float) -> list[datetime]:
     """Due times the scheduler fired more than ``over_s`` after they were due."""
     return [ev.data.due_at for _, ev in await env.log_events()
@@ -394,7 +401,7 @@ async def test_schedules_cli(senv: Env) -> None:
                                   "--every-s", "3600", "--payload", '{"message": "m"}')
     sid = orjson.loads(out)["schedule_id"]
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
-        await c.get(f"/schedules/{sid}")  # waits until it is projected
+        await projected(c, sid)
         listed = await asyncio.to_thread(_cli, env, "list")
         assert [orjson.loads(x)["schedule_id"] for x in listed.splitlines()] == [sid]
         await asyncio.to_thread(_cli, env, "pause", sid)
@@ -499,7 +506,7 @@ async def test_patch_changes_the_definition_and_is_checked_like_a_create(senv: E
     await services(senv)
     async with httpx.AsyncClient(base_url=senv.base_url, timeout=30) as c:
         sid = await create(c, every_s=3600, name="slow")
-        await c.get(f"/schedules/{sid}")  # waits until it is projected
+        await projected(c, sid)
         r = await c.patch(f"/schedules/{sid}", json={"cron": "nope"})
         assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "cron"]
         r = await c.patch(f"/schedules/{sid}", json={"timezone": "Nowhere/Land"})
