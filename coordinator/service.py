@@ -25,30 +25,20 @@ fold of their events, with a checkpoint, in one Postgres transaction at most eve
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from events import chain, chain_db, constants, workflow_db
-from events.codec import decode, encode
-from events.db import make_engine
-from events.errors import ProducerFencedOff, UndecodableEvent
-from events.heartbeat import Heartbeat
+from events.codec import encode
 from events.log import (
     TP,
-    GroupConsumer,
     RawMessage,
     Record,
     TransactionalProducer,
-    ensure_topic,
     task_key,
 )
 from events.models import (
@@ -63,6 +53,7 @@ from events.models import (
     WorkflowNodeStarted,
     new_event,
 )
+from events.partitioned import Partition, PartitionedService
 from events.settings import Settings
 from events.workflows import (
     NODE_EVENT_MAX,
@@ -98,41 +89,31 @@ class Pending:
 
 
 @dataclass
-class Part:
+class Part(Partition):
     """What a coordinator keeps for one workflow partition."""
 
-    tp: TP
-    producer: TransactionalProducer
-    end: int  # recovery: act on nothing before the fold has read this far
-    position: int = 0
-    ready: bool = False
-    recovered: bool = False
     states: dict[uuid.UUID, WorkflowState] = field(default_factory=dict)
     active: set[uuid.UUID] = field(default_factory=set)  # workflows with work left
     pending: dict[uuid.UUID, Pending] = field(default_factory=dict)
-    dirty: dict[uuid.UUID, int] = field(default_factory=dict)  # workflow -> last offset
-    next_projection: float = 0.0
 
 
-@dataclass
-class Coordinator:
+@dataclass(repr=False)
+class Coordinator(PartitionedService[Part]):
     """Runs the workflows of the partitions it owns in the coordinator group.
 
     :param settings: process settings (topics, group, tick).
     :param coordinator_id: appears in ``source``; default host-pid.
     """
 
-    settings: Settings
+    kind = "coordinator"
+    log = log
+    acting = "acting"
+    project_every_s = PROJECT_EVERY_S
+
     coordinator_id: str = ""
     started: int = 0
     skipped: int = 0
     finished: int = 0
-    parked: int = 0
-    parts: dict[TP, Part] = field(default_factory=dict, repr=False)
-    _consumer: GroupConsumer | None = field(default=None, repr=False)
-    _engine: AsyncEngine | None = field(default=None, repr=False)
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    _to_park: list[tuple[int, Record, str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not self.coordinator_id:
@@ -146,127 +127,24 @@ class Coordinator:
                 f"{self.skipped} skipped ◆ {self.finished} workflows finished ◆ "
                 f"{self.parked} parked ◆ {len(self.parts)} partitions)")
 
-    # ------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        s = self.settings
-        chain.configure(s)
-        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions,
-                           replication_factor=s.replication_factor,
-                           min_insync_replicas=s.min_insync_replicas)
-        self._engine = make_engine(s.database_url, pool_size=2)
-        self._consumer = GroupConsumer(
-            bootstrap=s.kafka_bootstrap, topics=[self.topic], group_id=self.group,
-            on_assigned=self._on_assigned, on_revoked=self._on_revoked,
-            read_committed=True, max_poll_records=5000,
-            client_id=f"taskflow-coordinator-{self.coordinator_id}")
-        self._consumer.on_seeked = self._on_seeked
-        await self._consumer.start()
+    def _instance_id(self) -> str:
+        return self.coordinator_id
 
-    def request_stop(self) -> None:
-        self._stopping.set()
+    def _tick_s(self) -> float:
+        return self.settings.coordinator_tick_s
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        for part in list(self.parts.values()):
-            try:
-                await asyncio.wait_for(self._project(part), 5)
-            except Exception as exc:
-                log.warning("final projection of partition %d failed: %r", part.tp[1], exc)
-        if self._consumer is not None:
-            await self._consumer.stop()
-        await self._close(list(self.parts))
-        if self._engine is not None:
-            await self._engine.dispose()
-        log.info("shutdown %r", self)
+    async def _open(self, tp: TP, producer: TransactionalProducer, end: int,
+                    first: int) -> Part:
+        return Part(tp=tp, producer=producer, end=end, position=first)
 
-    async def _close(self, tps: list[TP]) -> None:
-        for tp in tps:
-            part = self.parts.pop(tp, None)
-            if part is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(part.producer.stop(), 5)
+    def _on_recovered(self, part: Part) -> None:
+        log.info("partition %d recovered: %d workflow(s), %d active", part.tp[1],
+                 len(part.states), len(part.active))
 
-    def _on_seeked(self, tps: list[TP]) -> None:
-        for tp in tps:
-            if tp in self.parts:
-                self.parts[tp].ready = True
+    def _busy(self, part: Part) -> bool:
+        return bool(part.active)
 
-    async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
-        assert self._consumer is not None
-        consumer = self._consumer
-        firsts = await consumer.beginning_offsets(tps)
-
-        async def open_part(tp: TP) -> tuple[TP, int]:
-            producer = TransactionalProducer(
-                bootstrap=self.settings.kafka_bootstrap,
-                transactional_id=f"{self.group}.{tp[0]}.{tp[1]}",
-                timeout_s=self.settings.produce_timeout_s)
-            await producer.start()  # fences the previous owner, aborting its open txn
-            end = (await consumer.end_offsets([tp]))[tp]
-            self.parts[tp] = Part(tp=tp, producer=producer, end=end, position=firsts[tp])
-            log.info("partition %d: folding from %d to %d before acting", tp[1],
-                     firsts[tp], end)
-            return tp, firsts[tp]
-
-        opened = await asyncio.gather(*(open_part(tp) for tp in tps if tp not in self.parts))
-        return dict(opened)
-
-    async def _on_revoked(self, tps: list[TP]) -> None:
-        await self._close(tps)
-
-    # ------------------------------------------------------------ main loop
-    async def run(self, *, until_idle: bool = False) -> None:
-        assert self._consumer is not None
-        tick_ms = int(self.settings.coordinator_tick_s * 1000)
-        idle_since = time.monotonic()
-        heartbeat = Heartbeat(self.settings.heartbeat_file)
-        while not self._stopping.is_set():
-            heartbeat.beat()
-            records = await self._consumer.poll(timeout_ms=tick_ms, max_records=5000)
-            seen: set[TP] = set()
-            for r in records:
-                part = self.parts.get((r.topic, r.partition))
-                if part is not None and part.ready:
-                    self._fold(part, r)
-                    seen.add(part.tp)
-            busy = False
-            for part in list(self.parts.values()):
-                if not part.ready:
-                    continue
-                if part.tp not in seen and not part.recovered:
-                    part.position = max(part.position,
-                                        await self._consumer.position(part.tp))
-                if not part.recovered and part.position >= part.end:
-                    part.recovered = True
-                    log.info("partition %d recovered: %d workflow(s), %d active",
-                             part.tp[1], len(part.states), len(part.active))
-                if part.recovered:
-                    try:
-                        await self._act(part)
-                    except ProducerFencedOff:
-                        log.warning("partition %d is owned by another coordinator",
-                                    part.tp[1])
-                        await self._close([part.tp])
-                        continue
-                    busy = busy or bool(part.active)
-                now = time.monotonic()
-                if not part.recovered or now >= part.next_projection:
-                    part.next_projection = now + PROJECT_EVERY_S
-                    await self._project(part)
-            if records or busy:
-                idle_since = time.monotonic()
-            elif until_idle and time.monotonic() - idle_since > 2 and self.parts:
-                break
-
-    def _fold(self, part: Part, r: Record) -> None:
-        if r.offset < part.position:
-            return  # redelivered after a seek
-        part.position = r.offset + 1
-        try:
-            ev = decode(r.value)
-        except UndecodableEvent as exc:
-            self._park(part, r, exc.error)
-            return
+    def _apply(self, part: Part, r: Record, ev: CloudEvent) -> None:
         old = part.states.get(ev.subject)
         try:
             new = apply_workflow(old, ev)
@@ -283,27 +161,21 @@ class Coordinator:
             part.active.discard(ev.subject)
             part.pending.pop(ev.subject, None)
 
-    def _park(self, part: Part, r: Record, error: str) -> None:
-        self.parked += 1
-        log.warning("parked %s:%d:%d: %s", r.topic, r.partition, r.offset, error)
-        self._to_park.append((part.tp[1], r, error))
-
     async def _project(self, part: Part) -> None:
         """Write the changed workflows of ``part`` and its checkpoint in one transaction."""
-        if not part.dirty and not any(p[0] == part.tp[1] for p in self._to_park):
+        if not part.dirty and not self._parks(part):
             return
         assert self._engine is not None
         rows = [workflow_db.row(part.states[wid], part.tp[1], off)
                 for wid, off in part.dirty.items() if wid in part.states]
-        parks = [p for p in self._to_park if p[0] == part.tp[1]]
         async with self._engine.begin() as conn:
-            for _, r, error in parks:
+            for _, r, error in self._parks(part):
                 await workflow_db.park(conn, topic=self.topic, partition=r.partition,
                                        offset=r.offset, key=r.key, raw=r.value, error=error)
             await workflow_db.write(conn, topic=self.topic, partition=part.tp[1],
                                     offset=part.position - 1, rows=rows)
         part.dirty.clear()
-        self._to_park = [p for p in self._to_park if p[0] != part.tp[1]]
+        self._parked(part)
 
     async def _act(self, part: Part) -> None:
         """Report finished nodes, start, skip and cancel nodes, and finish workflows of
