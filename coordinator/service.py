@@ -58,6 +58,7 @@ from events.settings import Settings
 from events.workflows import (
     NODE_EVENT_MAX,
     PARENTS_TOO_LARGE,
+    WORKFLOW_PROJECTION,
     WorkflowState,
     apply_workflow,
     plan,
@@ -108,6 +109,7 @@ class Coordinator(PartitionedService[Part]):
     kind = "coordinator"
     log = log
     acting = "acting"
+    projection = WORKFLOW_PROJECTION
     project_every_s = PROJECT_EVERY_S
 
     coordinator_id: str = ""
@@ -169,9 +171,7 @@ class Coordinator(PartitionedService[Part]):
         rows = [workflow_db.row(part.states[wid], part.tp[1], off)
                 for wid, off in part.dirty.items() if wid in part.states]
         async with self._engine.begin() as conn:
-            for _, r, error in self._parks(part):
-                await workflow_db.park(conn, topic=self.topic, partition=r.partition,
-                                       offset=r.offset, key=r.key, raw=r.value, error=error)
+            await self._write_parks(conn, part)
             await workflow_db.write(conn, topic=self.topic, partition=part.tp[1],
                                     offset=part.position - 1, rows=rows)
         part.dirty.clear()

@@ -27,9 +27,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from events import chain
+from events import chain, owned_db
 from events.codec import decode
 from events.db import make_engine
 from events.errors import ProducerFencedOff, UndecodableEvent
@@ -67,10 +67,12 @@ class PartitionedService(Generic[P]):
     """
 
     # Set by the subclass: its name (client id, log lines), its logger, what it does once
-    # recovered (log line) and how often a partition's projection is written, at most.
+    # recovered (log line), its projection (checkpoints, parked records) and how often a
+    # partition's projection is written, at most.
     kind: ClassVar[str]
     log: ClassVar[logging.Logger]
     acting: ClassVar[str]
+    projection: ClassVar[str]
     project_every_s: ClassVar[float]
 
     settings: Settings
@@ -250,6 +252,13 @@ class PartitionedService(Generic[P]):
     def _parks(self, part: P) -> list[tuple[int, Record, str]]:
         """The records of ``part`` waiting to be parked."""
         return [p for p in self._to_park if p[0] == part.tp[1]]
+
+    async def _write_parks(self, conn: AsyncConnection, part: P) -> None:
+        """Park the records of ``part`` waiting for it, in the caller's transaction."""
+        for _, r, error in self._parks(part):
+            await owned_db.park(conn, projection=self.projection, topic=self.topic,
+                                partition=r.partition, offset=r.offset, key=r.key,
+                                raw=r.value, error=error)
 
     def _parked(self, part: P) -> None:
         """The records of ``part`` are parked: forget them."""

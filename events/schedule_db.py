@@ -8,15 +8,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, select, tuple_
+from sqlalchemy import and_, delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from events import owned_db
 from events.models import TERMINAL, CloudEvent
 from events.queries import decode_cursor, encode_cursor
 from events.schedules import SCHEDULE_PROJECTION, ScheduleState
-from events.tables import dead_letters, projector_offsets, schedule_events, schedules, tasks
+from events.tables import projector_offsets, schedule_events, schedules, tasks
 
 _SPEC = ("name", "cron", "every_s", "timezone", "overlap", "catchup")
 
@@ -36,15 +37,7 @@ def row(st: ScheduleState, partition: int, offset: int) -> dict[str, Any]:
     }
 
 
-def _upsert() -> Any:
-    stmt = insert(schedules)
-    return stmt.on_conflict_do_update(
-        index_elements=[schedules.c.schedule_id],
-        set_={c.name: stmt.excluded[c.name] for c in schedules.c if c.name != "schedule_id"},
-        where=schedules.c.last_offset <= stmt.excluded.last_offset)
-
-
-_UPSERT = _upsert()
+_UPSERT = owned_db.upsert(schedules, "schedule_id")
 
 
 def journal_row(partition: int, offset: int, ev: CloudEvent, raw: bytes) -> dict[str, Any]:
@@ -65,38 +58,19 @@ async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: in
     if rows:
         # One statement for every row set (executemany): compiled once, and cached.
         await conn.execute(_UPSERT, rows)
-    cp = insert(projector_offsets).values(projection=SCHEDULE_PROJECTION, topic=topic,
-                                          partition=partition, offset=offset)
-    await conn.execute(cp.on_conflict_do_update(
-        index_elements=[projector_offsets.c.projection, projector_offsets.c.topic,
-                        projector_offsets.c.partition],
-        set_={"offset": cp.excluded.offset, "updated_at": func.now()},
-        where=projector_offsets.c.offset < cp.excluded.offset))
-
-
-async def park(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
-               key: bytes | None, raw: bytes | None, error: str) -> None:
-    stmt = insert(dead_letters).values(projection=SCHEDULE_PROJECTION, topic=topic,
-                                       partition=partition, offset=offset, key=key,
-                                       raw=raw, error=error, reason="decode")
-    await conn.execute(stmt.on_conflict_do_nothing())
+    await owned_db.move_checkpoint(conn, projection=SCHEDULE_PROJECTION, topic=topic,
+                                   partition=partition, offset=offset)
 
 
 async def replace_all(conn: AsyncConnection, *, topic: str, rows: list[dict[str, Any]],
                       checkpoints: dict[int, int], journal: list[dict[str, Any]]) -> None:
-    """``projections rebuild``: the whole table and its checkpoints, in one transaction."""
-    await conn.execute(delete(schedules))
+    """``projections rebuild``: the whole table, its journal and its checkpoints, in one
+    transaction."""
     await conn.execute(delete(schedule_events))
-    await conn.execute(delete(projector_offsets).where(
-        projector_offsets.c.projection == SCHEDULE_PROJECTION))
-    for i in range(0, len(rows), 1000):
-        await conn.execute(insert(schedules).values(rows[i:i + 1000]))
     for i in range(0, len(journal), 1000):
         await conn.execute(insert(schedule_events).values(journal[i:i + 1000]))
-    if checkpoints:
-        await conn.execute(insert(projector_offsets).values([
-            {"projection": SCHEDULE_PROJECTION, "topic": topic, "partition": p, "offset": o}
-            for p, o in checkpoints.items()]))
+    await owned_db.replace_all(conn, table=schedules, projection=SCHEDULE_PROJECTION,
+                               topic=topic, rows=rows, checkpoints=checkpoints, chunk=1000)
 
 
 async def all_rows(engine: AsyncEngine) -> dict[uuid.UUID, dict[str, Any]]:

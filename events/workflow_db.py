@@ -8,13 +8,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from events import owned_db
 from events.models import TERMINAL
-from events.tables import dead_letters, projector_offsets, tasks, workflows
+from events.tables import tasks, workflows
 from events.workflows import WORKFLOW_PROJECTION, WorkflowState
 
 
@@ -34,15 +34,7 @@ def row(st: WorkflowState, partition: int, offset: int) -> dict[str, Any]:
     }
 
 
-def _upsert() -> Any:
-    stmt = insert(workflows)
-    return stmt.on_conflict_do_update(
-        index_elements=[workflows.c.workflow_id],
-        set_={c.name: stmt.excluded[c.name] for c in workflows.c if c.name != "workflow_id"},
-        where=workflows.c.last_offset <= stmt.excluded.last_offset)
-
-
-_UPSERT = _upsert()
+_UPSERT = owned_db.upsert(workflows, "workflow_id")
 
 
 async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
@@ -51,35 +43,15 @@ async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: in
     transaction. The checkpoint never moves back."""
     if rows:
         await conn.execute(_UPSERT, rows)
-    cp = insert(projector_offsets).values(projection=WORKFLOW_PROJECTION, topic=topic,
-                                          partition=partition, offset=offset)
-    await conn.execute(cp.on_conflict_do_update(
-        index_elements=[projector_offsets.c.projection, projector_offsets.c.topic,
-                        projector_offsets.c.partition],
-        set_={"offset": cp.excluded.offset, "updated_at": func.now()},
-        where=projector_offsets.c.offset < cp.excluded.offset))
-
-
-async def park(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
-               key: bytes | None, raw: bytes | None, error: str) -> None:
-    stmt = insert(dead_letters).values(projection=WORKFLOW_PROJECTION, topic=topic,
-                                       partition=partition, offset=offset, key=key,
-                                       raw=raw, error=error, reason="decode")
-    await conn.execute(stmt.on_conflict_do_nothing())
+    await owned_db.move_checkpoint(conn, projection=WORKFLOW_PROJECTION, topic=topic,
+                                   partition=partition, offset=offset)
 
 
 async def replace_all(conn: AsyncConnection, *, topic: str, rows: list[dict[str, Any]],
                       checkpoints: dict[int, int]) -> None:
     """``projections rebuild``: the whole table and its checkpoints, in one transaction."""
-    await conn.execute(delete(workflows))
-    await conn.execute(delete(projector_offsets).where(
-        projector_offsets.c.projection == WORKFLOW_PROJECTION))
-    for i in range(0, len(rows), 500):
-        await conn.execute(insert(workflows).values(rows[i:i + 500]))
-    if checkpoints:
-        await conn.execute(insert(projector_offsets).values([
-            {"projection": WORKFLOW_PROJECTION, "topic": topic, "partition": p, "offset": o}
-            for p, o in checkpoints.items()]))
+    await owned_db.replace_all(conn, table=workflows, projection=WORKFLOW_PROJECTION,
+                               topic=topic, rows=rows, checkpoints=checkpoints, chunk=500)
 
 
 _COLS = [c for c in workflows.c if c.name not in ("partition", "last_offset", "digest",

@@ -44,6 +44,7 @@ from events.log import (
 from events.models import CloudEvent, ScheduleFired, TaskCreated, new_event
 from events.partitioned import Partition, PartitionedService
 from events.schedules import (
+    SCHEDULE_PROJECTION,
     ScheduleState,
     apply_schedule,
     fire_task_id,
@@ -88,6 +89,7 @@ class Scheduler(PartitionedService[Part]):
     kind = "scheduler"
     log = log
     acting = "firing"
+    projection = SCHEDULE_PROJECTION
     project_every_s = PROJECT_EVERY_S
 
     scheduler_id: str = ""
@@ -140,9 +142,7 @@ class Scheduler(PartitionedService[Part]):
         rows = [schedule_db.row(part.states[sid], part.tp[1], off)
                 for sid, off in part.dirty.items() if sid in part.states]
         async with self._engine.begin() as conn:
-            for _, r, error in self._parks(part):
-                await schedule_db.park(conn, topic=self.topic, partition=r.partition,
-                                       offset=r.offset, key=r.key, raw=r.value, error=error)
+            await self._write_parks(conn, part)
             await schedule_db.write(conn, topic=self.topic, partition=part.tp[1],
                                     offset=part.position - 1, rows=rows,
                                     journal=part.journal)
