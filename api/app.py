@@ -11,12 +11,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks
+from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks, workflows
+from api.audit import router as audit_router
 from api.auth import KeyRing
+from api.erasure import router as erasure_router
+from api.erasure import sealer
 from api.fastpath import FastSubmit
 from api.feed import ChangeFeed
 from api.limits import RequestGuard
-from events import __version__
+from events import __version__, chain, crypto, keystore
 from events.db import DB_ERRORS, database_down, make_engine
 from events.errors import LogUnavailable
 from events.log import EventProducer
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        chain.configure(settings)
         app.state.engine = make_engine(settings.database_url)
         app.state.producer = EventProducer(bootstrap=settings.kafka_bootstrap,
                                            topic=settings.topic,
@@ -73,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except LogUnavailable as exc:
             # Start anyway: reads keep working, writes answer 503 until Kafka is back.
             log.warning("kafka unavailable at start-up: %r", exc)
+        if settings.encryption_key:  # payloads sealed per task (docs/audit.md)
+            app.state.keyring = keystore.Keyring(crypto.master_key(settings.encryption_key),
+                                                 app.state.engine)
+            app.state.producer.before_append = sealer(app.state.keyring)
         app.state.keys = KeyRing(app.state.engine, rate_per_s=settings.rate_limit_per_s,
                                  burst=settings.rate_limit_burst,
                                  fail_rate_per_s=settings.auth_fail_rate_per_s,
@@ -125,5 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])
     for module in (tasks, stream, ops, schedules, webhooks):
         app.include_router(module.router)
+    app.include_router(audit_router)
+    app.include_router(erasure_router)
+    app.include_router(workflows.router)
     app.include_router(dashboard.router)
     return app

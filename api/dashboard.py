@@ -28,6 +28,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "workflow.js": "text/javascript; charset=utf-8",  # the workflow page (api/workflows.py)
+    "workflow.css": "text/css; charset=utf-8",
 }
 
 # Everything comes from this origin; no inline script or style is needed by the page.

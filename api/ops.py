@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from api import metrics
+from api.auth import TenantDep
 from api.deps import DbDep, SettingsDep
 from api.logstate import log_ends
 from api.problems import Unavailable, documented
-from events import constants, queries
+from events import constants, queries, retention_db
 from events.db import current_revision, migration_head
 from events.errors import LogUnavailable
 from events.log import ping as kafka_ping
@@ -68,17 +69,25 @@ async def projector_lag(request: Request, settings: Settings, db: DbDep) -> dict
     return lag
 
 
+_ANY_TENANT = object()  # open_counts: no tenant filter
+
 @router.get("/stats", tags=["ops"])
-async def stats(request: Request, db: DbDep, settings: SettingsDep,
+async def stats(request: Request, db: DbDep, settings: SettingsDep, tenant: TenantDep,
                 minutes: Annotated[int, Query(ge=1, le=1440)] = 15) -> dict[str, Any]:
-    """Counts by status, tasks finished per minute, and projector lag per partition."""
+    """Counts by status, tasks finished per minute, and projector lag per partition;
+    ``open``: unfinished tasks by priority and by tenant, in the caller's scope; and
+    retention: how many finished tasks left the read model, up to which cutoff."""
     try:
         lag: dict[int, int] | None = await projector_lag(request, settings, db)
     except LogUnavailable:
         lag = None
     return {"counts": await queries.status_counts(db),
             "throughput": await queries.throughput(db, minutes=minutes),
-            "lag": {str(p): n for p, n in lag.items()} if lag is not None else None}
+            "lag": {str(p): n for p, n in lag.items()} if lag is not None else None,
+            "open": await queries.open_counts(
+                db, tenant=tenant.name if tenant.scoped else _ANY_TENANT),
+            "retention": await retention_db.status(db, projection=settings.projection,
+                                                   days=settings.retention_days)}
 
 
 @router.get("/healthz", tags=["ops"])

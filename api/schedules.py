@@ -8,23 +8,26 @@ routes: validate, append, answer.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, LogDep, SettingsDep
-from api.problems import Conflict, Invalid, NotFound, documented, for_log_down
+from api.problems import BadRequest, Conflict, Invalid, NotFound, documented, for_log_down
 from api.reads import visible
 from api.schemas import TaskIn
-from api.submit import check_type
-from events import constants, schedule_db
-from events.codec import encode
+from api.submit import check_type, key_lock
+from api.tasks import parse_as_of
+from events import chain, constants, schedule_db
+from events.codec import decode, encode
 from events.errors import LogUnavailable
 from events.hook_queries import applied
 from events.log import EventProducer, ensure_topic, task_key
@@ -39,9 +42,12 @@ from events.models import (
     TaskCreated,
     new_event,
 )
+from events.queries import BadCursor
 from events.schedules import (
     SCHEDULE_PROJECTION,
     BadSchedule,
+    ScheduleState,
+    apply_schedule,
     check,
     next_due,
     schedule_topic,
@@ -53,6 +59,7 @@ router = APIRouter()
 
 MAX_EVERY_S = 366 * 86_400  # seconds: the longest interval
 _ANY = object()
+SCHEDULE_KEY_NS = uuid.UUID("3b0f6c1e-8d2a-4f57-9c1b-5e7a2d4c6f80")  # uuid5 namespace
 
 
 class ScheduleTaskIn(TaskIn):
@@ -182,12 +189,35 @@ def _json(body: dict[str, Any]) -> bytes:
 
 @router.post("/schedules", status_code=201, tags=["schedules"],
              responses=documented(401, 422, 503))
-async def create_schedule(body: ScheduleIn, request: Request, settings: SettingsDep,
-                          tenant: TenantDep) -> Response:
+async def create_schedule(
+    body: ScheduleIn, request: Request, settings: SettingsDep, db: DbDep, tenant: TenantDep,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="The same key with the same body answers the same schedule (200); "
+        "with another body, 422")] = None,
+) -> Response:
     """Create a schedule: ``cron`` (in ``timezone``) or ``every_s``; answers
     ``{schedule_id, next_run_at}``."""
     spec = _spec(body, settings)
-    sid = uuid.uuid4()
+    if idempotency_key is None:
+        return await _create(request, spec, uuid.uuid4(), tenant)
+    sid = keyed_schedule_id(tenant.name, idempotency_key)
+    async with key_lock(request.app.state, sid):
+        replay = await _keyed_replay(db, sid, spec)
+        if replay is not None:
+            return Response(_json(replay), status_code=200, media_type="application/json",
+                            headers={"Location": f"/schedules/{sid}",
+                                     "Idempotent-Replayed": "true"})
+        response = await _create(request, spec, sid, tenant)
+        if response.status_code == 201:
+            _recent_keyed[sid] = (_digest(spec), orjson.loads(bytes(response.body)))
+            while len(_recent_keyed) > RECENT_KEYED_MAX:
+                _recent_keyed.popitem(last=False)
+        return response
+
+
+async def _create(request: Request, spec: ScheduleCreated, sid: uuid.UUID,
+                  tenant: Tenant) -> Response:
     try:
         at = await _append(request, spec, sid, tenant.name)
     except LogUnavailable as exc:
@@ -197,21 +227,87 @@ async def create_schedule(body: ScheduleIn, request: Request, settings: Settings
                     headers={"Location": f"/schedules/{sid}"})
 
 
-@router.get("/schedules", tags=["schedules"], responses=documented(401, 422))
+# Keyed schedules this process created recently, for a retry that comes before the
+# scheduler has projected the first one: (digest of the definition, the 201's body).
+_recent_keyed: OrderedDict[uuid.UUID, tuple[bytes, dict[str, Any]]] = OrderedDict()
+RECENT_KEYED_MAX = 10_000
+
+
+def keyed_schedule_id(tenant: str | None, key: str) -> uuid.UUID:
+    """The schedule an ``Idempotency-Key`` names: the same (tenant, key), the same id."""
+    return uuid.uuid5(SCHEDULE_KEY_NS, f"{tenant or ''}\n{key}")
+
+
+def _digest(spec: ScheduleCreated) -> bytes:
+    return hashlib.sha256(orjson.dumps(spec.model_dump(mode="json"),
+                                       option=orjson.OPT_SORT_KEYS)).digest()
+
+
+async def _keyed_replay(db: DbDep, sid: uuid.UUID, spec: ScheduleCreated) -> dict[str, Any] | None:
+    """The answer to repeat for a key already used with this definition; ``Invalid`` if
+    it was used with another; ``None`` for a new key."""
+    recent = _recent_keyed.get(sid)
+    if recent is not None:
+        if recent[0] != _digest(spec):
+            raise _key_reused()
+        return recent[1]
+    row = await schedule_db.get(db, schedule_id=sid)
+    if row is None:
+        return None
+    # The definition it has now: after a PATCH, the key names the patched schedule.
+    if _digest(ScheduleCreated(**_base(row))) != _digest(spec):
+        raise _key_reused()
+    return {"schedule_id": str(sid), "next_run_at": None if row["deleted"] else
+            row["next_run_at"]}
+
+
+def _key_reused() -> Invalid:
+    return Invalid("Idempotency-Key was already used with a different body",
+                   errors=[{"loc": ["header", "Idempotency-Key"],
+                            "msg": "reused with a different body", "type": "idempotency"}])
+
+
+@router.get("/schedules", tags=["schedules"], responses=documented(400, 401, 422))
 async def list_schedules(db: DbDep, tenant: TenantDep,
-                         limit: Annotated[int, Query(ge=1, le=1000)] = 100
-                         ) -> dict[str, list[dict[str, Any]]]:
-    """The caller's schedules, oldest first, with next and last run and its status."""
-    rows = await schedule_db.listing(db, tenant=tenant.name if tenant.scoped else _ANY,
-                                     any_tenant=_ANY, limit=limit)
-    return {"items": [_out(r) for r in rows]}
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         cursor: Annotated[str | None, Query(max_length=200)] = None,
+                         ) -> dict[str, Any]:
+    """The caller's schedules, oldest first, with next and last run and its status;
+    ``next_cursor`` (opaque, like ``GET /tasks``) fetches the next page."""
+    try:
+        rows, nxt = await schedule_db.listing(
+            db, tenant=tenant.name if tenant.scoped else _ANY, any_tenant=_ANY, limit=limit,
+            cursor=cursor)
+    except BadCursor:
+        raise BadRequest("cursor is not valid") from None
+    return {"items": [_out(r) for r in rows], "next_cursor": nxt}
 
 
 @router.get("/schedules/{schedule_id}", tags=["schedules"], responses=documented(404))
-async def get_schedule(schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep,
-                       tenant: TenantDep) -> dict[str, Any]:
-    """One schedule: its definition, state, next run, and last run with its status."""
-    return _out(await _row(db, schedule_id, tenant, settings.read_wait_s))
+async def get_schedule(
+    schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep, tenant: TenantDep,
+    as_of: Annotated[str | None, Query(
+        max_length=64, description="RFC 3339 time, or PARTITION:OFFSET of the schedule "
+        "topic: the schedule then", examples=["2026-11-22T10:00:00Z", "3:41"])] = None,
+) -> dict[str, Any]:
+    """One schedule: its definition, state, next run, and last run with its status; with
+    ``as_of``, as it was then (folded from its journal; ``last_status`` is null)."""
+    if as_of is None:
+        return _out(await _row(db, schedule_id, tenant, settings.read_wait_s))
+    point = parse_as_of(as_of)
+    state: ScheduleState | None = None
+    where = (0, 0)
+    for p, o, raw in await schedule_db.history(db, schedule_id=schedule_id):
+        ev = decode(orjson.dumps(raw))
+        if (p, o) > point if isinstance(point, tuple) else ev.time > point:
+            break
+        state, where = apply_schedule(state, ev), (p, o)
+    if state is None or state.deleted or not visible(state.tenant, tenant):
+        raise NotFound(f"schedule {schedule_id} did not exist at {as_of}")
+    row = schedule_db.row(state, *where)
+    for k in ("partition", "last_offset", "deleted", "anchor"):
+        row.pop(k)
+    return {**row, "last_status": None}
 
 
 @router.patch("/schedules/{schedule_id}", tags=["schedules"],
@@ -277,6 +373,7 @@ async def trigger_schedule(schedule_id: uuid.UUID, request: Request, producer: L
                                priority=t.priority, max_attempts=t.max_attempts,
                                timeout_s=t.timeout_s, schedule_id=schedule_id, due_at=now),
                    task_id=tid, source=constants.API_SOURCE, tenant=row["tenant"])
+    ev = chain.seal(ev)
     try:
         [p] = await producer.append([ev])
     except LogUnavailable as exc:

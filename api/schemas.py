@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -17,6 +18,7 @@ from pydantic import (
 )
 
 from events.models import TaskStatus
+from events.priority import PRIORITY_MAX, PRIORITY_MIN, parse_priority
 
 MAX_TITLE = 500
 MAX_DELAY_S = 366 * 86_400  # seconds: the longest delay a task may wait
@@ -48,7 +50,10 @@ class TaskIn(BaseModel):
     title: str = Field(min_length=1, max_length=MAX_TITLE)
     type: str = Field(default="echo", min_length=1, max_length=100, pattern=TYPE_PATTERN)
     payload: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-100, le=100)
+    priority: Annotated[int, BeforeValidator(parse_priority)] = Field(
+        default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX,
+        description="-100..100, higher starts first; or low (-50), normal (0), high (50), "
+                    "critical (100)")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
     # Webhook for this task alone: its terminal events, signed (see docs/webhooks.md).
@@ -57,11 +62,20 @@ class TaskIn(BaseModel):
         default=None, description="RFC 3339 with an offset: the task starts no earlier")
     delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S,
                                   description="seconds from now before the task may start")
+    concurrency_key: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="at most max_concurrency tasks with this key run at once, across workers")
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000,
+                                        description="with concurrency_key; default 1")
 
     @model_validator(mode="after")
     def _one_delay(self) -> TaskIn:
         if self.run_at is not None and self.delay_s is not None:
             raise ValueError("give run_at or delay_s, not both")
+        if self.max_concurrency is not None and self.concurrency_key is None:
+            raise ValueError("max_concurrency needs a concurrency_key")
+        if self.concurrency_key is not None and "\x00" in self.concurrency_key:
+            raise ValueError("concurrency_key must not contain NUL characters")
         return self
 
     @field_validator("title")
@@ -109,6 +123,8 @@ class TaskOut(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    # PENDING because no running worker pool serves the type (events/pool_registry.py).
+    waiting_reason: str | None = None
 
 
 class TaskPage(BaseModel):

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from api import metrics
 from api.auth import TenantDep
 from api.deps import DbDep, FeedDep, SettingsDep
+from api.erasure import open_rows
 from api.feed import Change, Filter, Reset, SubscriberDropped
 from api.problems import BadRequest, NotFound, documented
 from api.reads import visible, wait_for_task
@@ -34,16 +35,24 @@ async def stream(
     feed: FeedDep,
     settings: SettingsDep,
     tenant: TenantDep,
+    db: DbDep,
     task_id: Annotated[list[uuid.UUID] | None, Query()] = None,
     status: Annotated[list[TaskStatus] | None, Query()] = None,
     type: Annotated[list[EventType] | None, Query()] = None,
     after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
+    workflow_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: one event per visible change; ``id`` is the change position.
 
     Resume with ``Last-Event-ID`` (or ``?after=``) to get every change after it exactly once.
+    ``workflow_id`` keeps the changes of that workflow's node tasks.
     """
+    if workflow_id is not None:
+        from api.workflows import stream_task_ids
+
+        task_id = [*(task_id or ()), *await stream_task_ids(db, workflow_id, tenant,
+                                                             settings.read_wait_s)]
     start = after
     if last_event_id:
         try:
@@ -102,7 +111,7 @@ def _sse(c: Change | Reset) -> ServerSentEvent:
 
 @router.get("/tasks/{task_id}/stream", tags=["stream"], response_class=EventSourceResponse,
             responses=documented(404))
-async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
+async def task_stream(task_id: uuid.UUID, request: Request, db: DbDep, feed: FeedDep,
                       settings: SettingsDep, tenant: TenantDep) -> EventSourceResponse:
     """One task: a ``snapshot`` event with its state, then its changes; ends after terminal."""
     snap = await queries.task_snapshot(db, task_id=task_id)
@@ -114,6 +123,7 @@ async def task_stream(task_id: uuid.UUID, db: DbDep, feed: FeedDep,
     if snap is None or not visible(snap[0]["tenant"], tenant):
         raise NotFound(f"no task {task_id}")
     row, position = snap
+    row = (await open_rows(getattr(request.app.state, "keyring", None), [row]))[0]
 
     async def events() -> AsyncIterator[ServerSentEvent | bytes]:
         metrics.SSE_SUBSCRIBERS.inc()

@@ -24,11 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import metrics, task_callback
+from api import erasure, metrics, task_callback
 from api.auth import Tenant
 from api.problems import BASE, Invalid, Problem, for_log_down
 from api.schemas import BatchItemIn, PositionOut, TaskAccepted, TaskIn
-from events import constants, guards, ids, queries
+from events import chain, constants, guards, ids, queries
 from events.errors import LogUnavailable
 from events.log import EventProducer
 from events.models import CloudEvent, Position, TaskCreated, TaskStatus, new_event
@@ -50,12 +50,16 @@ def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEven
     run_at = body.run_at
     if body.delay_s is not None:
         run_at = datetime.now(UTC) + timedelta(seconds=body.delay_s)
-    return new_event(
+    ev = new_event(
         TaskCreated(title=body.title, type=body.type, payload=body.payload,
                     priority=body.priority, max_attempts=body.max_attempts,
-                    timeout_s=body.timeout_s, run_at=run_at),
+                    timeout_s=body.timeout_s, run_at=run_at,
+                    concurrency_key=body.concurrency_key,
+                    max_concurrency=(body.max_concurrency or 1) if body.concurrency_key
+                    else None),
         task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
     )
+    return chain.seal(ev) if chain.enabled() else ev
 
 
 def initial_status(body: TaskIn) -> TaskStatus:
@@ -137,7 +141,11 @@ async def _keyed_known(state: Any, task_ids: list[uuid.UUID]) -> dict[uuid.UUID,
     if not task_ids:
         return {}
     db: AsyncEngine = state.engine
-    return await queries.get_tasks(db, task_ids=task_ids)
+    rows = await queries.get_tasks(db, task_ids=task_ids)
+    ring = getattr(state, "keyring", None)
+    if ring is not None and rows:  # a sealed payload compares as what was submitted
+        rows = dict(zip(rows, await erasure.open_rows(ring, list(rows.values())), strict=True))
+    return rows
 
 
 async def _replay(state: Any, task_id: uuid.UUID, spec: dict[str, Any], digest: bytes,

@@ -13,10 +13,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from api import submit
+from api import erasure, submit
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.feed import ChangeFeed
+from api.pools import HandlersOut, with_waiting_reasons
+from api.priorities import query_priority
 from api.problems import BadRequest, Conflict, Invalid, NotFound, documented
 from api.reads import reach, visible, wait_for_task
 from api.schemas import (
@@ -31,7 +33,7 @@ from api.schemas import (
     TaskOut,
     TaskPage,
 )
-from events import constants, queries
+from events import chain, chain_db, constants, pool_registry, queries
 from events.codec import decode
 from events.fold import fold
 from events.models import TERMINAL, TaskCancelRequested, TaskStatus, new_event
@@ -100,7 +102,8 @@ def parse_as_of(value: str) -> datetime | tuple[int, int]:
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"],
             responses=documented(404, 422))
 async def get_task(
-    task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
+    task_id: uuid.UUID, request: Request, db: DbDep, feed: FeedDep, settings: SettingsDep,
+    tenant: TenantDep,
     min_position: MinPosition = None,
     as_of: Annotated[str | None, Query(
         max_length=64, description="RFC 3339 time, or PARTITION:OFFSET: the state then",
@@ -123,17 +126,17 @@ async def get_task(
         state = fold(upto)
         if state is None or not visible(state.tenant, tenant):
             raise NotFound(f"task {task_id} did not exist at {as_of}")
-        return state.model_dump()
+        return (await erasure.reveal_rows(request, [state.model_dump()]))[0]
     row = await wait_for_task(db, feed, task_id, settings.read_wait_s, tenant=tenant)
     if row is None:
         raise NotFound(f"no task {task_id}")
-    return row
+    return (await with_waiting_reasons(db, await erasure.reveal_rows(request, [row])))[0]
 
 
 @router.get("/tasks", response_model=TaskPage, tags=["tasks"],
             responses=documented(400, 401, 422, 429))
 async def list_tasks(
-    db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
+    request: Request, db: DbDep, feed: FeedDep, settings: SettingsDep, tenant: TenantDep,
     status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=100, pattern=TYPE_PATTERN)] = None,
     created_after: Annotated[QueryTime | None, Query(description="RFC 3339, inclusive")] = None,
@@ -147,6 +150,14 @@ async def list_tasks(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     min_position: MinPosition = None,
+    priority: Annotated[str | None, Query(
+        max_length=10, description="exactly this priority: -100..100 or a level name")] = None,
+    min_priority: Annotated[str | None, Query(
+        max_length=10, description="this priority or higher: -100..100 or a level name")]
+    = None,
+    sort: Annotated[str, Query(pattern="^(created|priority)$", description=(
+        "created: by creation time; priority: by priority, then creation time "
+        "(order=desc: highest first)"))] = "created",
 ) -> TaskPage:
     """Tasks by creation time (newest first by default), with an opaque keyset cursor.
 
@@ -161,22 +172,26 @@ async def list_tasks(
     if q is not None and "\x00" in q:
         raise Invalid("q must not contain NUL",
                       errors=[{"loc": ["query", "q"], "msg": "NUL", "type": "value"}])
+    prio, min_prio = query_priority("priority", priority), query_priority(
+        "min_priority", min_priority)
     try:
         rows, nxt = await queries.list_tasks(
             db, status=status.value if status else None, type_=type,
             limit=min(limit, settings.list_limit_max), cursor=cursor,
             descending=order == "desc", created_after=created_after,
             created_before=created_before, search=q,
-            tenant=tenant.name if tenant.scoped else _ANY)
+            tenant=tenant.name if tenant.scoped else _ANY,
+            priority=prio, min_priority=min_prio, by_priority=sort == "priority")
     except queries.BadCursor:
         raise BadRequest("cursor is not valid") from None
+    rows = await with_waiting_reasons(db, await erasure.reveal_rows(request, rows))
     return TaskPage(items=[TaskOut.model_validate(r) for r in rows], next_cursor=nxt)
 
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage, tags=["tasks"],
             responses=documented(404))
-async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: SettingsDep,
-                      tenant: TenantDep) -> EventPage:
+async def task_events(task_id: uuid.UUID, request: Request, db: DbDep, feed: FeedDep,
+                      settings: SettingsDep, tenant: TenantDep) -> EventPage:
     """The task's full history in log order, each CloudEvent with its position."""
     items = await queries.task_history(db, task_id=task_id)
     # Another tenant's task waits as long as a missing one (``wait_for_task``).
@@ -186,7 +201,7 @@ async def task_events(task_id: uuid.UUID, db: DbDep, feed: FeedDep, settings: Se
         raise NotFound(f"no task {task_id}")
     if not items:
         items = await queries.task_history(db, task_id=task_id)
-    return EventPage(items=items)
+    return EventPage(items=await erasure.reveal_events(request, items))
 
 
 async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: SettingsDep,
@@ -203,13 +218,15 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
         ev = new_event(TaskCancelRequested(reason="api"), task_id=task_id,
                        source=constants.API_SOURCE, attempt=row["attempt"],
                        tenant=row.get("tenant"))
+        if chain.enabled():
+            ev = chain.seal(ev, (await chain_db.heads(db, [task_id])).get(task_id, ""))
         [pos] = await producer.append([ev], partitions=[partition])
     else:
         if status is not TaskStatus.FAILED:
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
         [pos] = await redrive(producer, [{**row, "partition": partition}], reason="api",
-                              source=constants.API_SOURCE)
+                              source=constants.API_SOURCE, engine=db)
     return {"task_id": str(task_id), "status": status.value,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 
@@ -229,7 +246,12 @@ async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed: Feed
     """Redrive a FAILED (dead-lettered) task: it runs again as a new attempt."""
     return await _emit(producer, db, feed, settings, task_id, "retry", tenant)
 
-@router.get("/handlers", tags=["tasks"])
-async def handlers(settings: SettingsDep) -> dict[str, list[str]]:
-    """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``)."""
-    return {"types": list(settings.task_type_list)}
+@router.get("/handlers", response_model=HandlersOut, tags=["tasks"])
+async def handlers(settings: SettingsDep, db: DbDep) -> dict[str, Any]:
+    """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``), and the worker pools
+    running now: each with the types it serves, its live workers, and when one last wrote
+    (``unserved``: accepted types no running pool serves; their tasks wait as PENDING)."""
+    running = await pool_registry.live_pools(db)
+    served = {t for p in running for t in p["types"]}
+    return {"types": list(settings.task_type_list), "pools": running,
+            "unserved": [t for t in settings.task_type_list if t not in served]}

@@ -20,6 +20,9 @@ Scenarios (``bench.scenarios``, which runs ``bench.taskflow_runner``, ``bench.fa
 5. ``fanout``     1,000 SSE subscribers on one API process, 100 changes/s; then a sweep
                   over change rates for the highest delivery rate with p99 < 250 ms, and
                   the memory per idle subscriber with 5,000 connected.
+6. ``workflow``   a 1,000-node layered DAG of no-op tasks against the same tasks as a flat
+                  batch: wall times, and the coordinator's overhead per edge
+                  (``bench.workflow``).
 
 ``bench.report`` prints the table (every TaskFlow figure also as a ratio to the best
 peer) and writes ``bench/results/<UTC timestamp>.json``.

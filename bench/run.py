@@ -16,16 +16,18 @@ import asyncpg
 from bench import scenarios, sdk
 from bench.capacity import capacity as capacity_scenario
 from bench.peers import Peer
+from bench.priority import scenario as priority_scenario
 from bench.procs import LOGS, Redis
 from bench.report import machine, table, write_json
 from bench.stats import PEERS, Figure, say
 from bench.webhooks import webhooks as webhooks_scenario
+from bench.workflow import scenario as workflow_scenario
 from bench.world import TEMPLATE, Lab, db_url
 from events.db import asyncpg_dsn
 from events.settings import get_settings
 
 SCENARIOS = ("submit", "e2e", "latency", "sdk", "projector", "fanout", "reads",
-             "schedules", "webhooks", "capacity")
+             "schedules", "webhooks", "workflow", "priority", "fairness", "capacity")
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,18 @@ class Sizes:
     reads_requests: int = 1000  # timed requests per read probe
     reads_p99_target_ms: float = 50.0
     webhooks_n: int = 20_000  # tasks, each a task.done delivered to one webhook
+    webhooks_rate: float = 100.0  # tasks/s submitted evenly for the steady p99 ...
+    webhooks_steady_s: float = 20.0  # ... over this many seconds
     schedules_n: int = 1000  # interval schedules firing at once
     schedules_every_s: float = 1.0
     schedules_s: float = 60.0  # seconds they fire for
     delayed_n: int = 5000  # delayed tasks, due evenly over ...
     delayed_spread_s: float = 20.0  # ... this many seconds
+    workflow_layers: int = 20  # the workflow scenario: layers of ...
+    workflow_width: int = 50  # ... this many noop nodes (1,000 nodes)
+    priority_backlog: int = 10_000  # queued tasks ahead of the measured ones
+    priority_n: int = 20  # measured tasks (critical, or the other tenant's)
+    priority_task_s: float = 0.05  # each backlog task's sleep: the backlog outlasts the run
     capacity_tasks: int = 100_000  # histories folded from 1 partition, then from many
 
 
@@ -75,7 +84,8 @@ QUICK = Sizes(submit_n=1000, batch_submit_n=5000, e2e_n=2000, sdk_n=2000, latenc
               fanout_sweep_rates=(10.0, 25.0, 100.0), fanout_sweep_s=2.0,
               fanout_sweep_changes=20, fanout_idle_subscribers=1000,
               reads_tasks=100_000, reads_requests=300, schedules_n=200, schedules_s=15.0,
-              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000, capacity_tasks=20_000)
+              delayed_n=1000, delayed_spread_s=5.0, webhooks_n=2000, priority_backlog=2000,
+              capacity_tasks=20_000, webhooks_steady_s=10.0)
 # For a test that only asserts the bench runs and prints its table.
 SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               latency_s=1.0,
@@ -86,7 +96,8 @@ SMOKE = Sizes(submit_n=200, batch_submit_n=200, batch=100, e2e_n=300, sdk_n=300,
               fanout_sweep_rates=(25.0, 50.0), fanout_sweep_s=1.0, fanout_sweep_changes=0,
               fanout_idle_subscribers=50, reads_tasks=10_000, reads_requests=30,
               schedules_n=5, schedules_s=2.0, delayed_n=20, delayed_spread_s=1.0,
-              webhooks_n=100, capacity_tasks=500)
+              webhooks_n=100, workflow_layers=3, workflow_width=4, priority_backlog=100,
+              priority_n=3, capacity_tasks=500, webhooks_rate=50.0, webhooks_steady_s=2.0)
 
 
 
@@ -178,6 +189,11 @@ class Run:
                 await webhooks_scenario(self)
             if "schedules" in a.scenarios:
                 await scenarios.schedules(self)
+            if "workflow" in a.scenarios:
+                await workflow_scenario(self)
+            for name in ("priority", "fairness"):
+                if name in a.scenarios:
+                    await priority_scenario(self, name)
             if "capacity" in a.scenarios:
                 await capacity_scenario(self)
         finally:

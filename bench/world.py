@@ -32,11 +32,11 @@ from bench.procs import (
     service_env,
     tree_cpu_seconds,
 )
-from events import constants
+from events import chain, constants, crypto
 from events.db import asyncpg_dsn, drop_database, ensure_database, migrate
 from events.log import EventProducer, dead_letter_topic, delete_topics, ensure_topic
 from events.models import TaskCreated, TaskDone, TaskProcessing, new_event
-from events.settings import Settings
+from events.settings import Settings, get_settings
 
 TEMPLATE = "taskflow_bench_template"
 PARTITIONS = 6
@@ -232,6 +232,8 @@ async def fill_topic(bootstrap: str, topic: str, tasks: int,
     """
     producer = EventProducer(bootstrap=bootstrap, topic=topic, timeout_s=60)
     await producer.start()
+    chain.configure(get_settings())
+    sealing = bool(get_settings().encryption_key)  # as the API and worker would seal
     worker = constants.WORKER_SOURCE_PREFIX + "bench"
     created = TaskCreated(title="bench", type="noop", payload={})
     processing = TaskProcessing(worker_id="bench")
@@ -243,9 +245,18 @@ async def fill_topic(bootstrap: str, topic: str, tasks: int,
             evs = []
             for _ in range(min(chunk, tasks - start)):
                 tid = uuid.uuid4()
-                evs.append(new_event(created, task_id=tid, source=constants.API_SOURCE))
-                evs.append(new_event(processing, task_id=tid, source=worker, attempt=1))
-                evs.append(new_event(done, task_id=tid, source=worker, attempt=1))
+                if sealing:
+                    key = crypto.new_key()
+                    created = TaskCreated(title="bench", type="noop", payload=crypto.seal_value(
+                        key, tid, "payload", {}))
+                    done = TaskDone(result=crypto.seal_value(key, tid, "result", None))
+                # With TASKFLOW_AUDIT_CHAIN set, the histories are chained as the
+                # services would chain them (events.chain; a no-op otherwise).
+                c = chain.seal(new_event(created, task_id=tid, source=constants.API_SOURCE))
+                p = chain.seal(new_event(processing, task_id=tid, source=worker, attempt=1),
+                               c.chainhash or chain.GENESIS)
+                evs += [c, p, chain.seal(new_event(done, task_id=tid, source=worker, attempt=1),
+                                         p.chainhash or chain.GENESIS)]
             # Two chunks in flight: encoding the next one overlaps the broker's acks.
             pending.append(asyncio.create_task(producer.append(evs)))
             if len(pending) > 1:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from taskflow_client import Change, ProblemError, TaskFlow, TaskFlowError, TaskHandle
+import typer
+from taskflow_client import Change, Priority, ProblemError, TaskFlow, TaskFlowError, TaskHandle
+from taskflow_client.models import PRIORITIES, PriorityName
 
 # Exit statuses of ``submit --wait``: the task ended FAILED or CANCELLED, not DONE.
 EXIT_NOT_DONE = 3
@@ -26,13 +28,27 @@ def _fail(exc: TaskFlowError) -> int:
     return 1
 
 
+def priority_arg(text: str | None) -> Priority | None:
+    """``--priority``: a number (the API checks its range) or a level name."""
+    if text is None:
+        return None
+    name = text.strip().lower()
+    if name in PRIORITIES:
+        return cast(PriorityName, name)
+    try:
+        return int(name)
+    except ValueError:
+        raise typer.BadParameter(f"an integer or one of {', '.join(PRIORITIES)}",
+                                 param_hint="--priority") from None
+
+
 def handle_json(h: TaskHandle) -> dict[str, Any]:
     return {"task_id": h.task_id, "status": h.status,
             "position": {"partition": h.position.partition, "offset": h.position.offset}}
 
 
 def submit(url: str, api_key: str | None, *, title: str, type_: str,
-           payload: dict[str, Any], priority: int | None, idempotency_key: str | None,
+           payload: dict[str, Any], priority: Priority | None, idempotency_key: str | None,
            delay_s: float | None, run_at: str | None, wait: bool,
            timeout: float | None) -> int:
     """Submit one task; print its handle, and with ``wait`` its final state."""

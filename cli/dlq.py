@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from events import constants, queries
+from events import chain, constants, queries
 from events.log import EventProducer
 from events.redrive import redrive as redrive_rows
 from events.settings import Settings
@@ -18,13 +18,15 @@ async def dead_tasks(settings: Settings, *, type_: str | None = None,
 
 
 async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str) -> int:
+    chain.configure(settings)
     async with queries.short_engine(settings.database_url) as engine:
         parts = await queries.task_partitions(engine, task_ids=[r["task_id"] for r in rows])
-    rows = [{**r, "partition": parts.get(r["task_id"])} for r in rows]
-    producer = EventProducer(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
-                             timeout_s=settings.produce_timeout_s)
-    await producer.start()
-    try:
-        return len(await redrive_rows(producer, rows, reason=reason, source=constants.CLI_SOURCE))
-    finally:
-        await producer.stop()
+        rows = [{**r, "partition": parts.get(r["task_id"])} for r in rows]
+        producer = EventProducer(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
+                                 timeout_s=settings.produce_timeout_s)
+        await producer.start()
+        try:
+            return len(await redrive_rows(producer, rows, reason=reason,
+                                          source=constants.CLI_SOURCE, engine=engine))
+        finally:
+            await producer.stop()

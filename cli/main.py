@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -13,6 +14,8 @@ import orjson
 import typer
 import uvloop
 
+from cli import erasure as cli_erasure
+from cli.audit import audit_app
 from cli.services import dev_profile, run_all, serve, setup_logging, supervise
 from events.settings import get_settings
 
@@ -20,6 +23,24 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="TaskFlow: event-sourced tasks.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and Postgres under .stack/.")
 app.add_typer(stack_app, name="stack")
+app.add_typer(audit_app, name="audit")
+log_app = typer.Typer(no_args_is_help=True, help="The log itself: archives.")
+app.add_typer(log_app, name="log")
+
+
+@log_app.command("archive")
+def log_archive(
+    before: Annotated[str, typer.Option(help="archive records older than this (RFC 3339)")],
+    to: Annotated[str, typer.Option(help="folder of the archive (TASKFLOW_ARCHIVE_DIR)")],
+) -> None:
+    """Write older records to compressed, checksummed JSON lines files (docs/audit.md)."""
+    from cli.archive import archive_log
+
+    when = _parse_time(before)
+    assert when is not None
+    counts = asyncio.run(archive_log(get_settings(), before=when, to=to))
+    print(f"archived {sum(counts.values())} record(s) of {len(counts)} partition(s) to {to}",
+          file=sys.stderr)
 
 
 def _version(show: bool) -> None:
@@ -76,6 +97,7 @@ async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | N
     from events import webhooks
     from events.log import ensure_topics
     from events.schedules import schedule_topic
+    from events.workflows import workflow_topic
 
     s = get_settings()
     for attempt in range(attempts):
@@ -84,7 +106,8 @@ async def _ensure_topics(who: str, *, attempts: int, replication_factor: int | N
                 s.kafka_bootstrap, s.topic, s.partitions,
                 replication_factor=replication_factor or s.replication_factor,
                 min_insync_replicas=min_insync_replicas or s.min_insync_replicas,
-                also=[schedule_topic(s.topic), webhooks.topic_for(s.topic)])
+                also=[schedule_topic(s.topic), webhooks.topic_for(s.topic),
+                      workflow_topic(s.topic)])
             break
         except Exception:
             if attempt == attempts - 1:
@@ -184,11 +207,22 @@ def api(
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="exit once there is nothing left to do")] = False,
+    types: Annotated[str | None, typer.Option(
+        help="serve only these task types, as their own pool (comma-separated); each must "
+             "be in TASKFLOW_POOLED_TYPES")] = None,
 ) -> None:
     """Run a worker: consumes the log as one member of the worker group."""
+    from events import pools
     from worker.service import Worker
 
     s = get_settings()
+    if types is not None:
+        s = s.model_copy(update={"worker_types": types})
+    unpooled = set(pools.type_list(s.worker_types)) - set(pools.type_list(s.pooled_types))
+    if unpooled:  # the default pool would run them too
+        raise typer.BadParameter(
+            f"{', '.join(sorted(unpooled))} must be listed in TASKFLOW_POOLED_TYPES (on every "
+            f"worker) to be served by a pool of their own", param_hint="--types")
     setup_logging(s.log_level)
     uvloop.run(serve(lambda: Worker(s), name="worker", burst=burst))
 
@@ -229,6 +263,18 @@ def scheduler(
     s = get_settings()
     setup_logging(s.log_level)
     uvloop.run(serve(lambda: Scheduler(s), name="scheduler", burst=burst))
+
+
+@app.command()
+def coordinator(
+    burst: Annotated[bool, typer.Option(help="exit once nothing is left to do")] = False,
+) -> None:
+    """Run a coordinator: runs workflows as one member of the coordinator group."""
+    from coordinator.service import Coordinator
+
+    s = get_settings()
+    setup_logging(s.log_level)
+    uvloop.run(serve(lambda: Coordinator(s), name="coordinator", burst=burst))
 
 
 topics_app = typer.Typer(no_args_is_help=True, help="The event topic.")
@@ -320,13 +366,15 @@ def replay(
     async def go() -> int:
         n = 0
         out = sys.stdout
-        async for r, ev, err in run_replay(bootstrap=s.kafka_bootstrap, topic=s.topic, flt=flt):
+        reveal = await cli_erasure.revealer(s)  # sealed fields: plaintext or erased
+        async for r, ev, err in run_replay(bootstrap=s.kafka_bootstrap, topic=s.topic, flt=flt,
+                                           archive_dir=s.archive_dir):
             pos = {"partition": r.partition, "offset": r.offset}
             if ev is None:
                 doc = {"position": pos, "undecodable": err,
                        "raw": (r.value or b"").decode("utf-8", "backslashreplace")}
             else:
-                doc = {**ev.model_dump(mode="json"), "position": pos}
+                doc = {**await reveal(ev.model_dump(mode="json")), "position": pos}
             out.write(orjson.dumps(doc).decode() + "\n")
             n += 1
         out.flush()
@@ -334,6 +382,25 @@ def replay(
 
     n = asyncio.run(go())
     print(f"{n} event(s)", file=sys.stderr)
+
+
+@app.command()
+def erase(
+    task: Annotated[str | None, typer.Option(help="erase this task's payload and result")]
+    = None,
+    tenant: Annotated[str | None, typer.Option(help="erase those of every task of a tenant")]
+    = None,
+    actor: Annotated[str, typer.Option(help="who asks, recorded in task.erased")] = "cli",
+) -> None:
+    """Crypto-shred: delete the data keys, then append task.erased for each task."""
+    if (task is None) == (tenant is None):
+        raise typer.BadParameter("give exactly one of --task and --tenant")
+    try:
+        tid = uuid.UUID(task) if task else None
+    except ValueError:
+        raise typer.BadParameter(f"not a task id: {task!r}", param_hint="--task") from None
+    n = asyncio.run(cli_erasure.erase(get_settings(), task_id=tid, tenant=tenant, actor=actor))
+    print(f"erased {n} task(s)", file=sys.stderr)
 
 
 projections_app = typer.Typer(no_args_is_help=True, help="Rebuild and verify read models.")
@@ -350,6 +417,10 @@ def projections_verify() -> None:
     diffs, n = asyncio.run(verify(get_settings(), progress=True))
     sdiffs, sn = asyncio.run(schedules.verify(get_settings()))
     diffs, n = diffs + sdiffs, n + sn
+    from projector import workflows
+
+    wdiffs, wn = asyncio.run(workflows.verify(get_settings()))
+    diffs, n = diffs + wdiffs, n + wn
     for d in diffs:
         print(str(d))
     hook_diffs = asyncio.run(verify_webhooks(get_settings()))
@@ -386,11 +457,15 @@ def projections_rebuild() -> None:
     from projector.webhooks import rebuild as rebuild_webhooks
 
     rows = asyncio.run(rebuild_webhooks(get_settings()))
-    print(f"rebuild: {rows} webhook and delivery row(s) refolded", file=sys.stderr)
+    print(f"rebuild: {rows} webhook and delivery row(s) refolded, swapped in", file=sys.stderr)
     from projector import schedules
 
     n = asyncio.run(schedules.rebuild(get_settings()))
     print(f"rebuild: schedules from {n} event(s)", file=sys.stderr)
+    from projector import workflows
+
+    n = asyncio.run(workflows.rebuild(get_settings()))
+    print(f"rebuild: workflows from {n} event(s)", file=sys.stderr)
 
 
 @projections_app.command("dead-letters")
@@ -433,6 +508,9 @@ def _api(method: str, path: str, url: str | None, body: dict[str, Any] | None = 
     items = doc.get("items") if isinstance(doc, dict) else None
     for item in items if items is not None else ([doc] if doc is not None else []):
         print(orjson.dumps(item, default=str).decode())
+    if isinstance(doc, dict) and doc.get("next_cursor"):  # a list: the next page
+        base = path.split("?cursor=")[0].split("&cursor=")[0]
+        _api(method, f"{base}{'&' if '?' in base else '?'}cursor={doc['next_cursor']}", url)
 
 
 @schedules_app.command("list")
@@ -536,7 +614,8 @@ def submit(
     type: Annotated[str, typer.Option(help="the task type (handler name)")] = "echo",
     payload: Annotated[str, typer.Option(help="the payload, a JSON object")] = "{}",
     title: Annotated[str | None, typer.Option(help="default: the type")] = None,
-    priority: Annotated[int | None, typer.Option()] = None,
+    priority: Annotated[str | None, typer.Option(
+        help="-100..100 (higher starts first) or low, normal, high, critical")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="default: a new one")] = None,
     delay_s: Annotated[float | None, typer.Option(help="start after this many seconds")]
     = None,
@@ -555,7 +634,8 @@ def submit(
     if not isinstance(body, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--payload")
     raise typer.Exit(client.submit(url or _api_url(), api_key, title=title or type,
-                                   type_=type, payload=body, priority=priority,
+                                   type_=type, payload=body,
+                                   priority=client.priority_arg(priority),
                                    idempotency_key=idempotency_key, delay_s=delay_s,
                                    run_at=run_at, wait=wait, timeout=timeout))
 
@@ -580,8 +660,8 @@ def watch(
 
 @app.command()
 def run() -> None:
-    """Run API, worker, projector, scheduler and notifier together; a child that dies is
-    restarted (Ctrl-C stops them all)."""
+    """Run API, worker, projector, scheduler, notifier and coordinator together; a child
+    that dies is restarted (Ctrl-C stops them all)."""
     note = dev_profile(os.environ)
     if note:
         print(note, file=sys.stderr, flush=True)

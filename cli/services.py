@@ -242,8 +242,8 @@ def dev_profile(environ: MutableMapping[str, str]) -> str | None:
 
 
 def run_all(settings: Settings) -> int:
-    """Run API, worker, projector, scheduler and notifier as child processes; Ctrl-C or
-    SIGTERM stops them all.
+    """Run API, worker, projector, scheduler, notifier and coordinator as child processes;
+    Ctrl-C or SIGTERM stops them all.
 
     A child that dies is restarted (see ``supervise``); the others keep running.
     """
@@ -263,4 +263,5 @@ def run_all(settings: Settings) -> int:
         # Last: the banner lists the pids in this order, and tools read the first three.
         "scheduler": [*exe, "scheduler"],
         "notifier": [*exe, "notifier"],
+        "coordinator": [*exe, "coordinator"],
     }, grace_s=settings.shutdown_grace_s, banner=banner)

@@ -76,7 +76,9 @@ def upcast(etype: EventType, version: int, data: dict[str, Any]) -> dict[str, An
     return data
 
 
-_ENVELOPE_FIELDS: Final = len(CloudEvent.model_fields)
+# Fields every event TaskFlow writes has; the two of the audit chain come on top, together.
+_CHAIN_FIELDS: Final = 2
+_ENVELOPE_FIELDS: Final = len(CloudEvent.model_fields) - _CHAIN_FIELDS
 _ANY_ENVELOPE: Final[TypeAdapter[CloudEvent]] = TypeAdapter(
     Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # type: ignore[arg-type]  # noqa: UP007
 )
@@ -103,7 +105,9 @@ def decode_verbatim(raw: bytes | None) -> tuple[CloudEvent, bool]:
             pass
         else:
             if event.schemaversion == SCHEMA_VERSIONS[event.type]:
-                return event, len(event.model_fields_set) == _ENVELOPE_FIELDS
+                n = len(event.model_fields_set)
+                return event, n == _ENVELOPE_FIELDS or (
+                    n == _ENVELOPE_FIELDS + _CHAIN_FIELDS and event.chainhash is not None)
     return _decode_fully(raw)
 
 
@@ -135,7 +139,9 @@ def _decode_fully(raw: bytes | None) -> tuple[CloudEvent, bool]:
         current = SCHEMA_VERSIONS[etype]
         envelope = {**doc, "data": model, "schemaversion": current}
         event = ENVELOPES[etype].model_validate(envelope)
-        return event, version == current and len(doc) == _ENVELOPE_FIELDS
+        n = len(doc)
+        return event, version == current and (n == _ENVELOPE_FIELDS or (
+            n == _ENVELOPE_FIELDS + _CHAIN_FIELDS and event.chainhash is not None))
     except UndecodableEvent as exc:
         raise UndecodableEvent(exc.error, raw) from None
     except ValidationError as exc:

@@ -20,6 +20,8 @@ SCHEDULER_SOURCE_PREFIX: Final = "taskflow/scheduler/"
 SCHEDULER_TICK_S: Final = 0.1  # seconds between two looks for due times
 SCHEDULER_GRACE_S: Final = 2.0  # seconds late a due time may be found and count as on time
 SCHEDULER_CATCHUP_MAX: Final = 1000  # due times of one schedule handled per look, at most
+COORDINATOR_SOURCE_PREFIX: Final = "taskflow/coordinator/"
+COORDINATOR_TICK_S: Final = 0.1  # seconds between two looks for finished nodes
 PROJECTION: Final = "tasks"  # name of the live projection in projector_offsets
 PROJECTOR_GROUP_PREFIX: Final = "taskflow.projector."  # + projection name
 CHANGES_CHANNEL: Final = "taskflow_changes"  # pg_notify channel (wake-up only)
@@ -27,6 +29,7 @@ CHANGES_CHANNEL: Final = "taskflow_changes"  # pg_notify channel (wake-up only)
 PRODUCE_TIMEOUT_S: Final = 5.0  # seconds the API waits for acks=all before 503
 PROJECTOR_BATCH_MAX: Final = 5000  # events per projector transaction, at most
 WORKER_CONCURRENCY: Final = 8  # tasks in flight per worker process
+WORKER_QUEUE_MAX: Final = 20_000  # tasks a worker holds ready or running (its read-ahead)
 TXN_RETRY_BACKOFF_MS: Final = 10  # ms before a transactional request is retried
 TXN_CONFLICT_BACKOFF_S: Final = 0.005  # s before retrying a txn refused as concurrent
 DEFAULT_TIMEOUT_S: Final = 300.0  # seconds a handler may run

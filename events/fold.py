@@ -244,6 +244,7 @@ UPDATES: Final[dict[EventType, Update]] = {
     EventType.CANCELLED: _cancelled,
     EventType.DEAD_LETTERED: _dead_lettered,
     EventType.REDRIVEN: _redriven,
+    EventType.ERASED: lambda state, ev: None,  # journal only: the sealed fields stay
 }
 
 

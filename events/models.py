@@ -41,6 +41,7 @@ class EventType(StrEnum):
     CANCELLED = "task.cancelled"
     DEAD_LETTERED = "task.dead_lettered"
     REDRIVEN = "task.redriven"
+    ERASED = "task.erased"  # the task's data key was deleted (events/crypto.py)
     # Schedules (scheduler/): on the schedule topic, keyed and subject-ed by schedule id.
     SCHEDULE_CREATED = "schedule.created"
     SCHEDULE_UPDATED = "schedule.updated"
@@ -48,6 +49,13 @@ class EventType(StrEnum):
     SCHEDULE_RESUMED = "schedule.resumed"
     SCHEDULE_DELETED = "schedule.deleted"
     SCHEDULE_FIRED = "schedule.fired"
+    # Workflows (coordinator/): on the workflow topic, keyed and subject-ed by workflow id.
+    WORKFLOW_CREATED = "workflow.created"
+    WORKFLOW_NODE_STARTED = "workflow.node_started"
+    WORKFLOW_NODE_FINISHED = "workflow.node_finished"
+    WORKFLOW_CANCEL_REQUESTED = "workflow.cancel_requested"
+    WORKFLOW_RETRY_REQUESTED = "workflow.retry_requested"
+    WORKFLOW_FINISHED = "workflow.finished"
 
 
 class EventData(BaseModel):
@@ -73,6 +81,10 @@ class TaskCreated(TaskSpec):
     # A schedule's fire: the schedule and the due time this task is for (scheduler/).
     schedule_id: uuid.UUID | None = None
     due_at: AwareDatetime | None = None
+    # At most max_concurrency tasks with this key run at once, across workers
+    # (events/leases.py).
+    concurrency_key: str | None = None
+    max_concurrency: int | None = None
 
 
 class TaskProcessing(EventData):
@@ -123,6 +135,13 @@ class TaskRedriven(EventData):
     spec: TaskCreated | None = None
 
 
+class TaskErased(EventData):
+    """The task's sealed payload and result can no longer be read: its key is gone."""
+
+    actor: str
+    reason: str | None = None
+
+
 ScheduleTask = TaskSpec  # the task of a schedule's definition
 
 
@@ -167,6 +186,64 @@ class ScheduleFired(EventData):
     count: int = Field(default=1, ge=1)
 
 
+class WorkflowNode(TaskSpec):
+    """One node of a workflow: a task definition, its key and the keys it waits for."""
+
+    key: str
+    depends_on: list[str] = Field(default_factory=list)
+
+
+class WorkflowCreated(EventData):
+    """A workflow's whole definition; ``digest`` identifies the request body (for an
+    ``Idempotency-Key`` replay)."""
+
+    name: str
+    on_failure: Literal["fail_fast", "continue"] = "fail_fast"
+    tasks: list[WorkflowNode]
+    digest: str | None = None
+
+
+class WorkflowNodeStarted(EventData):
+    """The coordinator created the node's task (in the same Kafka transaction)."""
+
+    key: str
+    round: int = Field(ge=0)
+    task_id: uuid.UUID
+
+
+NodeOutcome = Literal["DONE", "FAILED", "CANCELLED"]
+
+
+class WorkflowNodeFinished(EventData):
+    """A node ended: its task finished, or it was skipped (``reason``) without a task."""
+
+    key: str
+    round: int = Field(ge=0)
+    task_id: uuid.UUID | None = None
+    status: NodeOutcome
+    result: Any = None
+    error: str | None = None
+    reason: str | None = None
+
+
+class WorkflowCancelRequested(EventData):
+    reason: str | None = None
+
+
+class WorkflowRetryRequested(EventData):
+    """Run the failed and cancelled nodes, and what depends on them, again as ``round``."""
+
+    round: int = Field(ge=1)
+
+
+class WorkflowFinished(EventData):
+    """Every node of ``round`` ended: the outcome and each node's status."""
+
+    round: int = Field(ge=0)
+    status: NodeOutcome
+    nodes: dict[str, str]
+
+
 DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CREATED: TaskCreated,
     EventType.PROCESSING: TaskProcessing,
@@ -178,12 +255,19 @@ DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
     EventType.CANCELLED: TaskCancelled,
     EventType.DEAD_LETTERED: TaskDeadLettered,
     EventType.REDRIVEN: TaskRedriven,
+    EventType.ERASED: TaskErased,
     EventType.SCHEDULE_CREATED: ScheduleCreated,
     EventType.SCHEDULE_UPDATED: ScheduleUpdated,
     EventType.SCHEDULE_PAUSED: SchedulePaused,
     EventType.SCHEDULE_RESUMED: ScheduleResumed,
     EventType.SCHEDULE_DELETED: ScheduleDeleted,
     EventType.SCHEDULE_FIRED: ScheduleFired,
+    EventType.WORKFLOW_CREATED: WorkflowCreated,
+    EventType.WORKFLOW_NODE_STARTED: WorkflowNodeStarted,
+    EventType.WORKFLOW_NODE_FINISHED: WorkflowNodeFinished,
+    EventType.WORKFLOW_CANCEL_REQUESTED: WorkflowCancelRequested,
+    EventType.WORKFLOW_RETRY_REQUESTED: WorkflowRetryRequested,
+    EventType.WORKFLOW_FINISHED: WorkflowFinished,
 }
 TYPE_OF: Final[dict[type[EventData], EventType]] = {v: k for k, v in DATA_MODELS.items()}
 
@@ -209,6 +293,9 @@ class CloudEvent(BaseModel):
     schemaversion: int = Field(default=1, strict=True)
     attempt: int = Field(default=0, ge=0)
     tenant: str | None = None
+    # The audit hash chain (events.chain); left out of the JSON while unset.
+    chainprev: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    chainhash: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def task_id(self) -> uuid.UUID:

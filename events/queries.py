@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import constants
 from events.db import make_engine
-from events.models import TaskStatus
+from events.models import TERMINAL, TaskStatus
 from events.tables import (
     api_keys,
     dead_letters,
@@ -106,12 +106,20 @@ async def list_tasks(
     created_before: datetime | None = None,
     search: str | None = None,
     tenant: object = None,
+    priority: int | None = None,
+    min_priority: int | None = None,
+    by_priority: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Keyset pagination on (created_at, task_id): stable while tasks are being added.
+    With ``by_priority``, on (priority, created_at, task_id), and the cursor holds all three.
 
     ``tenant`` is a tenant name, or any other object (not a str/None) for no filter.
     """
     conds: list[Any] = []
+    if priority is not None:
+        conds.append(tasks.c.priority == priority)
+    if min_priority is not None:
+        conds.append(tasks.c.priority >= min_priority)
     if tenant is None or isinstance(tenant, str):
         conds.append(tasks.c.tenant.is_(None) if tenant is None else tasks.c.tenant == tenant)
     if created_after is not None:
@@ -125,14 +133,18 @@ async def list_tasks(
         conds.append(tasks.c.status == status)
     if type_:
         conds.append(tasks.c.type == type_)
-    if cursor:
+    if cursor and by_priority:
+        prio, ts, tid = decode_priority_cursor(cursor)
+        key = tuple_(tasks.c.priority, tasks.c.created_at, tasks.c.task_id)
+        conds.append(key < tuple_(prio, ts, tid) if descending else key > tuple_(prio, ts, tid))
+    elif cursor:
         ts, tid = decode_cursor(cursor)
         # A row comparison, not (a < x OR a = x AND b < y): Postgres uses it as the index
         # condition, so page N starts where page N-1 ended instead of scanning up to it.
         key = tuple_(tasks.c.created_at, tasks.c.task_id)
         conds.append(key < tuple_(ts, tid) if descending else key > tuple_(ts, tid))
-    order = (tasks.c.created_at.desc(), tasks.c.task_id.desc()) if descending else (
-        tasks.c.created_at.asc(), tasks.c.task_id.asc())
+    cols = ((tasks.c.priority,) if by_priority else ()) + (tasks.c.created_at, tasks.c.task_id)
+    order = tuple(c.desc() if descending else c.asc() for c in cols)
     async with engine.connect() as conn:
         if search:
             few = await _few_matches(conn, conds)
@@ -145,8 +157,49 @@ async def list_tasks(
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        nxt = encode_cursor(last["created_at"], last["task_id"])
+        nxt = (encode_priority_cursor(last["priority"], last["created_at"], last["task_id"])
+               if by_priority else encode_cursor(last["created_at"], last["task_id"]))
     return rows, nxt
+
+
+def encode_priority_cursor(priority: int, created_at: datetime, task_id: uuid.UUID) -> str:
+    raw = orjson.dumps([priority, created_at.isoformat(), str(task_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_priority_cursor(cursor: str) -> tuple[int, datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        prio, ts, tid = orjson.loads(raw)
+        if not isinstance(prio, int) or not -100 <= prio <= 100:
+            raise ValueError("priority out of range")
+        at = datetime.fromisoformat(ts)
+        at.astimezone(UTC)
+        return prio, at, uuid.UUID(tid)
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError) as exc:
+        raise BadCursor(str(exc)) from None
+
+
+async def open_counts(engine: AsyncEngine, *, tenant: object = None) -> dict[str, Any]:
+    """Unfinished tasks by priority and by tenant, each split by status.
+
+    Finished tasks are left out: they are most of the table, and what waits or runs is
+    what the split is for. ``tenant`` as in ``list_tasks``.
+    """
+    conds: list[Any] = [tasks.c.status.in_(
+        [s.value for s in TaskStatus if s not in TERMINAL])]
+    if tenant is None or isinstance(tenant, str):
+        conds.append(tasks.c.tenant.is_(None) if tenant is None else tasks.c.tenant == tenant)
+    q = (select(tasks.c.priority, tasks.c.tenant, tasks.c.status, func.count())
+         .where(*conds).group_by(tasks.c.priority, tasks.c.tenant, tasks.c.status))
+    by_priority: dict[str, dict[str, int]] = {}
+    by_tenant: dict[str, dict[str, int]] = {}
+    async with engine.connect() as conn:
+        for prio, ten, status, n in await conn.execute(q):
+            for into, key in ((by_priority, str(prio)), (by_tenant, ten or "")):
+                into.setdefault(key, {})
+                into[key][status] = into[key].get(status, 0) + n
+    return {"by_priority": by_priority, "by_tenant": by_tenant}
 
 
 async def _few_matches(conn: AsyncConnection,

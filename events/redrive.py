@@ -10,6 +10,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events import chain, chain_db
 from events.log import EventProducer
 from events.models import CloudEvent, Position, TaskCreated, TaskRedriven, new_event
 
@@ -32,9 +35,13 @@ def redriven(row: Mapping[str, Any], *, reason: str, source: str) -> CloudEvent:
 
 
 async def redrive(producer: EventProducer, rows: Sequence[Mapping[str, Any]], *, reason: str,
-                  source: str) -> list[Position]:
-    """Append a ``task.redriven`` for each row; their positions, in the rows' order."""
+                  source: str, engine: AsyncEngine | None = None) -> list[Position]:
+    """Append a ``task.redriven`` for each row; their positions, in the rows' order.
+    With the audit chain on, ``engine`` (the read model) tells each task's latest hash."""
     events = [redriven(r, reason=reason, source=source) for r in rows]
+    if chain.enabled() and engine is not None:
+        heads = await chain_db.heads(engine, [e.subject for e in events])
+        events = [chain.seal(e, heads.get(e.subject, chain.GENESIS)) for e in events]
     # Each to the partition its task lives on (see ``EventProducer.append``).
     placed = [r.get("partition") for r in rows]
     positions: list[Position] = []

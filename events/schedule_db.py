@@ -7,14 +7,17 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+import orjson
+from sqlalchemy import and_, delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from events.models import TERMINAL
+from events import owned_db
+from events.models import TERMINAL, CloudEvent
+from events.queries import decode_cursor, encode_cursor
 from events.schedules import SCHEDULE_PROJECTION, ScheduleState
-from events.tables import dead_letters, projector_offsets, schedules, tasks
+from events.tables import projector_offsets, schedule_events, schedules, tasks
 
 _SPEC = ("name", "cron", "every_s", "timezone", "overlap", "catchup")
 
@@ -34,54 +37,40 @@ def row(st: ScheduleState, partition: int, offset: int) -> dict[str, Any]:
     }
 
 
-def _upsert() -> Any:
-    stmt = insert(schedules)
-    return stmt.on_conflict_do_update(
-        index_elements=[schedules.c.schedule_id],
-        set_={c.name: stmt.excluded[c.name] for c in schedules.c if c.name != "schedule_id"},
-        where=schedules.c.last_offset <= stmt.excluded.last_offset)
+_UPSERT = owned_db.upsert(schedules, "schedule_id")
 
 
-_UPSERT = _upsert()
+def journal_row(partition: int, offset: int, ev: CloudEvent, raw: bytes) -> dict[str, Any]:
+    """The ``schedule_events`` row of a record the fold read."""
+    return {"partition": partition, "offset": offset, "schedule_id": ev.subject,
+            "type": ev.type.value, "time": ev.time, "event": orjson.loads(raw)}
 
 
 async def write(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
-                rows: list[dict[str, Any]]) -> None:
-    """Upsert ``rows`` and move the partition's checkpoint to ``offset``, in the caller's
-    transaction. The checkpoint never moves back (a second owner reading from the start
-    writes rows it already wrote, and the same rows: they are a fold)."""
+                rows: list[dict[str, Any]],
+                journal: list[dict[str, Any]] | None = None) -> None:
+    """Upsert ``rows``, add the ``journal`` rows, and move the partition's checkpoint to
+    ``offset``, in the caller's transaction. The checkpoint never moves back (a second
+    owner reading from the start writes rows it already wrote, and the same rows: they
+    are a fold)."""
+    if journal:
+        await conn.execute(insert(schedule_events).on_conflict_do_nothing(), journal)
     if rows:
         # One statement for every row set (executemany): compiled once, and cached.
         await conn.execute(_UPSERT, rows)
-    cp = insert(projector_offsets).values(projection=SCHEDULE_PROJECTION, topic=topic,
-                                          partition=partition, offset=offset)
-    await conn.execute(cp.on_conflict_do_update(
-        index_elements=[projector_offsets.c.projection, projector_offsets.c.topic,
-                        projector_offsets.c.partition],
-        set_={"offset": cp.excluded.offset, "updated_at": func.now()},
-        where=projector_offsets.c.offset < cp.excluded.offset))
-
-
-async def park(conn: AsyncConnection, *, topic: str, partition: int, offset: int,
-               key: bytes | None, raw: bytes | None, error: str) -> None:
-    stmt = insert(dead_letters).values(projection=SCHEDULE_PROJECTION, topic=topic,
-                                       partition=partition, offset=offset, key=key,
-                                       raw=raw, error=error, reason="decode")
-    await conn.execute(stmt.on_conflict_do_nothing())
+    await owned_db.move_checkpoint(conn, projection=SCHEDULE_PROJECTION, topic=topic,
+                                   partition=partition, offset=offset)
 
 
 async def replace_all(conn: AsyncConnection, *, topic: str, rows: list[dict[str, Any]],
-                      checkpoints: dict[int, int]) -> None:
-    """``projections rebuild``: the whole table and its checkpoints, in one transaction."""
-    await conn.execute(delete(schedules))
-    await conn.execute(delete(projector_offsets).where(
-        projector_offsets.c.projection == SCHEDULE_PROJECTION))
-    for i in range(0, len(rows), 1000):
-        await conn.execute(insert(schedules).values(rows[i:i + 1000]))
-    if checkpoints:
-        await conn.execute(insert(projector_offsets).values([
-            {"projection": SCHEDULE_PROJECTION, "topic": topic, "partition": p, "offset": o}
-            for p, o in checkpoints.items()]))
+                      checkpoints: dict[int, int], journal: list[dict[str, Any]]) -> None:
+    """``projections rebuild``: the whole table, its journal and its checkpoints, in one
+    transaction."""
+    await conn.execute(delete(schedule_events))
+    for i in range(0, len(journal), 1000):
+        await conn.execute(insert(schedule_events).values(journal[i:i + 1000]))
+    await owned_db.replace_all(conn, table=schedules, projection=SCHEDULE_PROJECTION,
+                               topic=topic, rows=rows, checkpoints=checkpoints, chunk=1000)
 
 
 async def all_rows(engine: AsyncEngine) -> dict[uuid.UUID, dict[str, Any]]:
@@ -104,15 +93,27 @@ async def get(engine: AsyncEngine, *, schedule_id: uuid.UUID) -> dict[str, Any] 
 
 
 async def listing(engine: AsyncEngine, *, tenant: object, any_tenant: object,
-                  limit: int) -> list[dict[str, Any]]:
+                  limit: int, cursor: str | None = None
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+    """Schedules oldest first, keyset-paginated on (created_at, schedule_id) with the
+    cursor of ``GET /tasks``; raises ``queries.BadCursor``."""
     conds: list[ColumnElement[bool]] = [schedules.c.deleted.is_(False)]
     if tenant is not any_tenant:
         conds.append(schedules.c.tenant.is_(None) if tenant is None
                      else schedules.c.tenant == tenant)
+    if cursor:
+        at, sid = decode_cursor(cursor)
+        conds.append(tuple_(schedules.c.created_at, schedules.c.schedule_id)
+                     > tuple_(at, sid))
     q = (select(*_COLS, _LAST).where(and_(*conds))
-         .order_by(schedules.c.created_at, schedules.c.schedule_id).limit(limit))
+         .order_by(schedules.c.created_at, schedules.c.schedule_id).limit(limit + 1))
     async with engine.connect() as conn:
-        return [dict(r) for r in (await conn.execute(q)).mappings()]
+        rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+    nxt = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["schedule_id"])
+    return rows, nxt
 
 
 async def runs(engine: AsyncEngine, *, schedule_id: uuid.UUID,
@@ -137,3 +138,30 @@ async def running(engine: AsyncEngine, task_ids: Iterable[uuid.UUID]) -> set[uui
     async with engine.connect() as conn:
         done = {r[0] for r in await conn.execute(q)}
     return ids - done
+
+
+async def history(engine: AsyncEngine, *, schedule_id: uuid.UUID
+                  ) -> list[tuple[int, int, dict[str, Any]]]:
+    """The schedule's journal in log order: (partition, offset, CloudEvent JSON)."""
+    q = (select(schedule_events.c.partition, schedule_events.c.offset,
+                schedule_events.c.event)
+         .where(schedule_events.c.schedule_id == schedule_id)
+         .order_by(schedule_events.c.partition, schedule_events.c.offset))
+    async with engine.connect() as conn:
+        return [(r[0], r[1], r[2]) for r in await conn.execute(q)]
+
+
+async def journal(conn: AsyncConnection) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every journal row by position (``projections verify``)."""
+    return {(r["partition"], r["offset"]): dict(r)
+            for r in (await conn.execute(select(schedule_events))).mappings()}
+
+
+async def checkpoint(engine: AsyncEngine, *, topic: str, partition: int) -> int:
+    """The partition's checkpoint (-1 if none): records up to it are journaled."""
+    q = select(projector_offsets.c.offset).where(
+        projector_offsets.c.projection == SCHEDULE_PROJECTION,
+        projector_offsets.c.topic == topic, projector_offsets.c.partition == partition)
+    async with engine.connect() as conn:
+        got = (await conn.execute(q)).scalar()
+    return int(got) if got is not None else -1

@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     worker_group: str = constants.WORKER_GROUP
     worker_id: str = ""  # defaults to hostname-pid
     worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
+    # Tasks a worker holds, waiting for a slot or running, before it stops reading its
+    # log: the backlog among which priority and fair share choose (docs/priorities.md).
+    worker_queue_max: int = Field(default=constants.WORKER_QUEUE_MAX, ge=1)
+    # Fair share between tenants: "acme=3,globex=1"; a tenant not listed weighs 1.
+    tenant_weights: str = ""
+    # Starts per second per task type across the pool: "email=10,http=50" (worker/ratelimit.py).
+    type_rate_limits: str = ""
+    # Worker pools (events/pools.py): the types this worker serves (`--types`; empty =
+    # the default pool), and the types only dedicated pools serve (set it on every worker).
+    worker_types: str = ""
+    pooled_types: str = ""
+    # Each worker writes its pool and the types it serves to Postgres (worker_pools) this
+    # often; a row not written for three intervals counts as gone (events/pool_registry.py).
+    worker_pool_refresh_s: float = Field(default=5.0, gt=0)
     default_timeout_s: float = Field(default=constants.DEFAULT_TIMEOUT_S, gt=0)
     default_max_attempts: int = Field(default=constants.DEFAULT_MAX_ATTEMPTS, ge=1)
     retry_base_s: float = Field(default=constants.RETRY_BASE_S, ge=0)
@@ -83,6 +97,10 @@ class Settings(BaseSettings):
     scheduler_group: str = ""
     scheduler_tick_s: float = Field(default=constants.SCHEDULER_TICK_S, gt=0)
     scheduler_grace_s: float = Field(default=constants.SCHEDULER_GRACE_S, ge=0)
+    # The coordinator (coordinator/): its group (default: <topic>.coordinator), and how
+    # often it looks for nodes whose task finished.
+    coordinator_group: str = ""
+    coordinator_tick_s: float = Field(default=constants.COORDINATOR_TICK_S, gt=0)
     projection: str = constants.PROJECTION
     projector_batch_max: int = Field(default=constants.PROJECTOR_BATCH_MAX, ge=1)
     produce_timeout_s: float = Field(default=constants.PRODUCE_TIMEOUT_S, gt=0)
@@ -100,6 +118,21 @@ class Settings(BaseSettings):
     # projector trims it. A client resuming from a trimmed position gets `event: reset`.
     changes_retention_s: float = Field(default=7 * 86_400, gt=0)
     changes_retention_rows: int = Field(default=1_000_000, ge=1)
+    # Audit (docs/audit.md): a hash chain on every task event (off: no extra bytes, no
+    # extra cost), and the Ed25519 private key (PEM file) that signs audit bundles.
+    audit_chain: bool = False
+    audit_signing_key: str = ""
+    # Retention of the read model (projector/retention.py): finished tasks older than
+    # this many days leave tasks and task_events (None: kept forever). The projector
+    # applies it at most every retention_sweep_interval_s seconds.
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    # Erasure (events/crypto.py): base64 of a 32-byte master key; set, payloads and
+    # results are sealed with a key per task that DELETE /tasks/{id}/data deletes.
+    encryption_key: str = ""
+    # Log archives (events/archive.py): replay, verify, rebuild and audit verify read
+    # this folder's archive of the topic first, then the live log. Empty: none.
+    archive_dir: str = ""
     changes_trim_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     # Security and limits of the HTTP API.

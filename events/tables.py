@@ -6,6 +6,7 @@
 * ``task_counts``        tasks per (partition, status), kept by triggers on ``tasks``
 * ``projector_offsets``  checkpoint per (projection, topic, partition), same txn as the rows
 * ``dead_letters``       log records the projector could not apply, with coordinates
+* ``worker_pools``       the running workers' pools and types (live state, not a projection)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -64,6 +65,7 @@ tasks = Table(
     Index("tasks_created", "created_at", "task_id"),
     Index("tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("tasks_type_created", "type", "created_at", "task_id"),
+    Index("tasks_priority_created", "priority", "created_at", "task_id"),  # ?sort=priority
     # GET /schedules/{id}/runs: a schedule's fires, latest due time first.
     Index("tasks_schedule_due", "schedule_id", "due_at",
           postgresql_where=text("schedule_id IS NOT NULL")),
@@ -201,4 +203,82 @@ schedules = Table(
     Column("partition", Integer, nullable=False),
     Column("last_offset", BigInteger, nullable=False),
     Index("schedules_tenant_created", "tenant", "created_at", "schedule_id"),
+)
+
+# The journal of the schedule topic (its rows written by the scheduler with the
+# ``schedules`` rows): what ``GET /schedules/{id}?as_of=`` folds.
+schedule_events = Table(
+    "schedule_events",
+    metadata,
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("schedule_id", Uuid, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("event", JSONB, nullable=False),
+    PrimaryKeyConstraint("partition", "offset"),
+    Index("schedule_events_schedule", "schedule_id", "partition", "offset"),
+)
+
+# The read model's retention rule (projector/retention.py, migration 0011): the cutoff it
+# last applied per projection, and how many finished tasks it removed in all.
+retention = Table(
+    "retention",
+    metadata,
+    Column("projection", Text, primary_key=True),
+    Column("cutoff", DateTime(timezone=True), nullable=False),
+    Column("expired", BigInteger, nullable=False),
+    Column("swept_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Erasure (events/crypto.py, migration 0011): each task's data key, wrapped with the
+# master key. Deleting the row erases the task's sealed payload and result everywhere.
+task_keys = Table(
+    "task_keys",
+    metadata,
+    Column("task_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("task_keys_tenant", "tenant"),
+)
+
+# The workflows projection (migration 0010): the fold of the workflow topic, written by
+# the coordinator with its checkpoint (projection "workflows" in projector_offsets).
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("workflow_id", Uuid, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("name", Text, nullable=False),
+    Column("on_failure", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("finished_round", Integer, nullable=True),
+    Column("digest", Text, nullable=True),
+    Column("spec", JSONB, nullable=False),  # the tasks as submitted, in order
+    Column("nodes", JSONB, nullable=False),  # key -> node state
+    Column("summary", JSONB, nullable=False),  # node status -> count
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("partition", Integer, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Index("workflows_tenant_created", "tenant", "created_at", "workflow_id"),
+)
+
+# The running workers (migration 0013, events/pool_registry.py): each writes its pool and
+# the types it serves every TASKFLOW_WORKER_POOL_REFRESH_S, and deletes its row at a clean
+# stop; a row past expires_at is a worker gone (killed). Live state, not a projection of
+# the log: `projections rebuild` and `verify` leave it alone.
+worker_pools = Table(
+    "worker_pools",
+    metadata,
+    Column("worker_id", Text, primary_key=True),
+    Column("pool", Text, nullable=False),
+    Column("types", ARRAY(Text), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

@@ -62,6 +62,7 @@ class Job:
     event_type: str | None = None
     task_id: uuid.UUID | None = None
     attempts_before: int = 0  # attempts of earlier rounds (a redelivery continues the count)
+    made: int = 0  # attempts of this round made before a crash (the log has them)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Notifier:
     _read: dict[TP, int] = field(default_factory=dict, repr=False)
     _sems: dict[uuid.UUID, asyncio.Semaphore] = field(default_factory=dict, repr=False)
     _jobs: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _resync: bool = field(default=True, repr=False)  # partitions came: wait for the journal
 
     def __repr__(self) -> str:
         return (f"Notifier({self.attempts} attempts ◆ {self.delivered} delivered ◆ "
@@ -119,7 +121,8 @@ class Notifier:
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap, topics=[s.topic, self.hook_topic],
             group_id=self.notifier.notifier_group or f"taskflow.notifier.{s.topic}",
-            on_revoked=self._on_revoked, read_committed=True, max_poll_records=500,
+            on_assigned=self._on_assigned, on_revoked=self._on_revoked,
+            read_committed=True, max_poll_records=500,
             client_id="taskflow-notifier")
         await self._consumer.start()
 
@@ -145,6 +148,30 @@ class Notifier:
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
+        self._resync = True  # they may hold deliveries a dead owner had begun
+        return {}  # no seek: the group's committed offsets are where to go on
+
+    async def _await_projection(self) -> None:
+        """Wait (bounded) until the webhook projection has applied every record the
+        webhook topic holds now, so each delivery's attempts so far are known: a
+        delivery that a killed notifier had begun continues its count and its limit."""
+        assert self._consumer is not None and self._pool is not None
+        topic = self.hook_topic
+        ends = {p: o for (_, p), o in (await self._consumer.end_offsets(
+            [(topic, p) for p in self._consumer.partitions_for(topic)])).items()}
+        deadline = time.monotonic() + self.notifier.notifier_projection_wait_s
+        while True:
+            late = await store.behind(self._pool, projection=wh.PROJECTION, topic=topic,
+                                      ends=ends)
+            if not late:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("webhook projection still behind on partitions %s: attempt "
+                            "counts restart from what it has", late)
+                return
+            await asyncio.sleep(0.1)
 
     async def _on_revoked(self, tps: list[TP]) -> None:
         with contextlib.suppress(Exception):
@@ -206,16 +233,32 @@ class Notifier:
             if r.topic == self.settings.topic:
                 tenants.add(ev.tenant)
         targets = await store.subscribers(self._pool, tenants) if tenants else []
+        if self._resync:
+            self._resync = False
+            await self._await_projection()
+        planned: list[tuple[Record, Any, list[Job]]] = []
         for r, ev in decoded:
             if isinstance(ev, wh.HookEvent):
                 job = await self._redelivery(r, ev)
-                jobs = [job] if job is not None else []
+                planned.append((r, ev, [job] if job is not None else []))
             else:
                 etype = ev.type.value
-                jobs = [Job(wh.delivery_id(t.webhook_id, ev.id), t, r.value or b"",
-                            (r.topic, r.partition), r.offset, event_id=ev.id,
-                            event_type=etype, task_id=ev.subject)
-                        for t in targets if t.wants(ev.tenant, etype, ev.subject)]
+                planned.append((r, ev, [
+                    Job(wh.delivery_id(t.webhook_id, ev.id), t, r.value or b"",
+                        (r.topic, r.partition), r.offset, event_id=ev.id,
+                        event_type=etype, task_id=ev.subject)
+                    for t in targets if t.wants(ev.tenant, etype, ev.subject)]))
+        # A record read again (a crash before its offset was committed) may have begun
+        # deliveries: go on from their attempts in the log, and leave ended ones ended.
+        fresh = [j.delivery_id for _, ev, jobs in planned if not isinstance(ev, wh.HookEvent)
+                 for j in jobs]
+        known = await store.progress(self._pool, fresh) if fresh else {}
+        for r, ev, jobs in planned:
+            if not isinstance(ev, wh.HookEvent):
+                jobs = [j for j in jobs if known.get(j.delivery_id, (0, ""))[1]
+                        not in ("delivered", "dead_lettered")]
+                for j in jobs:
+                    j.made = known.get(j.delivery_id, (0, ""))[0]
             if jobs:
                 self._open.setdefault((r.topic, r.partition), {})[r.offset] = len(jobs)
             for job in jobs:
@@ -260,7 +303,7 @@ class Notifier:
         ns = self.notifier
         msg_id = wh.message_id(job.delivery_id)
         target: store.Target | None = job.target
-        i = 0
+        i = job.made
         while target is not None:
             i += 1
             async with self._sem(job.target.webhook_id):

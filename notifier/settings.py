@@ -13,6 +13,9 @@ RETRY_CAP_S: Final = 600.0  # ... up to this many seconds between two attempts
 ENDPOINT_CONCURRENCY: Final = 4  # requests in flight to one webhook at a time
 MAX_IN_FLIGHT: Final = 10_000  # deliveries held (sending or waiting to retry) per process
 COMMIT_INTERVAL_S: Final = 1.0  # seconds between two commits of the group's offsets
+# seconds a notifier given partitions waits for the webhook projection to hold every
+# attempt already in the log (so counts continue), before it delivers anyway
+PROJECTION_WAIT_S: Final = 30.0
 
 
 class NotifierSettings(BaseSettings):
@@ -24,3 +27,4 @@ class NotifierSettings(BaseSettings):
     notifier_retry_cap_s: float = Field(default=RETRY_CAP_S, ge=0)
     notifier_endpoint_concurrency: int = Field(default=ENDPOINT_CONCURRENCY, ge=1)
     notifier_max_in_flight: int = Field(default=MAX_IN_FLIGHT, ge=1)
+    notifier_projection_wait_s: float = Field(default=PROJECTION_WAIT_S, ge=0)

@@ -60,3 +60,21 @@ async def park(pool: asyncpg.Pool, *, topic: str, partition: int, offset: int,
         'INSERT INTO dead_letters (projection, topic, partition, "offset", key, raw, error, '
         "reason) VALUES ('notifier', $1, $2, $3, $4, $5, $6, 'decode')",
         topic, partition, offset, key, raw, error[:2000])
+
+
+async def progress(pool: asyncpg.Pool, delivery_ids: list[uuid.UUID]
+                   ) -> dict[uuid.UUID, tuple[int, str]]:
+    """(attempts, status) of those deliveries the projection knows."""
+    rows = await pool.fetch("SELECT delivery_id, attempts, status FROM webhook_deliveries "
+                            "WHERE delivery_id = ANY($1::uuid[])", delivery_ids)
+    return {r["delivery_id"]: (r["attempts"], r["status"]) for r in rows}
+
+
+async def behind(pool: asyncpg.Pool, *, projection: str, topic: str,
+                 ends: dict[int, int]) -> list[int]:
+    """The partitions of ``topic`` whose records up to ``ends`` (exclusive) the
+    projection has not all applied yet."""
+    rows = await pool.fetch('SELECT partition, "offset" FROM projector_offsets '
+                            "WHERE projection = $1 AND topic = $2", projection, topic)
+    done = {r["partition"]: r["offset"] for r in rows}
+    return [p for p, end in ends.items() if end > 0 and done.get(p, -1) < end - 1]

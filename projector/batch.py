@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from events import crypto
 from events.codec import decode_verbatim
 from events.errors import UndecodableEvent
 from events.fold import TaskState, apply
@@ -55,6 +56,8 @@ async def decode_slices(records: list[Record]) -> list[Decoded]:
 
 def summarize(state: TaskState) -> str | None:
     """A short, human-sized line for SSE: the result or the error, cut at 200 chars."""
+    if state.status is TaskStatus.DONE and crypto.is_sealed(state.result):
+        return None  # sealed for erasure: never copied out in the clear
     if state.status is TaskStatus.DONE and state.result is not None:
         text = (state.result if isinstance(state.result, str)
                 else orjson.dumps(state.result).decode())

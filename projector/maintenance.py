@@ -32,7 +32,7 @@ from events.errors import TaskFlowError
 from events.fold import TaskState, apply
 from events.log import Record
 from events.settings import Settings
-from projector import connections, store
+from projector import connections, retention, store
 from projector.apply import apply_or_park
 from projector.batch import Decoded, decode_slices
 from projector.replay import read_records
@@ -77,6 +77,7 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
             parked = {(r["partition"], r["offset"]) for r in await conn.fetch(
                 'SELECT partition, "offset" FROM dead_letters '
                 "WHERE projection = $1 AND topic = $2", settings.projection, settings.topic)}
+            cutoff = await retention.cutoff(conn, projection=settings.projection)
     finally:
         await conn.close()
     states: dict[uuid.UUID, TaskState] = {}
@@ -85,7 +86,8 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
     from events.errors import UndecodableEvent
 
     async for r in read_records(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
-                                upto=cps, progress=progress):
+                                upto=cps, progress=progress,
+                                archive_dir=settings.archive_dir):
         n += 1
         if (r.partition, r.offset) in parked:
             continue
@@ -94,6 +96,7 @@ async def verify(settings: Settings, *, progress: bool = False) -> tuple[list[Di
         except UndecodableEvent:
             continue
         states[ev.subject] = apply(states.get(ev.subject), ev)
+    states = {t: st for t, st in states.items() if not retention.expired(st, cutoff)}
     diffs: list[Diff] = []
     for tid in sorted(set(states) | set(rows), key=str):
         st, row = states.get(tid), rows.get(tid)
@@ -151,13 +154,14 @@ ORDER BY c.relname, t.tgname
 """
 
 
-async def _create_shadow(conn: asyncpg.Connection, shadow: str) -> list[str]:
+async def _create_shadow(conn: asyncpg.Connection, shadow: str,
+                         tables: tuple[str, ...] = (*SWAPPED, "task_changes",
+                                                    "projector_offsets")) -> list[str]:
     """Create the shadow tables; returns the index statements deferred until catch-up.
 
     Indexes and constraints are recreated from the live ones under the same names, so
     the swapped-in tables look exactly like the ones they replace.
     """
-    tables = (*SWAPPED, "task_changes", "projector_offsets")
     await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
     await conn.execute(f"CREATE SCHEMA {shadow}")
     for t in tables:
@@ -199,6 +203,7 @@ def _refuse_if_short(mine: dict[int, int], live: dict[int, int]) -> None:
 async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float], None]
                   | None = None, batch: int = 10_000) -> RebuildStats:
     """Rebuild ``tasks``, ``task_events`` and ``dead_letters`` from offset 0 and swap them in.
+    The records other projections parked are carried over as they are.
 
     The log is read and decoded one batch ahead of the batch being written, so Postgres
     and this process work side by side. The shadow schema is invisible until the swap,
@@ -245,7 +250,7 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
                     async for r in read_records(bootstrap=settings.kafka_bootstrap,
                                                 topic=settings.topic,
                                                 from_position={p: o + 1 for p, o in mine.items()},
-                                                upto=upto):
+                                                upto=upto, archive_dir=settings.archive_dir):
                         buffered.append(r)
                         if len(buffered) >= batch:
                             await queue.put(await decode_slices(buffered))
@@ -300,8 +305,21 @@ async def rebuild(settings: Settings, *, on_progress: Callable[[int, int, float]
             await catch_up(mine, live)
             mine = await shadow_checkpoints()
             _refuse_if_short(mine, live)
+            # The retention rule, at the cutoff the live read model was swept to.
+            cutoff = await live_conn.fetchval(
+                "SELECT cutoff FROM public.retention WHERE projection = $1 FOR UPDATE",
+                settings.projection)
+            if cutoff is not None:
+                stats.extra["expired"] = await retention.expire(conn, schema=shadow,
+                                                                cutoff=cutoff)
             for t in SWAPPED:
                 await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
+            # The other projections' parked records (schedules, webhooks, workflows) are
+            # not this rebuild's to drop: they move into the new table with it.
+            cols = 'projection, topic, partition, "offset", key, raw, error, reason, parked_at'
+            await live_conn.execute(
+                f"INSERT INTO {shadow}.dead_letters ({cols}) SELECT {cols} "
+                "FROM public.dead_letters WHERE projection <> $1", settings.projection)
             for t in SWAPPED:
                 await live_conn.execute(f"DROP TABLE public.{t}")
                 await live_conn.execute(f"ALTER TABLE {shadow}.{t} SET SCHEMA public")

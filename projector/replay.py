@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from events import archive
 from events.codec import decode
-from events.errors import UndecodableEvent
+from events.errors import LogUnavailable, UndecodableEvent
 from events.log import LogReader, Record
 from events.models import CloudEvent
 
@@ -77,10 +78,13 @@ class ReplayFilter:
 async def read_records(
     *, bootstrap: str, topic: str, since: datetime | None = None,
     from_position: dict[int, int] | None = None, upto: dict[int, int] | None = None,
-    progress: bool = False,
+    progress: bool = False, archive_dir: str = "",
 ) -> AsyncIterator[Record]:
     """Every committed record from the start (or ``since``/``from_position``) to the end
-    offsets taken at the start (or ``upto``, inclusive, per partition)."""
+    offsets taken at the start (or ``upto``, inclusive, per partition).
+
+    With ``archive_dir`` (``TASKFLOW_ARCHIVE_DIR``), each partition's archived records
+    come first (events/archive.py), then the live log from where the archive ends."""
     reader = LogReader(bootstrap=bootstrap, topic=topic)
     parts = await reader.start()
     try:
@@ -95,6 +99,21 @@ async def read_records(
         end = {p: bounds[p][1] for p in parts}
         if upto is not None:
             end = {p: min(end[p], upto.get(p, -1) + 1) for p in parts}
+        if archive_dir:
+            archive.check(archive_dir, topic)
+            since_ms = int(since.timestamp() * 1000) if since is not None else None
+            arch_end = archive.archived_upto(archive_dir, topic)
+            for p in parts:
+                if arch_end.get(p, 0) < bounds[p][0]:
+                    raise LogUnavailable(
+                        f"partition {p}: the archive ends at offset {arch_end.get(p, 0)} "
+                        f"but the log starts at {bounds[p][0]}: records are missing")
+                first = (from_position or {}).get(p, 0)
+                for r in archive.read(archive_dir, topic, p):
+                    if first <= r.offset < end[p] and (since_ms is None
+                                                       or r.timestamp_ms >= since_ms):
+                        yield r
+                start[p] = max(start[p], arch_end.get(p, 0))
         bar = Progress(total=sum(max(0, end[p] - start[p]) for p in parts),
                        enabled=progress and sys.stderr.isatty())
         remaining = set()
@@ -119,8 +138,8 @@ async def read_records(
         await reader.stop()
 
 
-async def replay(*, bootstrap: str, topic: str, flt: ReplayFilter,
-                 progress: bool = True) -> AsyncIterator[tuple[Record, CloudEvent | None, str]]:
+async def replay(*, bootstrap: str, topic: str, flt: ReplayFilter, progress: bool = True,
+                 archive_dir: str = "") -> AsyncIterator[tuple[Record, CloudEvent | None, str]]:
     """Records that pass ``flt``, decoded (or None with the error, for poison records).
 
     ``since``/``until`` compare with each event's ``time``. ``since`` also seeks with
@@ -128,7 +147,8 @@ async def replay(*, bootstrap: str, topic: str, flt: ReplayFilter,
     (it is produced after it is made), so no record at or after ``since`` is skipped.
     """
     async for r in read_records(bootstrap=bootstrap, topic=topic, since=flt.since,
-                                from_position=flt.from_position, progress=progress):
+                                from_position=flt.from_position, progress=progress,
+                                archive_dir=archive_dir):
         try:
             ev: CloudEvent | None = decode(r.value)
             err = ""

@@ -24,7 +24,7 @@ from events.fold import TaskState
 from events.heartbeat import Heartbeat
 from events.log import TP, GroupConsumer, Record
 from events.settings import Settings
-from projector import connections, store
+from projector import connections, retention, store
 from projector.apply import apply_batch, apply_or_park, write_folded
 from projector.batch import (
     BatchResult,
@@ -66,6 +66,8 @@ class Projector:
     skipped: int = 0
     redone: int = 0  # batches folded again because their checkpoints moved meanwhile
     split: int = 0  # batches split to find the records Postgres refused
+    expired: int = 0  # finished tasks the retention rule removed (projector/retention.py)
+    _next_sweep: float = field(default=0.0, repr=False)  # monotonic time of the next sweep
     _pool: asyncpg.Pool | None = field(default=None, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -133,6 +135,12 @@ class Projector:
     async def trim(self) -> int:
         assert self._pool is not None
         s = self.settings
+        if s.retention_days is not None and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + s.retention_sweep_interval_s
+            async with self._pool.acquire() as conn:
+                self.expired += await retention.sweep(conn, schema=self.schema,
+                                                      projection=self.projection,
+                                                      days=s.retention_days)
         async with self._pool.acquire() as conn:
             return await store.trim_changes(conn, schema=self.schema,
                                             max_age_s=s.changes_retention_s,

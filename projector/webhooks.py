@@ -12,12 +12,15 @@ functions (``events.webhooks``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
+import orjson
 
 from events import webhooks as wh
 from events.db import asyncpg_dsn
@@ -283,10 +286,13 @@ async def verify(settings: Settings) -> list[str]:
             parked = {(r["partition"], r["offset"]) for r in await conn.fetch(
                 'SELECT partition, "offset" FROM dead_letters WHERE projection = $1 '
                 "AND topic = $2", PROJECTION, topic)}
+            journal = {(r["partition"], r["offset"]): r for r in await conn.fetch(
+                'SELECT partition, "offset", webhook_id, type, time, event '
+                "FROM webhook_events")}
     finally:
         await conn.close()
     folded = await _fold_log(settings, cps, parked)
-    diffs: list[str] = []
+    diffs = _journal_diffs(journal, folded)
     for name, live, want, cols in (("webhook", hooks, folded.hooks, _HOOK_COLS),
                                    ("delivery", dels, folded.deliveries, _DELIVERY_COLS)):
         live_d: dict[uuid.UUID, Any] = dict(live)
@@ -303,28 +309,93 @@ async def verify(settings: Settings) -> list[str]:
     return diffs
 
 
-async def rebuild(settings: Settings) -> int:
-    """Refold the webhook topic into the tables; returns the rows written.
+def _journal_diffs(journal: dict[tuple[int, int], Any], folded: Folded) -> list[str]:
+    """``webhook_events`` (what ``?as_of=`` folds) against the records it journals."""
+    diffs: list[str] = []
+    want = {(p, o): (hid, t, at, raw) for p, o, hid, t, at, raw in folded.journal}
+    for pos in sorted(set(journal) | set(want)):
+        row, rec = journal.get(pos), want.get(pos)
+        where = f"journal {pos[0]}:{pos[1]}"
+        if row is None or rec is None:
+            diffs.append(f"{where}: read model={'absent' if row is None else 'present'} "
+                         f"log={'absent' if rec is None else 'present'}")
+            continue
+        live = (row["webhook_id"], row["type"], row["time"], row["event"])
+        logged = (rec[0], rec[1], rec[2], orjson.loads(rec[3]))
+        diffs.extend(f"{where} {name}: read model={a!r} log={b!r}"
+                     for name, a, b in zip(("webhook_id", "type", "time", "event"),
+                                           live, logged, strict=True) if a != b)
+    return diffs
 
-    One transaction locks the checkpoints (the live webhook projector waits), folds the
-    topic up to exactly them, and replaces the rows: readers see the old rows or the new.
+
+SWAPPED: Final = ("webhooks", "webhook_deliveries", "webhook_events")
+REBUILD_BATCH = 5000  # records per shadow transaction
+
+
+async def rebuild(settings: Settings) -> int:
+    """Refold the webhook topic into a shadow schema and swap its tables in; returns the
+    webhook and delivery rows swapped in.
+
+    As the task projection's rebuild (``projector.maintenance``): the fold runs while the
+    live webhook projector goes on, never past its checkpoints; then one transaction
+    holds the live checkpoints (the live projector waits), folds what it applied
+    meanwhile, and swaps the tables. Readers see the old tables or the new ones, and wait
+    only for the swap itself.
     """
+    from projector.maintenance import RebuildIncomplete, _create_shadow
+
     topic = wh.topic_for(settings.topic)
+    await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    shadow = f"rebuild_hooks_{int(time.time())}"
     conn = await connections.connect(asyncpg_dsn(settings.database_url))
+    live_conn = await connections.connect(asyncpg_dsn(settings.database_url))
     try:
-        async with conn.transaction():
-            rows = await conn.fetch(
-                'SELECT partition, "offset" FROM projector_offsets WHERE projection = $1 '
-                "AND topic = $2 ORDER BY partition FOR UPDATE", PROJECTION, topic)
-            cps = {r["partition"]: r["offset"] for r in rows}
-            parked = {(r["partition"], r["offset"]) for r in await conn.fetch(
-                'SELECT partition, "offset" FROM dead_letters WHERE projection = $1 '
-                "AND topic = $2", PROJECTION, topic)}
-            folded = await _fold_log(settings, cps, parked)
-            await conn.execute("DELETE FROM webhook_events")
-            await conn.execute("DELETE FROM webhook_deliveries")
-            await conn.execute("DELETE FROM webhooks")
-            await _write(conn, "public", folded)
-            return len(folded.hooks) + len(folded.deliveries)
+        await _create_shadow(conn, shadow, (*SWAPPED, "projector_offsets", "dead_letters"))
+
+        async def checkpoints(c: asyncpg.Connection, schema: str) -> dict[int, int]:
+            return await store.read_checkpoints(c, schema=schema, projection=PROJECTION,
+                                                topic=topic)
+
+        async def catch_up(upto: dict[int, int]) -> None:
+            mine = await checkpoints(conn, shadow)
+            if all(mine.get(p, -1) >= o for p, o in upto.items()):
+                return
+            chunk: list[Record] = []
+            async for r in read_records(bootstrap=settings.kafka_bootstrap, topic=topic,
+                                        from_position={p: o + 1 for p, o in mine.items()},
+                                        upto=upto):
+                chunk.append(r)
+                if len(chunk) >= REBUILD_BATCH:
+                    await apply_records(conn, chunk, topic=topic, schema=shadow)
+                    chunk = []
+            if chunk:
+                await apply_records(conn, chunk, topic=topic, schema=shadow)
+            short = {p: o for p, o in upto.items()
+                     if (await checkpoints(conn, shadow)).get(p, -1) < o}
+            if short:
+                raise RebuildIncomplete(f"the webhook topic ends before the read model "
+                                        f"(partitions {sorted(short)}); nothing was swapped")
+
+        # Phase 1: fold up to the live checkpoints while the live projector goes on.
+        await catch_up(await checkpoints(live_conn, "public"))
+        # Phase 2: hold the live checkpoints, fold the rest, swap, in one transaction.
+        async with live_conn.transaction():
+            # As the task rebuild does: no projection moves a checkpoint (or adds one)
+            # until the swap commits.
+            await live_conn.execute(
+                "LOCK TABLE public.projector_offsets IN SHARE ROW EXCLUSIVE MODE")
+            await catch_up(await checkpoints(live_conn, "public"))
+            for t in SWAPPED:
+                await live_conn.execute(f"LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")
+            for t in SWAPPED:
+                await live_conn.execute(f"DROP TABLE public.{t}")
+                await live_conn.execute(f"ALTER TABLE {shadow}.{t} SET SCHEMA public")
+            rows = await live_conn.fetchval(
+                "SELECT (SELECT count(*) FROM public.webhooks) "
+                "+ (SELECT count(*) FROM public.webhook_deliveries)")
+        return int(rows)
     finally:
+        with contextlib.suppress(Exception):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
         await conn.close()
+        await live_conn.close()

@@ -25,34 +25,26 @@ fold of their events, with a checkpoint, in one Postgres transaction at most eve
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from events import constants, schedule_db
-from events.codec import decode, encode
-from events.db import make_engine
-from events.errors import ProducerFencedOff, UndecodableEvent
-from events.heartbeat import Heartbeat
+from events import chain, constants, schedule_db
+from events.codec import encode
 from events.log import (
     TP,
-    GroupConsumer,
     RawMessage,
     Record,
     TransactionalProducer,
-    ensure_topic,
     task_key,
 )
 from events.models import CloudEvent, ScheduleFired, TaskCreated, new_event
+from events.partitioned import Partition, PartitionedService
 from events.schedules import (
+    SCHEDULE_PROJECTION,
     ScheduleState,
     apply_schedule,
     fire_task_id,
@@ -75,42 +67,34 @@ def scheduler_group(settings: Settings) -> str:
 
 
 @dataclass
-class Part:
+class Part(Partition):
     """What a scheduler keeps for one schedule partition."""
 
-    tp: TP
-    producer: TransactionalProducer
-    end: int  # recovery: fire nothing before the fold has read this far
-    position: int = 0
-    ready: bool = False  # the seek to the start is in place
-    recovered: bool = False
     states: dict[uuid.UUID, ScheduleState] = field(default_factory=dict)
     # Handled, committed, but not read back yet: due time and task of the last fire.
     handled: dict[uuid.UUID, datetime] = field(default_factory=dict)
     last_task: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
-    dirty: dict[uuid.UUID, int] = field(default_factory=dict)  # schedule -> last offset
-    next_projection: float = 0.0  # monotonic time of the next projection write
+    journaled: int = -1  # records up to this offset are in schedule_events already
+    journal: list[dict[str, object]] = field(default_factory=list)  # rows to add
 
 
-@dataclass
-class Scheduler:
+@dataclass(repr=False)
+class Scheduler(PartitionedService[Part]):
     """Fires the schedules of the partitions it owns in the scheduler group.
 
     :param settings: process settings (topics, group, tick, grace).
     :param scheduler_id: appears in ``source``; default host-pid.
     """
 
-    settings: Settings
+    kind = "scheduler"
+    log = log
+    acting = "firing"
+    projection = SCHEDULE_PROJECTION
+    project_every_s = PROJECT_EVERY_S
+
     scheduler_id: str = ""
     fired: int = 0
     skipped: int = 0
-    parked: int = 0
-    parts: dict[TP, Part] = field(default_factory=dict, repr=False)
-    _consumer: GroupConsumer | None = field(default=None, repr=False)
-    _engine: AsyncEngine | None = field(default=None, repr=False)
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    # Records that are no schedule event: (partition, record, error), parked by _project.
-    _to_park: list[tuple[int, Record, str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not self.scheduler_id:
@@ -123,127 +107,27 @@ class Scheduler:
         return (f"Scheduler({self.scheduler_id} ◆ {self.fired} fired ◆ {self.skipped} "
                 f"skipped ◆ {self.parked} parked ◆ {len(self.parts)} partitions)")
 
-    # ------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        s = self.settings
-        await ensure_topic(s.kafka_bootstrap, self.topic, s.partitions,
-                           replication_factor=s.replication_factor,
-                           min_insync_replicas=s.min_insync_replicas)
-        self._engine = make_engine(s.database_url, pool_size=2)
-        self._consumer = GroupConsumer(
-            bootstrap=s.kafka_bootstrap, topics=[self.topic], group_id=self.group,
-            on_assigned=self._on_assigned, on_revoked=self._on_revoked,
-            read_committed=True, max_poll_records=5000,
-            client_id=f"taskflow-scheduler-{self.scheduler_id}")
-        self._consumer.on_seeked = self._on_seeked
-        await self._consumer.start()
+    def _instance_id(self) -> str:
+        return self.scheduler_id
 
-    def request_stop(self) -> None:
-        self._stopping.set()
+    def _tick_s(self) -> float:
+        return self.settings.scheduler_tick_s
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        for part in list(self.parts.values()):  # what the last polls folded, if it can
-            try:
-                await asyncio.wait_for(self._project(part), 5)
-            except Exception as exc:
-                log.warning("final projection of partition %d failed: %r", part.tp[1], exc)
-        if self._consumer is not None:
-            await self._consumer.stop()
-        await self._close(list(self.parts))
-        if self._engine is not None:
-            await self._engine.dispose()
-        log.info("shutdown %r", self)
+    async def _open(self, tp: TP, producer: TransactionalProducer, end: int,
+                    first: int) -> Part:
+        assert self._engine is not None
+        done = await schedule_db.checkpoint(self._engine, topic=self.topic, partition=tp[1])
+        return Part(tp=tp, producer=producer, end=end, position=first, journaled=done)
 
-    async def _close(self, tps: list[TP]) -> None:
-        for tp in tps:
-            part = self.parts.pop(tp, None)
-            if part is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(part.producer.stop(), 5)
+    def _on_recovered(self, part: Part) -> None:
+        log.info("partition %d recovered: %d schedule(s)", part.tp[1], len(part.states))
 
-    def _on_seeked(self, tps: list[TP]) -> None:
-        for tp in tps:
-            if tp in self.parts:
-                self.parts[tp].ready = True
+    async def _act(self, part: Part) -> None:
+        await self._fire(part)
 
-    async def _on_assigned(self, tps: list[TP]) -> dict[TP, int]:
-        assert self._consumer is not None
-        consumer = self._consumer
-        firsts = await consumer.beginning_offsets(tps)
-
-        async def open_part(tp: TP) -> tuple[TP, int]:
-            producer = TransactionalProducer(
-                bootstrap=self.settings.kafka_bootstrap,
-                transactional_id=f"{self.group}.{tp[0]}.{tp[1]}",
-                timeout_s=self.settings.produce_timeout_s)
-            await producer.start()  # fences the previous owner, aborting its open txn
-            end = (await consumer.end_offsets([tp]))[tp]
-            self.parts[tp] = Part(tp=tp, producer=producer, end=end, position=firsts[tp])
-            log.info("partition %d: folding from %d to %d before firing", tp[1],
-                     firsts[tp], end)
-            return tp, firsts[tp]
-
-        opened = await asyncio.gather(*(open_part(tp) for tp in tps if tp not in self.parts))
-        return dict(opened)
-
-    async def _on_revoked(self, tps: list[TP]) -> None:
-        await self._close(tps)
-
-    # ------------------------------------------------------------ main loop
-    async def run(self, *, until_idle: bool = False) -> None:
-        assert self._consumer is not None
-        tick_ms = int(self.settings.scheduler_tick_s * 1000)
-        idle_since = time.monotonic()
-        heartbeat = Heartbeat(self.settings.heartbeat_file)
-        while not self._stopping.is_set():
-            heartbeat.beat()
-            records = await self._consumer.poll(timeout_ms=tick_ms, max_records=5000)
-            seen: set[TP] = set()
-            for r in records:
-                part = self.parts.get((r.topic, r.partition))
-                if part is not None and part.ready:
-                    self._fold(part, r)
-                    seen.add(part.tp)
-            for part in list(self.parts.values()):
-                if not part.ready:
-                    continue
-                if part.tp not in seen and not part.recovered:
-                    part.position = max(part.position,
-                                        await self._consumer.position(part.tp))
-                if not part.recovered and part.position >= part.end:
-                    part.recovered = True
-                    log.info("partition %d recovered: %d schedule(s)", part.tp[1],
-                             len(part.states))
-                if part.recovered:  # fires first: the projection can wait, a due time not
-                    try:
-                        await self._fire(part)
-                    except ProducerFencedOff:
-                        log.warning("partition %d is owned by another scheduler", part.tp[1])
-                        await self._close([part.tp])
-                        continue
-                now = time.monotonic()
-                if not part.recovered or now >= part.next_projection:
-                    # Fires change their schedule's row each time: gathering them into
-                    # fewer, larger writes leaves the loop free for the next due times.
-                    part.next_projection = now + PROJECT_EVERY_S
-                    await self._project(part)
-            if records:
-                idle_since = time.monotonic()
-            elif until_idle and time.monotonic() - idle_since > 2 and self.parts:
-                break
-
-    def _fold(self, part: Part, r: Record) -> None:
-        if r.offset < part.position:
-            return  # redelivered after a seek
-        part.position = r.offset + 1
-        try:
-            ev = decode(r.value)
-        except UndecodableEvent as exc:
-            self.parked += 1
-            log.warning("parked %s:%d:%d: %s", r.topic, r.partition, r.offset, exc.error)
-            self._to_park.append((part.tp[1], r, exc.error))
-            return
+    def _apply(self, part: Part, r: Record, ev: CloudEvent) -> None:
+        if r.offset > part.journaled and r.value is not None:
+            part.journal.append(schedule_db.journal_row(part.tp[1], r.offset, ev, r.value))
         old = part.states.get(ev.subject)
         new = apply_schedule(old, ev)
         if new is not None:
@@ -252,20 +136,20 @@ class Scheduler:
 
     async def _project(self, part: Part) -> None:
         """Write the changed schedules of ``part`` and its checkpoint in one transaction."""
-        if not part.dirty and not self._to_park:
+        if not part.dirty and not self._to_park and not part.journal:
             return
         assert self._engine is not None
         rows = [schedule_db.row(part.states[sid], part.tp[1], off)
                 for sid, off in part.dirty.items() if sid in part.states]
-        parks = [p for p in self._to_park if p[0] == part.tp[1]]
         async with self._engine.begin() as conn:
-            for _, r, error in parks:
-                await schedule_db.park(conn, topic=self.topic, partition=r.partition,
-                                       offset=r.offset, key=r.key, raw=r.value, error=error)
+            await self._write_parks(conn, part)
             await schedule_db.write(conn, topic=self.topic, partition=part.tp[1],
-                                    offset=part.position - 1, rows=rows)
+                                    offset=part.position - 1, rows=rows,
+                                    journal=part.journal)
         part.dirty.clear()
-        self._to_park = [p for p in self._to_park if p[0] != part.tp[1]]
+        part.journaled = max(part.journaled, part.position - 1)
+        part.journal = []
+        self._parked(part)
 
     async def _fire(self, part: Part) -> None:
         """Fire (or skip) every due time up to now of the partition's schedules, in one
@@ -336,11 +220,11 @@ class Scheduler:
                 skipped = []
             tid = fire_task_id(st.schedule_id, d)
             t = st.spec.task
-            tasks.append(new_event(
+            tasks.append(chain.seal(new_event(
                 TaskCreated(title=t.title, type=t.type, payload=t.payload,
                             priority=t.priority, max_attempts=t.max_attempts,
                             timeout_s=t.timeout_s, schedule_id=st.schedule_id, due_at=d),
-                task_id=tid, source=self.source, tenant=st.tenant))
+                task_id=tid, source=self.source, tenant=st.tenant)))
             marks.append(self._mark(st, ScheduleFired(due_at=d, task_id=tid)))
             running = st.spec.overlap == "skip"  # the task just fired is running
         if skipped:

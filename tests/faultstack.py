@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,3 +159,16 @@ def private_stack() -> Iterator[FaultStack]:
         yield fs
     finally:
         stop_private_stack(fs)
+
+
+BANNER = re.compile(r"taskflow: pids ((?:\w+=\d+ ?)+)")
+SERVICES = ("projector", "worker", "api", "scheduler", "notifier", "coordinator")
+
+
+def run_pids(output: str) -> dict[str, int]:
+    """The pids ``taskflow run`` printed, by service; it must have started every one."""
+    m = BANNER.search(output)
+    assert m, output[-2000:]
+    pids = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    assert tuple(pids) == SERVICES, pids
+    return pids

@@ -26,3 +26,9 @@ def bad_result(payload: dict[str, Any], ctx: TaskContext) -> Any:
     """Returns what the log or the read model cannot hold: a NUL, or no JSON at all."""
     ctx.progress(50, "half\x00way")  # a NUL in a progress message is replaced, not fatal
     return "nul\x00byte" if payload.get("kind") == "nul" else object()
+
+
+@handler("pooled")
+async def pooled(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """A type only some workers have: for the worker-pool tests."""
+    return "pooled ok"

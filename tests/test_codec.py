@@ -32,12 +32,20 @@ from events.models import (
     TaskCreated,
     TaskDeadLettered,
     TaskDone,
+    TaskErased,
     TaskFailed,
     TaskProcessing,
     TaskProgress,
     TaskRedriven,
     TaskRetryScheduled,
     TaskStatus,
+    WorkflowCancelRequested,
+    WorkflowCreated,
+    WorkflowFinished,
+    WorkflowNode,
+    WorkflowNodeFinished,
+    WorkflowNodeStarted,
+    WorkflowRetryRequested,
     new_event,
 )
 
@@ -58,6 +66,7 @@ SAMPLES: dict[EventType, EventData] = {
     EventType.CANCELLED: TaskCancelled(reason="cancel requested"),
     EventType.DEAD_LETTERED: TaskDeadLettered(error="exhausted"),
     EventType.REDRIVEN: TaskRedriven(reason="fixed the handler"),
+    EventType.ERASED: TaskErased(actor="tenant:acme", reason="erasure request"),
     EventType.SCHEDULE_CREATED: ScheduleCreated(
         name="n", cron="30 2 * * *", timezone="Europe/Berlin",
         task=ScheduleTask(title="t", payload={"a": 1}), overlap="skip", catchup="latest"),
@@ -67,6 +76,14 @@ SAMPLES: dict[EventType, EventData] = {
     EventType.SCHEDULE_RESUMED: ScheduleResumed(),
     EventType.SCHEDULE_DELETED: ScheduleDeleted(),
     EventType.SCHEDULE_FIRED: ScheduleFired(due_at=T0, task_id=TID),
+    EventType.WORKFLOW_CREATED: WorkflowCreated(name="w", tasks=[
+        WorkflowNode(key="a", title="A"), WorkflowNode(key="b", title="B", depends_on=["a"])]),
+    EventType.WORKFLOW_NODE_STARTED: WorkflowNodeStarted(key="a", round=0, task_id=TID),
+    EventType.WORKFLOW_NODE_FINISHED: WorkflowNodeFinished(key="a", round=0, task_id=TID,
+                                                           status="DONE", result={"x": 1}),
+    EventType.WORKFLOW_CANCEL_REQUESTED: WorkflowCancelRequested(reason="r"),
+    EventType.WORKFLOW_RETRY_REQUESTED: WorkflowRetryRequested(round=1),
+    EventType.WORKFLOW_FINISHED: WorkflowFinished(round=0, status="DONE", nodes={"a": "DONE"}),
 }
 
 

@@ -18,7 +18,8 @@ from events.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKFLOW = Path(sys.executable).parent / "taskflow"
-APP_SERVICES = ("migrate", "api", "worker", "projector", "scheduler", "notifier")
+APP_SERVICES = ("migrate", "api", "worker", "projector", "scheduler", "notifier",
+                "coordinator")
 SETTINGS_ENV = {"TASKFLOW_" + name.upper() for name in Settings.model_fields}
 
 
@@ -174,7 +175,7 @@ def test_dockerfile_runs_the_taskflow_cli() -> None:
 
 @pytest.mark.parametrize(("service", "subcommand"), [
     ("migrate", "migrate"), ("api", "api"), ("worker", "worker"), ("projector", "projector"),
-    ("scheduler", "scheduler"),
+    ("scheduler", "scheduler"), ("notifier", "notifier"), ("coordinator", "coordinator"),
 ])
 def test_commands_are_taskflow_subcommands(service: str, subcommand: str) -> None:
     cmd = command_of(service)

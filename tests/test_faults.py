@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,7 +38,7 @@ from events.codec import decode
 from events.errors import UndecodableEvent
 from events.log import Record, dead_letter_topic
 from events.models import EventType, TaskCreated, new_event
-from tests.faultstack import FaultStack, private_stack
+from tests.faultstack import FaultStack, private_stack, run_pids
 from tests.helpers import ARTIFACTS, Env, Proc, free_port, new_name, wait_until
 
 __all__ = ["private_stack"]  # the fixture, imported for the tests below
@@ -48,7 +47,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PROBLEM = "application/problem+json"
 TERMINAL = {EventType.DONE, EventType.FAILED, EventType.CANCELLED}
-BANNER = re.compile(r"taskflow: pids projector=(\d+) worker=(\d+) api=(\d+)")
 FLOW_EVERY_S = 0.1  # one echo task per this many seconds while a fault is injected
 
 
@@ -87,9 +85,7 @@ class Deployment:
                    bootstrap=s.kafka_bootstrap, api_port=self.port)
 
     def children(self) -> dict[str, int]:
-        m = BANNER.search(self.proc.output())
-        assert m, self.proc.output()[-2000:]
-        return dict(zip(("projector", "worker", "api"), map(int, m.groups()), strict=True))
+        return run_pids(self.proc.output())
 
     async def submit(self, c: httpx.AsyncClient, body: dict[str, Any] | None = None) -> int:
         body = body or {"title": "flow", "payload": {"message": "hi"}}

@@ -154,7 +154,8 @@ def test_no_latest_tag(docs: list[dict[str, Any]], helm: Path) -> None:
 def test_deployments_for_the_api_and_each_service(helm: Path) -> None:
     default = of_kind(render(helm), "Deployment")
     assert set(default) == {f"tf-taskflow-{n}" for n in
-                            ("api", "worker", "projector", "scheduler", "notifier")}
+                            ("api", "worker", "projector", "scheduler", "notifier",
+                             "coordinator")}
     full = of_kind(render(helm, "-f", str(FULL)), "Deployment")
     assert "tf-taskflow-coordinator" in full
     for name, d in {**default, **full}.items():

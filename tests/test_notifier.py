@@ -15,7 +15,7 @@ import pytest
 from events import webhooks as wh
 from events.log import delete_topics
 from tests.helpers import Env, free_port, wait_until
-from tests.test_webhooks import hook_events
+from tests.test_webhooks import cli, hook_events
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -219,7 +219,7 @@ async def test_a_slow_endpoint_does_not_delay_the_others(hooks_env: Env,
     receiver.delay_s["/slow"] = 8  # past the notifier's read timeout (5 s)
     await receiver.start()
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
-        _, s1 = await subscribe(c, receiver.url("/slow"), ["task.done"])
+        slow, s1 = await subscribe(c, receiver.url("/slow"), ["task.done"])
         _, s2 = await subscribe(c, receiver.url("/fast"), ["task.done"])
         receiver.secrets.update({"/slow": s1, "/fast": s2})
         tids = await submit(c, 20)
@@ -230,6 +230,12 @@ async def test_a_slow_endpoint_does_not_delay_the_others(hooks_env: Env,
 
         await wait_until(fast_all, what="every delivery to the fast endpoint")
         assert receiver.event_ids("/slow") == set()  # still stuck in its first requests
+
+        async def timed_out() -> bool:  # the read timeout ended the slow requests
+            return any(d["attempts"] >= 1 and d["last_error"] == "timeout: ReadTimeout"
+                       for d in await deliveries(c, slow))
+
+        await wait_until(timed_out, timeout=60, what="a slow delivery's read timeout")
 
 
 async def test_connect_time_check_refuses_what_the_api_allowed(
@@ -292,3 +298,47 @@ async def test_a_task_callback_url_gets_that_tasks_terminal_events(
         r = await c.post("/tasks:batch", json={"tasks": [
             {"title": "x", "callback_url": receiver.url("/cb")}]})
         assert r.status_code == 422, r.text
+
+
+async def test_each_tenant_receives_only_its_own_tasks_events(hooks_env: Env,
+                                                              receiver: Receiver) -> None:
+    """Two tenants subscribe to the same event type: each receiver gets exactly its own
+    tenant's ``task.done`` events, never the other's."""
+    env = hooks_env
+    env.proc("projector")
+    env.proc("worker")
+    env.proc("notifier")
+    await env.api(None, TASKFLOW_AUTH="true")
+    await receiver.start()
+    keys = {}
+    for tenant in ("acme", "globex"):
+        res = cli(env, "keys", "create", "--tenant", tenant)
+        assert res.returncode == 0, res.stderr
+        keys[tenant] = {"Authorization": f"Bearer {res.stdout.strip()}"}
+    tids: dict[str, list[str]] = {}
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        for tenant, h in keys.items():
+            r = await c.post("/webhooks", headers=h, json={
+                "url": receiver.url(f"/{tenant}"), "events": ["task.done"]})
+            assert r.status_code == 201, r.text
+            receiver.secrets[f"/{tenant}"] = r.json()["secret"]
+        for tenant, h in keys.items():
+            r = await c.post("/tasks:batch", headers=h, json={"tasks": [
+                {"title": "t", "type": "echo", "payload": {"message": tenant}}] * 5})
+            assert r.status_code == 202, r.text
+            tids[tenant] = [t["task_id"] for t in r.json()["items"]]
+
+    async def all_done() -> dict[str, set[str]] | None:
+        got = {t: await done_event_ids(env, ids) for t, ids in tids.items()}
+        return got if all(len(ids) == 5 for ids in got.values()) else None
+
+    want = await wait_until(all_done, what="tasks done")
+    assert want is not None
+
+    async def delivered() -> bool:
+        return all(receiver.event_ids(f"/{t}") >= want[t] for t in keys)
+
+    await wait_until(delivered, timeout=60, what="each tenant's deliveries")
+    await asyncio.sleep(1)  # room for a stray delivery to the other tenant
+    assert {t: receiver.event_ids(f"/{t}") for t in keys} == want
+    assert receiver.rejected == []

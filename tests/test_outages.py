@@ -26,7 +26,7 @@ import pytest
 from events.db import ensure_database, migrate
 from events.log import delete_topics, ensure_topic
 from events.models import EventType
-from tests.faultstack import FaultStack, private_stack
+from tests.faultstack import FaultStack, private_stack, run_pids
 from tests.helpers import Env, Proc, SSEReader, free_port, new_name, wait_until
 
 __all__ = ["private_stack"]  # the fixture, imported for the tests below
@@ -34,7 +34,6 @@ __all__ = ["private_stack"]  # the fixture, imported for the tests below
 # How long the broker stays frozen in the stall test (the 30 s by default).
 STALL_S = float(os.environ.get("TASKFLOW_TEST_STALL_S", "30"))
 TERMINAL = {EventType.DONE, EventType.FAILED, EventType.CANCELLED}
-BANNER = re.compile(r"taskflow: pids projector=(\d+) worker=(\d+) api=(\d+)")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -56,9 +55,7 @@ class Run:
         return self.env.base_url
 
     def children(self) -> dict[str, int]:
-        m = BANNER.search(self.proc.output())
-        assert m, self.proc.output()[-2000:]
-        return dict(zip(("projector", "worker", "api"), map(int, m.groups()), strict=True))
+        return run_pids(self.proc.output())
 
     async def submit(self, c: httpx.AsyncClient) -> int:
         try:

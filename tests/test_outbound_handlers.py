@@ -3,6 +3,7 @@ real SMTP server (aiosmtpd, with STARTTLS) started by the test."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,8 @@ class Origin:
         self.hits[path] = self.hits.get(path, 0) + 1
         self.seen[path] = {"method": scope["method"], "body": body,
                            "headers": {k.decode(): v.decode() for k, v in scope["headers"]}}
+        if path == "/slow":
+            await asyncio.sleep(3)
         status, out = {"/created": (201, b'{"ok": true}'), "/big": (200, b"x" * 100_000),
                        "/missing": (404, b"no"), "/broken": (503, b"down")}.get(path, (200, b""))
         await answer(send, status, out,
@@ -79,7 +82,7 @@ async def test_http_handler(env: Env, origin: tuple[Origin, int]) -> None:
     env.proc("worker")
     await env.api()
     base = f"http://127.0.0.1:{port}"
-    created, big, missing, broken, expected = await run_tasks(env, [
+    created, big, missing, broken, expected, slow = await run_tasks(env, [
         {"title": "post", "type": "http", "payload": {
             "method": "POST", "url": f"{base}/created", "headers": {"x-mine": "1"},
             "body": {"a": 1}, "expected_status": 201}},
@@ -90,6 +93,8 @@ async def test_http_handler(env: Env, origin: tuple[Origin, int]) -> None:
          "payload": {"url": f"{base}/broken"}},
         {"title": "unexpected", "type": "http", "max_attempts": 3,
          "payload": {"url": f"{base}/big", "expected_status": [201]}},
+        {"title": "slow", "type": "http", "max_attempts": 2, "timeout_s": 30,
+         "payload": {"url": f"{base}/slow", "timeout_s": 0.5}},
     ])
     assert created["status"] == "DONE", created
     assert created["result"]["status"] == 201
@@ -106,6 +111,9 @@ async def test_http_handler(env: Env, origin: tuple[Origin, int]) -> None:
     assert broken["status"] == "FAILED" and app.hits["/broken"] == 3
     assert expected["status"] == "FAILED" and "HTTP 200" in expected["error"]
     assert expected["attempt"] == 1  # an unexpected status below 500 is not retried
+    # The request's own timeout is reported as such, not as the task's 30 s timeout.
+    assert slow["status"] == "FAILED" and app.hits["/slow"] == 2  # retried, as transient
+    assert "ReadTimeout after 0.5s" in slow["error"] and "timed out after" not in slow["error"]
 
 
 async def test_http_handler_refuses_non_public_targets(env: Env,

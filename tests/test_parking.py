@@ -31,6 +31,7 @@ from events.models import (
     new_event,
 )
 from events.schedules import schedule_topic
+from events.workflows import workflow_topic
 from tests.helpers import (
     ROOT,
     Env,
@@ -371,8 +372,9 @@ async def test_migrate_creates_the_dead_letter_topic(env: Env) -> None:
 async def test_stack_up_bootstrap_creates_the_dead_letter_topic(env: Env) -> None:
     """What ``taskflow stack up`` does once Kafka and Postgres run (starting them is left
     out: the shared stack is up, and this must not touch it): the event topic's dead-letter,
-    schedule and webhook topics are made with it."""
-    companions = [schedule_topic(env.topic), webhooks.topic_for(env.topic)]
+    schedule, webhook and workflow topics are made with it."""
+    companions = [schedule_topic(env.topic), webhooks.topic_for(env.topic),
+                  workflow_topic(env.topic)]
     try:
         res = python(env, "-c", "import asyncio; from cli.main import _bootstrap; "
                      "asyncio.run(_bootstrap(1, 1))")

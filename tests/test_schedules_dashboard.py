@@ -28,6 +28,10 @@ async def test_schedules_panel_shows_next_and_last_run_and_its_status(
         r = await c.post("/tasks", json={"title": "later", "payload": {"message": "x"},
                                          "delay_s": 600})
         assert r.status_code == 202 and r.json()["status"] == "DELAYED"
+        later = r.json()["task_id"]
+        got = await c.get(f"/tasks/{later}")  # waits for the projection
+        due = got.json()["not_before"]
+        assert due
     dash = await open_dashboard(browser, env)
     row = f'#sched-rows tr[data-schedule-id="{sid}"]'
     await dash.until(f"!!document.querySelector('{row}')")
@@ -38,4 +42,9 @@ async def test_schedules_panel_shows_next_and_last_run_and_its_status(
     await dash.until("document.querySelector(\"#counts [data-status='DELAYED'] b\")"
                      ".textContent === '1'")
     await dash.shot("schedules-panel.png")
+    # A delayed task's detail panel shows when it is due.
+    await dash.until(f"!!document.querySelector('{dash.row(later)}')")
+    await dash.page.locator(dash.row(later)).get_by_role("button", name="later").click()
+    await dash.until("document.querySelector('#detail').dataset.status === 'DELAYED'")
+    assert await dash.page.locator("#d-due time").get_attribute("datetime") == due
     assert dash.errors == [] and dash.console == []

@@ -60,6 +60,8 @@ def _py_types(ann: Any) -> set[str]:
         return set().union(*(_py_types(a) for a in typing.get_args(ann)))
     if ann is Any:
         return {"any"}
+    if origin is typing.Literal:
+        return set().union(*(_py_types(type(a)) for a in typing.get_args(ann)))
     if ann is type(None):
         return {"null"}
     if origin is list:
@@ -105,11 +107,15 @@ def test_a_submit_sends_what_taskin_takes() -> None:
         sdk = _py_types(hints[field]) - {"null"}
         if field == "run_at":
             sdk -= {"string"}  # a datetime or its RFC 3339 text
+        if field == "priority":
+            sdk -= {"string"}  # a level name, sent as its number
         assert api == sdk, f"TaskSpec.{field}: API {api}, SDK {sdk}"
     full = TaskSpec("t", "echo", {"a": 1}, 1, 2, 3.0, delay_s=5.0,
-                    callback_url="https://example.test/hook").body()
+                    callback_url="https://example.test/hook", concurrency_key="k",
+                    max_concurrency=2).body()
     assert set(full) | {"run_at"} == set(taskin)  # run_at or delay_s, not both
     assert "run_at" in TaskSpec("t", run_at="2030-01-01T00:00:00Z").body()
+    assert TaskSpec("t", priority="critical").body()["priority"] == 100
     item = SCHEMAS["BatchItemOut"]["properties"]
     assert {"task_id", "status", "position", "replayed", "problem"} == set(item)
 

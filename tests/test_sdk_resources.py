@@ -49,10 +49,14 @@ async def test_schedules_through_the_sdk(full_env: Env) -> None:
         assert (got["name"], got["cron"], got["timezone"]) == ("beat", "0 0 1 1 *",
                                                                "Europe/Berlin")
         assert got["task"]["payload"] == {"message": "tock"}
-        other = (await tf.create_schedule("other", {"title": "x"}, every_s=3600))["schedule_id"]
+        other = (await tf.create_schedule("other", {"title": "x"}, every_s=3600,
+                                          idempotency_key="other-1"))["schedule_id"]
+        again = await tf.create_schedule("other", {"title": "x"}, every_s=3600,
+                                         idempotency_key="other-1")
+        assert again["schedule_id"] == other  # the key made no second schedule
 
-        async def listed() -> set[str]:
-            return {s["schedule_id"] async for s in tf.schedules(limit=100)}
+        async def listed() -> set[str]:  # one per page: the iterator follows next_cursor
+            return {s["schedule_id"] async for s in tf.schedules(limit=1)}
         assert await wait_until(lambda: _has(listed, {sid, other}), timeout=60) == {sid, other}
 
         assert (await tf.pause_schedule(sid))["paused"] is True

@@ -168,6 +168,19 @@ async def test_verify_and_rebuild_cover_the_webhook_tables(hooks_env: Env) -> No
 
         await wait_until(projected, what="the delete to be projected")
         assert await hooks_projection.verify(s) == []
+        # The journal ?as_of= folds is checked too: a row lost or changed is reported.
+        gone, changed = await conn.fetch(
+            'SELECT partition, "offset" FROM webhook_events ORDER BY time LIMIT 2')
+        await conn.execute('DELETE FROM webhook_events WHERE partition = $1 AND "offset" = $2',
+                           gone["partition"], gone["offset"])
+        await conn.execute("UPDATE webhook_events SET type = 'webhook.deleted' "
+                           'WHERE partition = $1 AND "offset" = $2',
+                           changed["partition"], changed["offset"])
+        diffs = await hooks_projection.verify(s)
+        assert sorted(diffs) == sorted([
+            f"journal {gone['partition']}:{gone['offset']}: read model=absent log=present",
+            f"journal {changed['partition']}:{changed['offset']} type: "
+            "read model='webhook.deleted' log='webhook.created'"]), diffs
         # A read model that drifted from the log is reported, and a rebuild repairs it.
         await conn.execute("UPDATE webhooks SET url = 'http://tampered/' WHERE webhook_id = $1",
                            uuid.UUID(ids[2]))

@@ -15,9 +15,11 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from events import chain
 from events.codec import scrub_nul
 from events.fold import TaskState
 from events.log import TP, RawMessage, TransactionalProducer
@@ -71,6 +73,10 @@ class Lane:
     base: dict[uuid.UUID, int] = field(default_factory=dict)  # attempt at last redrive
     running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
     ctxs: dict[uuid.UUID, TaskCtx] = field(default_factory=dict)
+    queued: set[uuid.UUID] = field(default_factory=set)  # running, but waiting for a slot
+    keys: dict[uuid.UUID, tuple[str, int]] = field(default_factory=dict)  # concurrency key
+    # Called once everything staged before them is committed (a lease goes back then).
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
     cancel_reason: dict[uuid.UUID, str] = field(default_factory=dict)
     # Tasks this lane saw end, so a late duplicate task.created (an idempotent submit
     # retried before the first was projected) cannot start a finished task again.
@@ -85,16 +91,25 @@ class Lane:
     failure: BaseException | None = None
     committed: int = -1  # the group offset this lane last committed
     offset_due: float = 0.0  # monotonic time from which the offset may be committed again
+    chain: dict[uuid.UUID, str] = field(default_factory=dict)  # task -> latest chainhash
 
     @property
     def recovering(self) -> bool:
         return self.position < self.recovery_end
 
     def stage(self, *events: CloudEvent, resolve: uuid.UUID | None = None) -> None:
+        if chain.enabled():
+            events = tuple(self._link(e) for e in events)
         self.outbox.extend(events)
         if resolve is not None:
             self.resolved.add(resolve)
         self.dirty.set()
+
+    def _link(self, event: CloudEvent) -> CloudEvent:
+        """``event`` on the audit chain, after the latest event of its task seen here."""
+        sealed = chain.seal(event, self.chain.get(event.subject, chain.GENESIS))
+        self.chain[event.subject] = sealed.chainhash or chain.GENESIS
+        return sealed
 
     def commit_offset(self) -> int:
         """The lowest trigger offset of a task not yet resolved, else the read position.
@@ -121,12 +136,15 @@ class Lane:
             await self.worker.dead_letter_topic()
         events, raw, resolved = self.outbox, self.raw, self.resolved
         self.outbox, self.raw, self.resolved = [], [], set()
+        after, self.on_commit = self.on_commit, []
         for t in resolved:
             self.open.pop(t, None)
         offset = self.commit_offset()
         now = time.monotonic()
         due = offset != self.committed and (self.closed or now >= self.offset_due)
         if not events and not raw and not due:
+            for cb in after:
+                cb()
             return
         log.debug("partition %d: commit %d events, offset %s, %d open, position %d",
                   self.tp[1], len(events), offset if due else "later", len(self.open),
@@ -143,6 +161,8 @@ class Lane:
             self.committed = offset
             self.offset_due = now + self.worker.settings.worker_offset_commit_interval_ms / 1000
         self.worker.committed_events += len(events)
+        for cb in after:
+            cb()
 
     async def run_committer(self) -> None:
         """Commit staged events in batches: one Kafka transaction per round."""

@@ -58,6 +58,12 @@ def _parse(model: type[BaseModel], payload: dict[str, Any]) -> Any:
         raise HandlerError(f"invalid payload: {exc.errors(include_url=False)}") from None
 
 
+class OutboundTimeout(RuntimeError):
+    """The target did not answer within the request's ``timeout_s``. It is not a
+    ``TimeoutError``, which the worker reads as the task's own timeout: the attempt fails
+    with reason ``error`` and is retried like any transient failure."""
+
+
 def _expected(spec: int | list[int] | None, code: int) -> bool:
     if spec is None:
         return 200 <= code < 300
@@ -96,8 +102,9 @@ async def http(payload: dict[str, Any], ctx: TaskContext) -> Any:
                     break
             code = resp.status_code
             got_headers = {k: v for k, v in resp.headers.items()}
-    except httpx.TimeoutException as exc:
-        raise TimeoutError(f"{task.method} {task.url}: {type(exc).__name__}") from None
+    except httpx.TimeoutException as exc:  # the request's own timeout, not the task's
+        raise OutboundTimeout(f"{task.method} {task.url}: {type(exc).__name__} after "
+                              f"{task.timeout_s:g}s") from None
     except httpx.HTTPError as exc:
         raise RuntimeError(f"{task.method} {task.url}: {type(exc).__name__}: {exc}") from None
     result = {"status": code, "headers": got_headers,

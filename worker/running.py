@@ -9,12 +9,14 @@ which releases its trigger offset, only together with the events that end it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
-from events import constants, jsonsafe
+from events import constants, crypto, jsonsafe
 from events.codec import decode, scrub_nul
 from events.errors import UndecodableEvent
 from events.fold import TaskState, apply
@@ -38,6 +40,8 @@ from worker.results import storable
 
 if TYPE_CHECKING:
     from worker.service import Worker
+
+log = logging.getLogger("taskflow.worker")
 
 _TRIGGERS = frozenset({EventType.CREATED, EventType.RETRY_SCHEDULED, EventType.REDRIVEN})
 FINISHED_MEMORY = 100_000  # finished task ids a lane remembers
@@ -89,16 +93,24 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
                                    f"store: {refusal}")
             return
     tid = ev.subject
+    if ev.chainhash is not None and ev.source != worker.source:
+        lane.chain[tid] = ev.chainhash  # its own events are linked when staged
     if ev.type is EventType.CREATED and tid in lane.finished:
         worker.duplicates += 1  # the fold ignores it too: the first task.created wins
         return
     state = apply(lane.states.get(tid), ev)
     lane.states[tid] = state
+    spec = ev.data if isinstance(ev.data, TaskCreated) else getattr(ev.data, "spec", None)
+    if isinstance(spec, TaskCreated) and spec.concurrency_key and tid not in lane.keys:
+        lane.keys[tid] = (spec.concurrency_key, spec.max_concurrency or 1)
     if ev.type is EventType.REDRIVEN:
         lane.base[tid] = state.attempt
-    if ev.type in _TRIGGERS and not state.terminal:
+    if (ev.type in _TRIGGERS and not state.terminal and worker.claims(state.type)
+            and (state.created_at is not None or ev.type is EventType.REDRIVEN)):
         # Keep the earliest trigger of an unfinished task: committing past its
-        # task.created would lose the definition a restarted worker needs.
+        # task.created would lose the definition a restarted worker needs. A task of
+        # another pool's type is that pool's (and one whose task.created this lane never
+        # saw, its type unknown, was another pool's: its own pool kept it open).
         lane.open.setdefault(tid, r.offset)
     if state.terminal:
         lane.open.pop(tid, None)
@@ -108,7 +120,9 @@ def on_record(worker: Worker, lane: Lane, r: Record) -> None:
             task.cancel()
         if tid not in lane.running:
             lane.states.pop(tid, None)  # nothing more to do for it
+            lane.keys.pop(tid, None)
             lane.base.pop(tid, None)
+            lane.chain.pop(tid, None)
             lane.finished[tid] = None
             if len(lane.finished) > FINISHED_MEMORY:
                 lane.finished.popitem(last=False)
@@ -142,13 +156,19 @@ def schedule(worker: Worker, lane: Lane, tid: uuid.UUID) -> None:
     if state.cancel_requested:
         _cancel_now(worker, lane, tid, state)
         return
+    if state.type not in REGISTRY:  # waits, PENDING, for a worker that has the handler
+        if state.type not in worker.missing:
+            worker.missing.add(state.type)
+            log.warning("no handler for type %r: its tasks wait for a worker that has one",
+                        state.type)
+        return
     lane.running[tid] = asyncio.create_task(_run_task(worker, lane, tid, state))
 
 
 
 async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState) -> None:
-    assert worker.sem is not None
     attempt = state.attempt + 1
+    leased = False
     try:
         if state.not_before is not None:
             worker.waiting += 1
@@ -162,8 +182,22 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
                     await asyncio.sleep(delay + 0.001)
             finally:
                 worker.waiting -= 1
-        async with worker.sem:
+        lane.queued.add(tid)  # until it has a slot: a revoke drops it at once
+        try:
+            rate = worker.rates.get(state.type)
+            if rate is not None:  # its turn first, so that waiting for it holds no slot
+                await rate.take()
+            key = lane.keys.get(tid)
+            if key is not None:  # a place under its key first, holding no slot meanwhile
+                leased = True
+                await worker.leases.acquire(key[0], key[1], tid)
+            await worker.gate.acquire(state.priority, state.tenant)
+        finally:
+            lane.queued.discard(tid)
+        try:
             await _attempt(worker, lane, tid, state, attempt)
+        finally:
+            worker.gate.release(state.tenant)
     except asyncio.CancelledError:
         reason = lane.cancel_reason.get(tid)
         if reason == "cancel":
@@ -176,6 +210,9 @@ async def _run_task(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState
         lane.running.pop(tid, None)
         lane.cancel_reason.pop(tid, None)
         worker.room.set()  # the main loop may be waiting for room to resume
+        if leased:  # back once the task's end is in the log, not before
+            lane.on_commit.append(functools.partial(worker.leases.release_soon, tid))
+            lane.dirty.set()
 
 
 async def _attempt(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskState,
@@ -204,12 +241,19 @@ async def _run_handler(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskSt
     error: str | None = None
     reason: FailureReason = "error"
     retryable = True
+    key: bytes | None = None
     if fn is None:
         error, retryable = f"no handler registered for type {state.type!r}", False
     else:
         try:
+            payload = dict(state.payload)
+            if crypto.is_sealed(payload):  # the result is sealed with the same key
+                key = await worker.data_key(tid)
+                payload = crypto.open_value(key, tid, "payload", payload)
             async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
-                result = await fn(dict(state.payload), ctx)
+                result = await fn(payload, ctx)
+        except crypto.Erased as exc:  # no key, ever again: retrying cannot help
+            error, retryable = str(exc), False
         except TimeoutError:
             error, reason = f"timed out after {timeout:g}s", "timeout"
         except asyncio.CancelledError:
@@ -225,6 +269,8 @@ async def _run_handler(worker: Worker, lane: Lane, tid: uuid.UUID, state: TaskSt
             except ValueError as exc:  # the same result would fail every attempt
                 error, retryable = str(exc), False
         if error is None:
+            if key is not None:
+                result = crypto.seal_value(key, tid, "result", result)
             worker.done += 1
             wmetrics.FINISHED.labels(state.type, "DONE").inc()
             lane.stage(worker.event(TaskDone(result=result), tid, attempt, state.tenant),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -35,9 +36,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from events import constants, runtime
+from events import chain, constants, pools, runtime
+from events.crypto import master_key
+from events.db import make_engine
 from events.errors import LogUnavailable, ProducerFencedOff
 from events.heartbeat import Heartbeat
+from events.keystore import Keyring
 from events.log import (
     TP,
     GroupConsumer,
@@ -46,10 +50,16 @@ from events.log import (
     ensure_topic,
 )
 from events.models import CloudEvent, EventData, new_event
+from events.priority import parse_tenant_weights
 from events.settings import Settings
 from worker import metrics as wmetrics
 from worker import outbound as _outbound  # noqa: F401  (registers http and email)
+from worker.concurrency import Leases
+from worker.gate import Gate
+from worker.handlers import names as handler_names
 from worker.lane import Lane
+from worker.ratelimit import StartRate
+from worker.registry import Registration
 from worker.running import on_record, schedule
 
 log = logging.getLogger("taskflow.worker")
@@ -81,17 +91,30 @@ class Worker:
     redelivered: int = 0
     duplicates: int = 0
     waiting: int = 0  # tasks waiting for their not_before (delayed, retrying): no slot
+    types: tuple[str, ...] = ()  # this worker's pool (--types); () is the default pool
+    pooled: tuple[str, ...] = ()  # types only dedicated pools run
+    missing: set[str] = field(default_factory=set)  # types seen without a handler here
+    rates: dict[str, StartRate] = field(default_factory=dict, repr=False)  # per type
+    leases: Leases = field(default_factory=lambda: Leases("", ""), repr=False)
     lanes: dict[TP, Lane] = field(default_factory=dict, repr=False)
     _consumer: GroupConsumer | None = field(default=None, repr=False)
-    sem: asyncio.Semaphore | None = field(default=None, repr=False)  # worker_concurrency
+    gate: Gate = field(default_factory=lambda: Gate(1), repr=False)  # worker_concurrency
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     room: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # a task ended
     _fatal: BaseException | None = field(default=None, repr=False)
     _dlt_ready: bool = field(default=False, repr=False)  # <topic>.dlt is known to exist
+    keyring: Keyring | None = field(default=None, repr=False)  # TASKFLOW_ENCRYPTION_KEY
+    registration: Registration | None = field(default=None, repr=False)  # worker_pools row
 
     def __post_init__(self) -> None:
         if not self.worker_id:
             self.worker_id = self.settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        # A pool (``--types``) is its own consumer group: see events/pools.py.
+        self.types = pools.type_list(self.settings.worker_types)
+        self.pooled = pools.type_list(self.settings.pooled_types)
+        if self.types:
+            self.settings = self.settings.model_copy(update={
+                "worker_group": pools.pool_group(self.settings.worker_group, self.types)})
         self.source = constants.WORKER_SOURCE_PREFIX + self.worker_id
 
     def __repr__(self) -> str:
@@ -105,6 +128,25 @@ class Worker:
         which cost only memory (a backlog of delayed tasks must not stop the polling)."""
         return sum(len(lane.running) for lane in self.lanes.values()) - self.waiting
 
+    async def data_key(self, task_id: uuid.UUID) -> bytes | None:
+        """The task's data key (events/crypto.py); None once erased or without one."""
+        if self.keyring is None:
+            return None
+        return (await self.keyring.keys([task_id])).get(task_id)
+
+    def share(self) -> float:
+        """This worker's part of the pool's work: its partitions over all of them."""
+        total = self._consumer.partition_count() if self._consumer is not None else 0
+        return len(self.lanes) / total if total else 0.0
+
+    def type_rate(self, limit: float) -> float:
+        return limit * self.share()
+
+    def claims(self, type_: str) -> bool:
+        """Whether this worker's pool is the one to run tasks of ``type_``. It keeps them
+        open even without a handler, so that a worker with one runs them later."""
+        return pools.serves(type_, types=self.types, pooled=self.pooled)
+
     def event(self, data: EventData, task_id: uuid.UUID, attempt: int,
               tenant: str | None) -> CloudEvent:
         return new_event(data, task_id=task_id, source=self.source, attempt=attempt, tenant=tenant)
@@ -112,11 +154,22 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         s = self.settings
+        chain.configure(s)
+        if s.encryption_key:
+            self.keyring = Keyring(master_key(s.encryption_key),
+                                   make_engine(s.database_url, pool_size=2))
         for name in filter(None, (m.strip() for m in s.handler_modules.split(","))):
             importlib.import_module(name)  # registers the module's @handler functions
         if s.worker_metrics_port:
             wmetrics.serve(s.worker_metrics_port)
-        self.sem = asyncio.Semaphore(s.worker_concurrency)
+        # What this worker serves, for /handlers and waiting_reason (worker/registry.py).
+        self.registration = Registration(
+            s.database_url, self.worker_id, pools.pool_name(self.types),
+            tuple(t for t in handler_names() if self.claims(t)), s.worker_pool_refresh_s)
+        self.gate = Gate(s.worker_concurrency, weights=parse_tenant_weights(s.tenant_weights))
+        self.leases = Leases(s.database_url, self.source)
+        for type_, limit in parse_tenant_weights(s.type_rate_limits).items():
+            self.rates[type_] = StartRate(rate=functools.partial(self.type_rate, limit))
         self._consumer = GroupConsumer(
             bootstrap=s.kafka_bootstrap,
             topics=[s.topic],
@@ -203,10 +256,21 @@ class Worker:
             await self._consumer.stop()
         # A rebalance that was under way may have opened lanes after the drain above.
         await self._drain(list(self.lanes), 0)
+        await self.leases.close()
+        if self.registration is not None:
+            await self.registration.close()
+        if self.keyring is not None:
+            await self.keyring.engine.dispose()
         log.info("shutdown %r", self)
 
     async def _drain(self, tps: list[TP], grace_s: float) -> None:
         lanes = [self.lanes[tp] for tp in tps if tp in self.lanes]
+        for lane in lanes:  # not started yet: nothing to finish, and no slot to take
+            for tid in list(lane.queued):
+                lane.cancel_reason[tid] = "abandon"
+                task = lane.running.get(tid)
+                if task is not None:
+                    task.cancel()
         running = [t for lane in lanes for t in lane.running.values()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
@@ -284,10 +348,15 @@ class Worker:
         assert self._consumer is not None
         idle_since = time.monotonic()
         next_stall_check = time.monotonic() + STALL_CHECK_S
-        limit = self.settings.worker_concurrency * 8
+        # The whole backlog is read, up to worker_queue_max, so that the gate can pick
+        # the highest priority (and the fairest tenant) among all of it, not just among
+        # what the log happened to put first.
+        limit = max(self.settings.worker_concurrency * 8, self.settings.worker_queue_max)
         heartbeat = Heartbeat(self.settings.heartbeat_file)
         while not self._stopping.is_set():
             heartbeat.beat()
+            if self.registration is not None:
+                self.registration.tick()
             if self.in_flight > limit:
                 # Backpressure: stop polling until half the backlog is done. Not
                 # ``consumer.pause``: aiokafka drops a paused partition's fetched records
@@ -299,6 +368,8 @@ class Worker:
                         await asyncio.wait_for(self.room.wait(), 0.1)
                     self.room.clear()
                     await self._consumer.keepalive()
+                    if self.registration is not None:
+                        self.registration.tick()
                 continue
             records = await self._consumer.poll(timeout_ms=100, max_records=500)
             if records:

@@ -154,6 +154,10 @@
 
   // Rows are built once and then updated in place, so a focused button keeps its focus
   // while the stream rewrites the row around it.
+  const PRIORITY_NAMES = {"-50": "low", "0": "normal", "50": "high", "100": "critical"};
+  const priorityLabel = (p) => (p === undefined || p === null) ? ""
+    : (PRIORITY_NAMES[String(p)] || String(p));
+
   function renderRow(row) {
     const t = row.task;
     if (!row.tr) {
@@ -162,6 +166,7 @@
                               onclick: () => select(row.task.task_id, true)}),
         id: el("span", {class: "mono id"}),
         type: el("td", {class: "col-type"}),
+        priority: el("td", {class: "col-priority num"}),
         status: el("td", {class: "col-status"}),
         attempt: el("td", {class: "col-attempt num"}),
         progress: el("progress", {max: 100, value: 0}),
@@ -171,7 +176,7 @@
       row.cells = c;
       row.tr = el("tr", {},
         el("th", {scope: "row", class: "col-task"}, c.button, c.id),
-        c.type, c.status, c.attempt, el("td", {class: "col-progress"}, c.progress),
+        c.type, c.priority, c.status, c.attempt, el("td", {class: "col-progress"}, c.progress),
         c.summary, c.created);
     }
     const c = row.cells;
@@ -185,6 +190,7 @@
     c.button.textContent = t.title || t.task_id;
     c.id.textContent = t.task_id.slice(0, 8);
     c.type.textContent = t.type || "";
+    c.priority.textContent = priorityLabel(t.priority);
     c.status.replaceChildren(badge(t.status));
     c.attempt.textContent = String(t.attempt ?? "");
     c.progress.value = t.progress || 0;
@@ -472,6 +478,18 @@
     );
   }
 
+  function renderRetention(ret, counts) {
+    const kept = Object.values(counts).reduce((a, n) => a + n, 0);
+    const items = [el("li", {}, el("b", {text: String(kept)}), " kept")];
+    if (ret && ret.days) {
+      items.push(el("li", {}, el("b", {text: String(ret.expired)}),
+                    ` expired (> ${ret.days} d)`));
+    } else {
+      items.push(el("li", {text: "kept forever"}));
+    }
+    $("retention").replaceChildren(...items);
+  }
+
   const refreshStats = serial(async () => {
     try {
       const r = await api("/stats?minutes=15");
@@ -479,17 +497,34 @@
       renderCounts(r.data.counts || {});
       renderChart(r.data.throughput || [], 15);
       renderLag(r.data.lag);
+      renderRetention(r.data.retention, r.data.counts || {});
     } catch {
       // the API is away; the next poll will try again
     }
-    if (!state.types.length) loadHandlers();
+    loadHandlers();  // the pools come and go; the types are read once
   });
   const refreshStatsSoon = debounce(refreshStats, 500);
+
+  // Each running pool with its workers and the types it serves; accepted types no pool
+  // serves are named too: their tasks wait as PENDING until a worker for them starts.
+  function renderPools(pools, unserved) {
+    const items = pools.map((p) => el("li", {dataset: {pool: p.pool}, title: `last seen ${p.seen_at}`},
+                                      el("b", {text: p.pool}), ` ×${p.workers}: `,
+                                      el("span", {class: "pool-types", text: p.types.join(", ") || "—"})));
+    if (!pools.length) items.push(el("li", {class: "warn", text: "no worker running"}));
+    if (unserved.length) {
+      items.push(el("li", {class: "warn", dataset: {unserved: unserved.join(",")}},
+                    "not served: ", el("b", {text: unserved.join(", ")})));
+    }
+    $("pools").replaceChildren(...items);
+  }
 
   async function loadHandlers() {
     let r;
     try { r = await api("/handlers"); } catch { return; }
     if (!r.ok) return;
+    renderPools(r.data.pools || [], r.data.unserved || []);
+    if (state.types.length) return;
     state.types = r.data.types || [];
     const typeSel = $("f-type");
     const current = typeSel.value;
@@ -593,9 +628,12 @@
     $("d-status").replaceWith(Object.assign(badge(task.status), {id: "d-status"}));
     $("d-id").textContent = task.task_id;
     $("d-type").textContent = task.type;
+    $("d-waiting").textContent = task.waiting_reason || "";
+    $("d-waiting").hidden = $("d-waiting-label").hidden = !task.waiting_reason;
     $("d-attempt").textContent = String(task.attempt) +
       (task.max_attempts ? ` of ${task.max_attempts}` : "") + (task.dead_lettered ? " (dead-lettered)" : "");
     $("d-created").replaceChildren(timeEl(task.created_at));
+    $("d-due").replaceChildren(task.not_before ? timeEl(task.not_before) : "—");
     $("d-finished").replaceChildren(task.finished_at ? timeEl(task.finished_at) : "—");
     $("d-progress").value = task.progress || 0;
     $("d-progress-text").textContent = `${task.progress || 0}%` +
@@ -767,6 +805,9 @@
     refreshDead();
     refreshSchedules();
     setInterval(refreshSchedules, STATS_EVERY_MS);
+    // A link to one task (`/?task=ID`, as the workflow page makes) opens its panel.
+    const linked = new URLSearchParams(location.search).get("task");
+    if (linked && /^[0-9a-f-]{36}$/i.test(linked)) select(linked.toLowerCase(), true);
   }
 
   start();

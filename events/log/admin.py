@@ -184,3 +184,18 @@ async def grow_partitions(bootstrap: str, topic: str, partitions: int) -> int:
         return before
     finally:
         await admin.close()
+
+
+async def delete_records_before(bootstrap: str, topic: str, offsets: dict[int, int]) -> None:
+    """Delete each partition's records below the offset given, as Kafka's retention does
+    (what an archived topic may then lose; the tests use it to stand in for retention)."""
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **client_options())
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(before_offset=o)
+                                    for p, o in offsets.items()}, timeout_ms=30_000)
+    finally:
+        await admin.close()

@@ -107,6 +107,10 @@ class GroupConsumer:
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
+    def partition_count(self) -> int:
+        """Partitions of the (first) topic, as the last metadata had them; 0 if unknown."""
+        return len(self._consumer.partitions_for_topic(self.topics[0]) or ())
+
     async def stalled(self, timeout_s: float) -> list[TP]:
         """Partitions whose position was below the log's end at the previous call and has
         not moved since, although the log's end is still past it.
@@ -151,6 +155,10 @@ class GroupConsumer:
     async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         res = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
         return {(tp.topic, tp.partition): int(o) for tp, o in res.items()}
+
+    def partitions_for(self, topic: str) -> list[int]:
+        """The partitions of ``topic`` as this consumer's metadata knows them."""
+        return sorted(self._consumer.partitions_for_topic(topic) or ())
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

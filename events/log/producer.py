@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -59,6 +59,9 @@ class EventProducer:
         self._started = False
         self._start_lock = asyncio.Lock()
         self._batch_lock = asyncio.Lock()
+        # Rewrites events just before they are appended (None: none).
+        self.before_append: Callable[[Sequence[CloudEvent]],
+                                     Awaitable[Sequence[CloudEvent]]] | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -108,6 +111,8 @@ class EventProducer:
         """
         if not self._started:
             await self.start()
+        if self.before_append is not None:  # e.g. the API's payload sealing
+            events = await self.before_append(events)
         placed = list(partitions) if partitions is not None else [None] * len(events)
 
         async def _send_all() -> list[Position]:

@@ -19,6 +19,8 @@ from taskflow_client.models import (
     Change,
     Event,
     Position,
+    Priority,
+    PriorityName,
     Task,
     TaskHandle,
     TaskPage,
@@ -29,7 +31,8 @@ from taskflow_client.sync import TaskFlow
 __version__ = "0.1.0"
 __all__ = [
     "Action", "AsyncTaskFlow", "BadRequest", "BatchError", "Change", "Conflict", "Event",
-    "NotFound", "Position", "ProblemError", "RateLimited", "Retry", "ServerError", "Task",
-    "TaskFlow", "TaskFlowError", "TaskHandle", "TaskPage", "TaskSpec", "TransportError",
-    "Unauthorized", "Unavailable", "ValidationError", "WaitTimeout",
+    "NotFound", "Position", "Priority", "PriorityName", "ProblemError", "RateLimited",
+    "Retry", "ServerError", "Task", "TaskFlow", "TaskFlowError", "TaskHandle", "TaskPage",
+    "TaskSpec", "TransportError", "Unauthorized", "Unavailable", "ValidationError",
+    "WaitTimeout",
 ]

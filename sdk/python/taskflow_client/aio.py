@@ -35,6 +35,7 @@ from taskflow_client.models import (
     Action,
     Change,
     Event,
+    Priority,
     Task,
     TaskHandle,
     TaskPage,
@@ -165,11 +166,12 @@ class AsyncTaskFlow:
 
     # ------------------------------------------------------------------ submit
     async def submit(self, title: str, *, type: str = "echo",
-                     payload: Mapping[str, Any] | None = None, priority: int | None = None,
+                     payload: Mapping[str, Any] | None = None, priority: Priority | None = None,
                      max_attempts: int | None = None, timeout_s: float | None = None,
                      idempotency_key: str | None = None, delay_s: float | None = None,
                      run_at: datetime | str | None = None,
-                     callback_url: str | None = None) -> TaskHandle:
+                     callback_url: str | None = None, concurrency_key: str | None = None,
+                     max_concurrency: int | None = None) -> TaskHandle:
         """Submit one task; the handle has its id and the position of its creation.
 
         The same ``idempotency_key`` always names the same task (one is generated when
@@ -179,7 +181,7 @@ class AsyncTaskFlow:
         """
         spec = TaskSpec(title, type, dict(payload) if payload is not None else None,
                         priority, max_attempts, timeout_s, idempotency_key, delay_s, run_at,
-                        callback_url)
+                        callback_url, concurrency_key, max_concurrency)
         return await self.submit_spec(spec)
 
     async def submit_spec(self, spec: TaskSpec) -> TaskHandle:
@@ -276,9 +278,9 @@ class AsyncTaskFlow:
         body = {"name": name, "task": _task_body(task), "timezone": timezone,
                 "overlap": overlap, "catchup": catchup,
                 **{k: v for k, v in (("cron", cron), ("every_s", every_s)) if v is not None}}
-        doc: dict[str, Any] = await self._json_call(
+        doc: dict[str, Any] = await self._json_call(  # keyed, so a retry makes no twin
             "POST", "/schedules", body,
-            headers={"Idempotency-Key": idempotency_key or new_key()}, safe=False)
+            headers={"Idempotency-Key": idempotency_key or new_key()}, safe=True)
         return doc
 
     async def schedules(self, *, limit: int = 100) -> AsyncIterator[dict[str, Any]]:

@@ -8,10 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 
 STATUSES = ("PENDING", "DELAYED", "PROCESSING", "DONE", "FAILED", "CANCELLED", "RETRYING")
 TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
+
+PriorityName: TypeAlias = Literal["low", "normal", "high", "critical"]
+Priority: TypeAlias = int | PriorityName
+# The API's level names and their numbers (docs/priorities.md); higher starts first.
+PRIORITIES: Final[dict[str, int]] = {"low": -50, "normal": 0, "high": 50, "critical": 100}
+
+
+def priority_number(priority: Priority | str) -> int:
+    """``"critical"`` -> 100; an int as it is; ``ValueError`` for any other name."""
+    if isinstance(priority, bool) or not isinstance(priority, (int, str)):
+        raise TypeError(f"priority must be an int or a level name, not {priority!r}")
+    if isinstance(priority, int):
+        return priority
+    number = PRIORITIES.get(priority.strip().lower())
+    if number is None:
+        raise ValueError(f"priority must be an integer or one of {', '.join(PRIORITIES)}, "
+                         f"not {priority!r}")
+    return number
 
 
 def _time(v: Any) -> datetime | None:
@@ -83,6 +101,7 @@ class Task:
     finished_at: datetime | None = None
     schedule_id: str | None = None  # the schedule that fired it, and for which due time
     due_at: datetime | None = None
+    waiting_reason: str | None = None  # PENDING because no running worker pool serves it
 
     @property
     def id(self) -> str:
@@ -107,7 +126,7 @@ class Task:
             created_at=_time(d.get("created_at")), updated_at=_time(d.get("updated_at")),
             finished_at=_time(d.get("finished_at")),
             schedule_id=str(d["schedule_id"]) if d.get("schedule_id") else None,
-            due_at=_time(d.get("due_at")),
+            due_at=_time(d.get("due_at")), waiting_reason=d.get("waiting_reason"),
         )
 
 
@@ -186,13 +205,15 @@ class TaskSpec:
     title: str
     type: str = "echo"
     payload: dict[str, Any] | None = None
-    priority: int | None = None
+    priority: Priority | None = None  # a number from -100 to 100, or a level name
     max_attempts: int | None = None
     timeout_s: float | None = None
     idempotency_key: str | None = None
     delay_s: float | None = None
     run_at: datetime | str | None = None
     callback_url: str | None = None
+    concurrency_key: str | None = None  # at most max_concurrency of these run at once
+    max_concurrency: int | None = None
 
     def body(self) -> dict[str, Any]:
         """The task as ``POST /tasks`` takes it (without the idempotency key)."""
@@ -200,10 +221,13 @@ class TaskSpec:
             raise ValueError("give delay_s or run_at, not both")
         out: dict[str, Any] = {"title": self.title, "type": self.type,
                                "payload": self.payload if self.payload is not None else {}}
-        for name in ("priority", "max_attempts", "timeout_s", "delay_s", "callback_url"):
+        for name in ("max_attempts", "timeout_s", "delay_s", "callback_url", "concurrency_key",
+                     "max_concurrency"):
             v = getattr(self, name)
             if v is not None:
                 out[name] = v
+        if self.priority is not None:  # a level name is sent as its number
+            out["priority"] = priority_number(self.priority)
         if self.run_at is not None:
             out["run_at"] = (self.run_at.isoformat() if isinstance(self.run_at, datetime)
                              else self.run_at)

@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 
 from taskflow_client.aio import AsyncTaskFlow, Retry
 from taskflow_client.errors import TaskFlowError
-from taskflow_client.models import Action, Change, Event, Task, TaskHandle, TaskPage, TaskSpec
+from taskflow_client.models import (
+    Action,
+    Change,
+    Event,
+    Priority,
+    Task,
+    TaskHandle,
+    TaskPage,
+    TaskSpec,
+)
 
 T = TypeVar("T")
 
@@ -87,16 +96,18 @@ class TaskFlow:
         self._loop.close()
 
     def submit(self, title: str, *, type: str = "echo",
-               payload: Mapping[str, Any] | None = None, priority: int | None = None,
+               payload: Mapping[str, Any] | None = None, priority: Priority | None = None,
                max_attempts: int | None = None, timeout_s: float | None = None,
                idempotency_key: str | None = None, delay_s: float | None = None,
                run_at: datetime | str | None = None,
-               callback_url: str | None = None) -> TaskHandle:
+               callback_url: str | None = None, concurrency_key: str | None = None,
+               max_concurrency: int | None = None) -> TaskHandle:
         """Submit one task (see ``AsyncTaskFlow.submit``)."""
         return self._run(self._aio.submit(
             title, type=type, payload=payload, priority=priority, max_attempts=max_attempts,
             timeout_s=timeout_s, idempotency_key=idempotency_key, delay_s=delay_s,
-            run_at=run_at, callback_url=callback_url))
+            run_at=run_at, callback_url=callback_url, concurrency_key=concurrency_key,
+            max_concurrency=max_concurrency))
 
     def submit_many(self, tasks: Iterable[TaskSpec | Mapping[str, Any]], *,
                     chunk_size: int = 1000) -> builtins.list[TaskHandle]:

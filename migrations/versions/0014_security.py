@@ -1,7 +1,7 @@
 """limits shared by every API process: rate-limit buckets and idempotency claims
 
-Revision ID: 0013
-Revises: 0008
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-05
 
 * ``rate_buckets``      one token bucket per API key (``anonymous`` with auth off); every
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0008"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+"""The coordinator: runs DAG workflows, one member of its own consumer group."""
