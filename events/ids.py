@@ -9,7 +9,8 @@ already has the version and variant bits set.
 
 Safe to share: a forked child starts with an empty pool (it would otherwise hand out
 its parent's next ids), and ``list.pop`` is atomic, so two threads never get the same
-id; two threads refilling at once only draw more randomness.
+id; two threads refilling at once only draw more randomness, and a thread whose draw
+another emptied first draws again.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ def _draw() -> None:
 
 def uuid4() -> uuid.UUID:
     """A random version 4 UUID, equal in every respect to what ``uuid.uuid4`` makes."""
-    try:
-        value = _pool.pop()
-    except IndexError:
-        _draw()
-        value = _pool.pop()
+    while True:
+        try:
+            value = _pool.pop()
+            break
+        except IndexError:
+            # Other threads may empty a fresh draw before this one pops from it.
+            _draw()
     # What UUID(int=value) stores, without its argument checks (value is in range).
     u = _new(uuid.UUID)
     _set(u, "int", value)

@@ -4,6 +4,7 @@ committed offsets, whether Kafka answers, and telling an outage from a refusal."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,13 +37,31 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int, *,
         # aiokafka returns the broker's per-topic errors rather than raising them.
         for _name, code, *rest in resp.topic_errors:
             if code == TopicAlreadyExistsError.errno:
+                # Another process may have created it a moment ago.
+                await _until_led(admin, topic, partitions)
                 return False
             if code:
                 detail = (rest[0] if rest else None) or f"error code {code}"
                 raise for_code(code)(f"cannot create topic {topic!r}: {detail}")
+        await _until_led(admin, topic, partitions)
         return True
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, topic: str, partitions: int,
+                     timeout_s: float = 15.0) -> None:
+    """Wait (bounded) until the metadata shows every partition of a new topic with a
+    leader. A consumer group that subscribes before that sees no partitions, assigns
+    none, and only looks again at its next metadata refresh, minutes later."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        [meta] = await admin.describe_topics([topic])
+        parts = meta.get("partitions") or []
+        if (not meta.get("error_code") and len(parts) >= partitions
+                and all(p.get("leader", -1) >= 0 for p in parts)):
+            return
+        await asyncio.sleep(0.1)
 
 
 def dead_letter_topic(topic: str) -> str:
