@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from api.auth import TenantDep
 from api.deps import DbDep, FeedDep, LogDep, SettingsDep
 from api.problems import NotFound, documented
-from api.reads import visible, wait_for_task
+from api.reads import wait_for_task
 from events import chain, chain_db, constants, crypto, keystore, queries
 from events.models import CloudEvent, EventType, TaskCreated, TaskErased, new_event
 
