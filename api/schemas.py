@@ -139,7 +139,7 @@ class EventPage(BaseModel):
         "specversion": "1.0", "id": "5f0c...", "source": "taskflow/api", "type": "task.created",
         "subject": "0b7f3c1e-3f4e-4a59-9d7c-6f1d2a3b4c5d", "time": "2026-11-22T10:00:00Z",
         "datacontenttype": "application/json", "data": {"title": "say hello"},
-        "schemaversion": 2, "attempt": 0, "tenant": None,
+        "schemaversion": 2, "attempt": 0, "tenant": None, "actor": "3f9a0c1b2d4e",
         "position": {"partition": 3, "offset": 41}}]}]})
 
     items: list[dict[str, Any]]
