@@ -123,6 +123,9 @@ class TaskOut(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    # The actor of its task.created: the API key id that submitted it, "anonymous" with
+    # auth off, the scheduler's fires none (null); null for tasks from before 0017.
+    created_by: str | None = None
     # PENDING because no running worker pool serves the type (events/pool_registry.py).
     waiting_reason: str | None = None
 
