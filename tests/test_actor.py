@@ -23,12 +23,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from playwright.async_api import Browser
 
 from events import webhooks as wh
 from events.log import Record, delete_topics
 from events.schedules import schedule_topic
 from tests.helpers import ROOT, Env, wait_until
 from tests.test_api import cli
+from tests.test_dashboard import browser, open_dashboard  # noqa: F401  (a fixture)
 
 ALLOW = {"TASKFLOW_OUTBOUND_ALLOW": "127.0.0.1"}
 
@@ -221,3 +223,28 @@ async def test_auth_off_is_anonymous_and_the_worker_source_is_configurable(env: 
         ("task.processing", "taskflow/worker/blue", None),
         ("task.done", "taskflow/worker/blue", None)]
     assert all(socket.gethostname() not in d["source"] for d in task)
+
+
+async def test_the_dashboard_says_who_submitted_and_who_acted(
+        env: Env, browser: Browser) -> None:  # noqa: F811
+    env.proc("projector")
+    env.proc("worker")
+    await env.api()  # auth off: the actor is anonymous
+    async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
+        r = await c.post("/tasks", json={"title": "no message", "payload": {}})
+        tid = r.json()["task_id"]
+        await wait_until(lambda: _dead_at(c, tid, {}, 1), timeout=30, what="the task to fail")
+        assert (await c.post(f"/tasks/{tid}/retry")).status_code == 202
+        await wait_until(lambda: _dead_at(c, tid, {}, 2), timeout=30, what="it to fail again")
+    dash = await open_dashboard(browser, env)
+    page = dash.page
+    await page.locator(dash.row(tid)).get_by_role("button", name="no message").click()
+    await dash.until("document.querySelectorAll('#d-timeline li').length === 8")
+    detail = page.locator("#detail")
+    assert await detail.locator("#d-by-label").inner_text() == "Submitted by"
+    assert await detail.locator("#d-by").inner_text() == "anonymous"
+    # Only the commands' events say by whom: the submit and the retry.
+    items = detail.locator("#d-timeline li")
+    by = [await items.nth(i).locator(".event-actor").all_inner_texts() for i in range(8)]
+    assert by == [["by anonymous"], [], [], [], ["by anonymous"], [], [], []]
+    assert dash.errors == [] and dash.console == []
