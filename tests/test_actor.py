@@ -207,22 +207,50 @@ async def _dead_at(c: httpx.AsyncClient, tid: str, headers: dict[str, str], n: i
     return got is not None and got["attempt"] == n and got["dead_lettered"]
 
 
-async def test_auth_off_is_anonymous_and_the_worker_source_is_configurable(env: Env) -> None:
+async def test_auth_off_is_anonymous_and_the_services_source_is_configurable(
+        actor_env: Env) -> None:
+    env = actor_env
     env.proc("projector")
     env.proc("worker", TASKFLOW_WORKER_SOURCE="taskflow/worker/blue")
+    env.proc("scheduler", TASKFLOW_SCHEDULER_SOURCE="taskflow/scheduler/s1")
     await env.api(TASKFLOW_AUTH="off")
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
         r = await c.post("/tasks", json={"title": "open", "payload": {"message": "hi"}})
         assert r.status_code == 202, r.text
         tid = r.json()["task_id"]
         done = await wait_until(lambda: status_of(c, tid, {}, "DONE"), timeout=30)
+        r = await c.post("/schedules", json={
+            "name": "often", "every_s": 1,
+            "task": {"title": "tick", "type": "echo", "payload": {"message": "m"}}})
+        assert r.status_code == 201, r.text
+        sid = r.json()["schedule_id"]
+
+        async def fired() -> str | None:
+            runs = (await c.get(f"/schedules/{sid}/runs")).json()["items"]
+            done = [x for x in runs if x["status"] == "DONE"]
+            return str(done[0]["task_id"]) if done else None
+
+        tick = await wait_until(fired, timeout=30, what="a fire to run")
+        assert (await c.delete(f"/schedules/{sid}")).status_code == 204
     assert done is not None and done["created_by"] == "anonymous"
-    task = docs(await env.read_log(), tid)
+    records = await env.read_log()
+    task = docs(records, tid)
     assert [(d["type"], d["source"], d.get("actor")) for d in task] == [
         ("task.created", "taskflow/api", "anonymous"),
         ("task.processing", "taskflow/worker/blue", None),
         ("task.done", "taskflow/worker/blue", None)]
-    assert all(socket.gethostname() not in d["source"] for d in task)
+    # The scheduler's fire is its own doing: no actor, and its configured source.
+    fire = docs(records, tick)
+    assert [(d["type"], d["source"], d.get("actor")) for d in fire] == [
+        ("task.created", "taskflow/scheduler/s1", None),
+        ("task.processing", "taskflow/worker/blue", None),
+        ("task.done", "taskflow/worker/blue", None)]
+    assert all(socket.gethostname() not in d["source"] for d in task + fire)
+    schedule = docs(await env.read_log(schedule_topic(env.topic)), sid)
+    assert {d["source"] for d in schedule if d["type"] == "schedule.fired"} == {
+        "taskflow/scheduler/s1"}
+    assert [d.get("actor") for d in schedule if d["type"] != "schedule.fired"] == [
+        "anonymous", "anonymous"]
 
 
 async def test_the_dashboard_says_who_submitted_and_who_acted(
