@@ -12,10 +12,7 @@
 from __future__ import annotations
 
 import getpass
-import os
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,9 +25,12 @@ from playwright.async_api import Browser
 from events import webhooks as wh
 from events.log import Record, delete_topics
 from events.schedules import schedule_topic
-from tests.helpers import ROOT, Env, wait_until
+from tests.helpers import Env, wait_until
 from tests.test_api import cli
-from tests.test_dashboard import browser, open_dashboard  # noqa: F401  (a fixture)
+from tests.test_dashboard import browser, open_dashboard
+from tests.test_projections import cli as run_cli
+
+__all__ = ["browser"]  # the fixture, for the dashboard's check
 
 ALLOW = {"TASKFLOW_OUTBOUND_ALLOW": "127.0.0.1"}
 
@@ -40,14 +40,6 @@ async def actor_env(env: Env) -> AsyncIterator[Env]:
     """``env`` with its schedule and webhook topics removed afterwards as well."""
     yield env
     await delete_topics(env.bootstrap, [schedule_topic(env.topic), wh.topic_for(env.topic)])
-
-
-def run_cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
-                         env={**os.environ, **env.vars}, capture_output=True, text=True,
-                         timeout=120, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
 
 
 def new_key(env: Env, tenant: str) -> tuple[str, str, dict[str, str]]:
@@ -231,6 +223,7 @@ async def test_auth_off_is_anonymous_and_the_services_source_is_configurable(
             return str(done[0]["task_id"]) if done else None
 
         tick = await wait_until(fired, timeout=30, what="a fire to run")
+        assert tick is not None
         assert (await c.delete(f"/schedules/{sid}")).status_code == 204
     assert done is not None and done["created_by"] == "anonymous"
     records = await env.read_log()
@@ -254,7 +247,7 @@ async def test_auth_off_is_anonymous_and_the_services_source_is_configurable(
 
 
 async def test_the_dashboard_says_who_submitted_and_who_acted(
-        env: Env, browser: Browser) -> None:  # noqa: F811
+        env: Env, browser: Browser) -> None:
     env.proc("projector")
     env.proc("worker")
     await env.api()  # auth off: the actor is anonymous
