@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.problems import Problem
 from events import guards, queries
 from events.db import DB_ERRORS, database_down
+from events.models import ANONYMOUS
 
 CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation takes
 # Entries of each per-key and per-address structure: key ids and addresses come from
@@ -44,6 +45,12 @@ class Tenant:
     name: str | None
     key_id: str | None = None
     scoped: bool = False
+
+    @property
+    def actor(self) -> str:
+        """The ``actor`` of the events this caller's commands write: the key id (never
+        the secret), or ``anonymous`` with auth off."""
+        return self.key_id or ANONYMOUS
 
 
 def hash_secret(secret: str) -> str:

@@ -100,7 +100,7 @@ async def erase_task_data(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed:
     if row is None:
         raise NotFound(f"no task {task_id}")
     [pos] = await append_erased(producer, db, [task_id], actor=_actor(tenant.name, tenant.key_id),
-                                tenants={task_id: row["tenant"]})
+                                tenants={task_id: row["tenant"]}, by=tenant.actor)
     return {"task_id": str(task_id), "erased": True,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 
@@ -111,14 +111,16 @@ def _actor(name: str | None, key_id: str | None) -> str:
 
 
 async def append_erased(producer: Any, db: Any, task_ids: list[uuid.UUID], *, actor: str,
-                        tenants: dict[uuid.UUID, str | None],
+                        tenants: dict[uuid.UUID, str | None], by: str,
                         source: str = constants.API_SOURCE) -> list[Any]:
-    """Delete each task's key, then append its ``task.erased`` (where the task lives)."""
+    """Delete each task's key, then append its ``task.erased`` (where the task lives).
+    ``actor`` is the data's description of who asked; ``by`` the envelope's ``actor``."""
     for t in task_ids:
         await keystore.erase(db, task_id=t)
     heads = await chain_db.heads(db, task_ids) if chain.enabled() else {}
     events = [chain.seal(new_event(TaskErased(actor=actor), task_id=t, source=source,
-                                   tenant=tenants.get(t)), heads.get(t, chain.GENESIS))
+                                   tenant=tenants.get(t), actor=by),
+                         heads.get(t, chain.GENESIS))
               for t in task_ids]
     parts = await queries.task_partitions(db, task_ids=task_ids)
     return list(await producer.append(events, partitions=[parts.get(t) for t in task_ids]))

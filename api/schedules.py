@@ -23,7 +23,7 @@ from api.auth import Tenant, TenantDep
 from api.deps import DbDep, LogDep, SettingsDep
 from api.problems import BadRequest, Conflict, Invalid, NotFound, documented, for_log_down
 from api.reads import visible
-from api.schemas import TaskIn
+from api.schemas import EventPage, TaskIn
 from api.submit import check_type, key_lock
 from api.tasks import parse_as_of
 from events import chain, constants, schedule_db
@@ -120,7 +120,7 @@ def _spec(body: ScheduleIn | SchedulePatch, settings: Settings,
 
 
 async def _append(request: Request, data: EventData, sid: uuid.UUID,
-                  tenant: str | None) -> datetime:
+                  tenant: str | None, *, actor: str) -> datetime:
     """Append a schedule event and wait (bounded) until the scheduler has projected it, so
     a read right after the answer sees the write; answers with the event's time (503 if
     Kafka did not ack)."""
@@ -133,7 +133,8 @@ async def _append(request: Request, data: EventData, sid: uuid.UUID,
                            replication_factor=settings.replication_factor,
                            min_insync_replicas=settings.min_insync_replicas)
         state.schedule_topic_ready = True
-    ev = new_event(data, task_id=sid, source=constants.API_SOURCE, tenant=tenant)
+    ev = new_event(data, task_id=sid, source=constants.API_SOURCE, tenant=tenant,
+                   actor=actor)
     try:
         pos = await producer.append_raw(topic, task_key(sid), encode(ev))
     except LogUnavailable:
@@ -149,10 +150,12 @@ async def _append(request: Request, data: EventData, sid: uuid.UUID,
     return ev.time
 
 
-async def _row(db: DbDep, sid: uuid.UUID, tenant: Tenant, wait_s: float) -> dict[str, Any]:
+async def _row(db: DbDep, sid: uuid.UUID, tenant: Tenant, wait_s: float, *,
+               deleted: bool = False) -> dict[str, Any]:
     """The schedule, waiting (bounded) for one created a moment ago to be projected.
     Another tenant's schedule is waited for as long as a missing one: answering it at
-    once would tell a caller which ids exist."""
+    once would tell a caller which ids exist. A deleted one is missing, unless
+    ``deleted``."""
     deadline = time.monotonic() + wait_s
     while True:
         row = await schedule_db.get(db, schedule_id=sid)
@@ -160,7 +163,7 @@ async def _row(db: DbDep, sid: uuid.UUID, tenant: Tenant, wait_s: float) -> dict
         if seen or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.05)
-    if row is None or not seen or row.pop("deleted"):
+    if row is None or not seen or (row.pop("deleted") and not deleted):
         raise NotFound(f"no schedule {sid}")
     return row
 
@@ -175,9 +178,9 @@ def _out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _write(request: Request, data: EventData, sid: uuid.UUID, tenant: str | None,
-                 body: dict[str, Any], status: int = 200) -> Response:
+                 body: dict[str, Any], *, actor: str, status: int = 200) -> Response:
     try:
-        await _append(request, data, sid, tenant)
+        await _append(request, data, sid, tenant, actor=actor)
     except LogUnavailable as exc:
         return for_log_down(request, exc, schedule_id=str(sid))
     return Response(_json(body), status_code=status, media_type="application/json")
@@ -219,7 +222,7 @@ async def create_schedule(
 async def _create(request: Request, spec: ScheduleCreated, sid: uuid.UUID,
                   tenant: Tenant) -> Response:
     try:
-        at = await _append(request, spec, sid, tenant.name)
+        at = await _append(request, spec, sid, tenant.name, actor=tenant.actor)
     except LogUnavailable as exc:
         return for_log_down(request, exc, schedule_id=str(sid))
     out = {"schedule_id": str(sid), "next_run_at": next_due(spec, at, at)}
@@ -320,7 +323,8 @@ async def update_schedule(schedule_id: uuid.UUID, body: SchedulePatch, request: 
     now = datetime.now(UTC)
     return await _write(request, ScheduleUpdated(**spec.model_dump()), schedule_id,
                         row["tenant"], {"schedule_id": str(schedule_id),
-                                        "next_run_at": next_due(spec, now, now)})
+                                        "next_run_at": next_due(spec, now, now)},
+                        actor=tenant.actor)
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204, tags=["schedules"],
@@ -329,7 +333,8 @@ async def delete_schedule(schedule_id: uuid.UUID, request: Request, db: DbDep,
                           settings: SettingsDep, tenant: TenantDep) -> Response:
     """Delete: no further fires. Tasks already fired are left as they are."""
     row = await _row(db, schedule_id, tenant, settings.read_wait_s)
-    response = await _write(request, ScheduleDeleted(), schedule_id, row["tenant"], {})
+    response = await _write(request, ScheduleDeleted(), schedule_id, row["tenant"], {},
+                            actor=tenant.actor)
     return response if response.status_code != 200 else Response(status_code=204)
 
 
@@ -341,7 +346,8 @@ async def _pause_or_resume(request: Request, db: DbDep, settings: Settings, tena
                        f"{'paused' if pause else 'active'}")
     data: EventData = SchedulePaused() if pause else ScheduleResumed()
     return await _write(request, data, schedule_id, row["tenant"],
-                        {"schedule_id": str(schedule_id), "paused": pause})
+                        {"schedule_id": str(schedule_id), "paused": pause},
+                        actor=tenant.actor)
 
 
 @router.post("/schedules/{schedule_id}:pause", tags=["schedules"],
@@ -372,7 +378,8 @@ async def trigger_schedule(schedule_id: uuid.UUID, request: Request, producer: L
     ev = new_event(TaskCreated(title=t.title, type=t.type, payload=t.payload,
                                priority=t.priority, max_attempts=t.max_attempts,
                                timeout_s=t.timeout_s, schedule_id=schedule_id, due_at=now),
-                   task_id=tid, source=constants.API_SOURCE, tenant=row["tenant"])
+                   task_id=tid, source=constants.API_SOURCE, tenant=row["tenant"],
+                   actor=tenant.actor)
     ev = chain.seal(ev)
     try:
         [p] = await producer.append([ev])
@@ -383,6 +390,18 @@ async def trigger_schedule(schedule_id: uuid.UUID, request: Request, producer: L
                            "position": {"partition": p.partition, "offset": p.offset}}),
                     status_code=202, media_type="application/json",
                     headers={"Location": f"/tasks/{tid}"})
+
+
+@router.get("/schedules/{schedule_id}/events", response_model=EventPage, tags=["schedules"],
+            responses=documented(404))
+async def schedule_events(schedule_id: uuid.UUID, db: DbDep, settings: SettingsDep,
+                          tenant: TenantDep) -> dict[str, Any]:
+    """The schedule's changes in log order (created, updated, paused, resumed, deleted;
+    not its fires), each CloudEvent with its position and ``actor``: the API key id
+    that made it. A deleted schedule keeps its history."""
+    await _row(db, schedule_id, tenant, settings.read_wait_s, deleted=True)
+    rows = await schedule_db.history(db, schedule_id=schedule_id, changes=True)
+    return {"items": [{**ev, "position": {"partition": p, "offset": o}} for p, o, ev in rows]}
 
 
 @router.get("/schedules/{schedule_id}/runs", tags=["schedules"], responses=documented(404))

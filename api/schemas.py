@@ -123,6 +123,9 @@ class TaskOut(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    # The actor of its task.created: the API key id that submitted it, "anonymous" with
+    # auth off, the scheduler's fires none (null); null for tasks from before 0017.
+    created_by: str | None = None
     # PENDING because no running worker pool serves the type (events/pool_registry.py).
     waiting_reason: str | None = None
 
@@ -139,7 +142,7 @@ class EventPage(BaseModel):
         "specversion": "1.0", "id": "5f0c...", "source": "taskflow/api", "type": "task.created",
         "subject": "0b7f3c1e-3f4e-4a59-9d7c-6f1d2a3b4c5d", "time": "2026-11-22T10:00:00Z",
         "datacontenttype": "application/json", "data": {"title": "say hello"},
-        "schemaversion": 2, "attempt": 0, "tenant": None,
+        "schemaversion": 2, "attempt": 0, "tenant": None, "actor": "3f9a0c1b2d4e",
         "position": {"partition": 3, "offset": 41}}]}]})
 
     items: list[dict[str, Any]]

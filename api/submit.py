@@ -57,7 +57,7 @@ def created_event(body: TaskIn, task_id: uuid.UUID, tenant: Tenant) -> CloudEven
                     concurrency_key=body.concurrency_key,
                     max_concurrency=(body.max_concurrency or 1) if body.concurrency_key
                     else None),
-        task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name,
+        task_id=task_id, source=constants.API_SOURCE, tenant=tenant.name, actor=tenant.actor,
     )
     return chain.seal(ev) if chain.enabled() else ev
 

@@ -50,9 +50,9 @@ async def subscribe(request: Request, url: str, tenant: Tenant,
     state = request.app.state
     await append(request, state.producer, state.settings, wh.HookEvent(
         source=constants.API_SOURCE, type=wh.HookType.CREATED, subject=webhook_id,
-        tenant=tenant.name, data={"url": url, "events": CALLBACK_EVENTS, "secret": secret,
-                                  "description": f"callback of task {task_id}",
-                                  "task_id": str(task_id)}))
+        tenant=tenant.name, actor=tenant.actor,
+        data={"url": url, "events": CALLBACK_EVENTS, "secret": secret,
+              "description": f"callback of task {task_id}", "task_id": str(task_id)}))
     return {"webhook_id": str(webhook_id), "secret": secret}
 
 

@@ -217,7 +217,7 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
             raise Conflict(f"task {task_id} is already {status.value}", task_status=status.value)
         ev = new_event(TaskCancelRequested(reason="api"), task_id=task_id,
                        source=constants.API_SOURCE, attempt=row["attempt"],
-                       tenant=row.get("tenant"))
+                       tenant=row.get("tenant"), actor=tenant.actor)
         if chain.enabled():
             ev = chain.seal(ev, (await chain_db.heads(db, [task_id])).get(task_id, ""))
         [pos] = await producer.append([ev], partitions=[partition])
@@ -226,7 +226,7 @@ async def _emit(producer: LogDep, db: DbDep, feed: ChangeFeed, settings: Setting
             raise Conflict(f"only FAILED tasks can be retried; task {task_id} is "
                            f"{status.value}", task_status=status.value)
         [pos] = await redrive(producer, [{**row, "partition": partition}], reason="api",
-                              source=constants.API_SOURCE, engine=db)
+                              source=constants.API_SOURCE, actor=tenant.actor, engine=db)
     return {"task_id": str(task_id), "status": status.value,
             "position": {"partition": pos.partition, "offset": pos.offset}}
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.auth import Tenant, TenantDep
 from api.deps import DbDep, LogDep, SettingsDep
 from api.problems import Invalid, NotFound, documented
+from api.schemas import EventPage
 from api.tasks import parse_as_of
 from events import constants, hook_queries
 from events import webhooks as wh
@@ -123,9 +124,10 @@ async def append(request: Request, producer: EventProducer, settings: Settings,
         await asyncio.sleep(0.02)
 
 
-async def _owned(db: DbDep, webhook_id: uuid.UUID, tenant: Tenant) -> dict[str, Any]:
+async def _owned(db: DbDep, webhook_id: uuid.UUID, tenant: Tenant, *,
+                 deleted: bool = False) -> dict[str, Any]:
     row = await hook_queries.get_webhook(db, webhook_id=webhook_id, scoped=tenant.scoped,
-                                         tenant=tenant.name)
+                                         tenant=tenant.name, deleted=deleted)
     if row is None:
         raise NotFound(f"no webhook {webhook_id}")
     return row
@@ -146,8 +148,8 @@ async def create_webhook(body: WebhookIn, request: Request, tenant: TenantDep,
     secret = wh.new_secret()
     await append(request, producer, settings, wh.HookEvent(
         source=SOURCE, type=wh.HookType.CREATED, subject=webhook_id, tenant=tenant.name,
-        data={"url": body.url, "events": body.events, "description": body.description,
-              "secret": secret}))
+        actor=tenant.actor, data={"url": body.url, "events": body.events,
+                                  "description": body.description, "secret": secret}))
     return WebhookCreated(webhook_id=webhook_id, secret=secret, url=body.url,
                           events=body.events, description=body.description)
 
@@ -168,7 +170,7 @@ async def rotate_secret(webhook_id: uuid.UUID, request: Request, db: DbDep, tena
     secret = wh.new_secret()
     await append(request, producer, settings, wh.HookEvent(
         source=SOURCE, type=wh.HookType.SECRET_ROTATED, subject=webhook_id,
-        tenant=tenant.name, data={"secret": secret}))
+        tenant=tenant.name, actor=tenant.actor, data={"secret": secret}))
     return SecretRotated(webhook_id=webhook_id, secret=secret)
 
 
@@ -196,13 +198,29 @@ async def get_webhook(
     return WebhookOut(**state.model_dump(exclude={"secret", "deleted"}))
 
 
+@router.get("/webhooks/{webhook_id}/events", response_model=EventPage,
+            responses=documented(401, 404, 429))
+async def webhook_events(webhook_id: uuid.UUID, db: DbDep, tenant: TenantDep
+                         ) -> dict[str, Any]:
+    """The subscription's changes in log order (created, secret rotated, redelivery
+    requested, deleted; not the delivery attempts), each CloudEvent with its position
+    and ``actor``: the API key id that made it. Secrets are left out of ``data``. A
+    deleted webhook keeps its history."""
+    await _owned(db, webhook_id, tenant, deleted=True)
+    rows = await hook_queries.webhook_history(db, webhook_id=webhook_id)
+    return {"items": [{**ev, "data": {k: v for k, v in ev.get("data", {}).items()
+                                      if k != "secret"},
+                       "position": {"partition": p, "offset": o}} for p, o, ev in rows]}
+
+
 @router.delete("/webhooks/{webhook_id}", status_code=204,
                responses=documented(401, 404, 429, 503))
 async def delete_webhook(webhook_id: uuid.UUID, request: Request, db: DbDep, tenant: TenantDep,
                          producer: LogDep, settings: SettingsDep) -> Response:
     await _owned(db, webhook_id, tenant)
     await append(request, producer, settings, wh.HookEvent(
-        source=SOURCE, type=wh.HookType.DELETED, subject=webhook_id, tenant=tenant.name))
+        source=SOURCE, type=wh.HookType.DELETED, subject=webhook_id, tenant=tenant.name,
+        actor=tenant.actor))
     return Response(status_code=204)
 
 
@@ -230,5 +248,5 @@ async def redeliver(webhook_id: uuid.UUID, delivery_id: uuid.UUID, request: Requ
         raise NotFound(f"no delivery {delivery_id} of webhook {webhook_id}")
     await append(request, producer, settings, wh.HookEvent(
         source=SOURCE, type=wh.HookType.REDELIVER_REQUESTED, subject=webhook_id,
-        tenant=tenant.name, data={"delivery_id": str(delivery_id)}))
+        tenant=tenant.name, actor=tenant.actor, data={"delivery_id": str(delivery_id)}))
     return {"delivery_id": str(delivery_id), "status": "pending"}

@@ -102,7 +102,7 @@ def _digest(body: WorkflowIn) -> str:
 
 
 async def _append(request: Request, data: EventData, wid: uuid.UUID,
-                  tenant: str | None) -> None:
+                  tenant: str | None, *, actor: str) -> None:
     """Append a workflow event (``LogUnavailable`` if Kafka did not ack)."""
     state = request.app.state
     settings: Settings = state.settings
@@ -111,7 +111,8 @@ async def _append(request: Request, data: EventData, wid: uuid.UUID,
     if not getattr(state, "workflow_topic_ready", False):
         await ensure_topic(settings.kafka_bootstrap, topic, settings.partitions)
         state.workflow_topic_ready = True
-    ev = new_event(data, task_id=wid, source=constants.API_SOURCE, tenant=tenant)
+    ev = new_event(data, task_id=wid, source=constants.API_SOURCE, tenant=tenant,
+                   actor=actor)
     try:
         await producer.append_raw(topic, task_key(wid), encode(ev))
     except LogUnavailable:
@@ -196,7 +197,7 @@ async def submit_workflow(
         try:
             await _append(request, WorkflowCreated(name=body.name, on_failure=body.on_failure,
                                                    tasks=nodes, digest=digest),
-                          wid, tenant.name)
+                          wid, tenant.name, actor=tenant.actor)
         except LogUnavailable as exc:
             return for_log_down(request, exc, workflow_id=str(wid))
         if idempotency_key is not None:
@@ -309,7 +310,7 @@ async def cancel_workflow(workflow_id: uuid.UUID, request: Request, db: DbDep,
         raise Conflict(f"workflow {workflow_id} is already {row['status']}")
     try:
         await _append(request, WorkflowCancelRequested(reason="cancel requested"),
-                      workflow_id, row["tenant"])
+                      workflow_id, row["tenant"], actor=tenant.actor)
     except LogUnavailable as exc:
         return for_log_down(request, exc, workflow_id=str(workflow_id))
     return Response(_json({"workflow_id": str(workflow_id), "status": "RUNNING",
@@ -341,7 +342,8 @@ async def retry_workflow(workflow_id: uuid.UUID, request: Request, db: DbDep,
                 redo.add(c)
                 todo.append(c)
     try:
-        await _append(request, WorkflowRetryRequested(round=rnd), workflow_id, row["tenant"])
+        await _append(request, WorkflowRetryRequested(round=rnd), workflow_id, row["tenant"],
+                      actor=tenant.actor)
     except LogUnavailable as exc:
         return for_log_down(request, exc, workflow_id=str(workflow_id))
     tasks = {k: str(node_task_id(workflow_id, k, rnd)) for k in row["nodes"] if k in redo}

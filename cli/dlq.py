@@ -17,7 +17,8 @@ async def dead_tasks(settings: Settings, *, type_: str | None = None,
         return await queries.dead_tasks(engine, type_=type_, since=since)
 
 
-async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str) -> int:
+async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str,
+                  actor: str) -> int:
     chain.configure(settings)
     async with queries.short_engine(settings.database_url) as engine:
         parts = await queries.task_partitions(engine, task_ids=[r["task_id"] for r in rows])
@@ -27,6 +28,7 @@ async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str
         await producer.start()
         try:
             return len(await redrive_rows(producer, rows, reason=reason,
-                                          source=constants.CLI_SOURCE, engine=engine))
+                                          source=constants.CLI_SOURCE, actor=actor,
+                                          engine=engine))
         finally:
             await producer.stop()

@@ -59,7 +59,8 @@ async def erase(settings: Settings, *, task_id: uuid.UUID | None, tenant: str | 
         heads = await chain_db.heads(engine, ids) if chain.enabled() else {}
         parts = await queries.task_partitions(engine, task_ids=ids)
         events = [chain.seal(new_event(TaskErased(actor=actor), task_id=t,
-                                       source=constants.CLI_SOURCE, tenant=owners[t]),
+                                       source=constants.CLI_SOURCE, tenant=owners[t],
+                                       actor=actor),
                              heads.get(t, chain.GENESIS)) for t in ids]
         producer = EventProducer(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
                                  timeout_s=settings.produce_timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import sys
 import uuid
@@ -17,6 +18,7 @@ import uvloop
 from cli import erasure as cli_erasure
 from cli.audit import audit_app
 from cli.services import dev_profile, run_all, serve, setup_logging, supervise
+from events.models import ACTOR_MAX
 from events.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -303,6 +305,24 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered tasks.")
 app.add_typer(dlq_app, name="dlq")
 
 
+ActorOpt = Annotated[str | None, typer.Option(
+    help="who runs this: recorded as the actor of the events it writes "
+    "[default: cli:<login name>]")]
+
+
+def _actor(value: str | None) -> str:
+    """``--actor`` checked, or ``cli:<login name>`` without it."""
+    if value is None:
+        try:
+            return f"cli:{getpass.getuser()}"
+        except (KeyError, OSError):  # no login name (a container's bare uid)
+            return f"cli:uid-{os.getuid()}"
+    if not value.strip() or len(value) > ACTOR_MAX or not value.isprintable():
+        raise typer.BadParameter(f"give 1 to {ACTOR_MAX} printable characters",
+                                 param_hint="--actor")
+    return value
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -331,13 +351,15 @@ def dlq_list(
 def dlq_redrive(
     type_: Annotated[str | None, typer.Option("--type", help="only this task type")] = None,
     since: Annotated[str | None, typer.Option(help="finished at or after (RFC 3339)")] = None,
+    actor: ActorOpt = None,
 ) -> None:
     """Emit task.redriven for every matching dead-lettered task; they run again."""
     from cli.dlq import dead_tasks, redrive
 
+    who = _actor(actor)
     s = get_settings()
     rows = asyncio.run(dead_tasks(s, type_=type_, since=_parse_time(since)))
-    n = asyncio.run(redrive(s, rows, reason="dlq redrive"))
+    n = asyncio.run(redrive(s, rows, reason="dlq redrive", actor=who))
     print(f"redriven {n} task(s)", file=sys.stderr)
 
 
@@ -350,8 +372,11 @@ def replay(
     until: Annotated[str | None, typer.Option(help="up to this time (RFC 3339)")] = None,
     from_position: Annotated[str | None, typer.Option(
         help="start at PARTITION:OFFSET[,PARTITION:OFFSET...]")] = None,
+    actor: Annotated[list[str] | None, typer.Option(
+        help="only events of these actors (API key ids, anonymous, cli:<name>)")] = None,
 ) -> None:
-    """Print the log as CloudEvents JSON lines, straight from Kafka."""
+    """Print the log as CloudEvents JSON lines, straight from Kafka. A command's event
+    carries its ``actor``; the events services write on their own have none."""
     from projector.replay import ReplayFilter, parse_positions
     from projector.replay import replay as run_replay
 
@@ -360,7 +385,8 @@ def replay(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     flt = ReplayFilter(task=task, types=frozenset(type_ or ()), since=_parse_time(since),
-                       until=_parse_time(until), from_position=positions)
+                       until=_parse_time(until), actors=frozenset(actor or ()),
+                       from_position=positions)
     s = get_settings()
 
     async def go() -> int:
@@ -390,7 +416,7 @@ def erase(
     = None,
     tenant: Annotated[str | None, typer.Option(help="erase those of every task of a tenant")]
     = None,
-    actor: Annotated[str, typer.Option(help="who asks, recorded in task.erased")] = "cli",
+    actor: ActorOpt = None,
 ) -> None:
     """Crypto-shred: delete the data keys, then append task.erased for each task."""
     if (task is None) == (tenant is None):
@@ -399,7 +425,8 @@ def erase(
         tid = uuid.UUID(task) if task else None
     except ValueError:
         raise typer.BadParameter(f"not a task id: {task!r}", param_hint="--task") from None
-    n = asyncio.run(cli_erasure.erase(get_settings(), task_id=tid, tenant=tenant, actor=actor))
+    n = asyncio.run(cli_erasure.erase(get_settings(), task_id=tid, tenant=tenant,
+                                      actor=_actor(actor)))
     print(f"erased {n} task(s)", file=sys.stderr)
 
 

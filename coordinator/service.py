@@ -26,13 +26,11 @@ fold of their events, with a checkpoint, in one Postgres transaction at most eve
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import cast
 
-from events import chain, chain_db, constants, workflow_db
+from events import chain, chain_db, constants, runtime, workflow_db
 from events.codec import encode
 from events.log import (
     TP,
@@ -119,8 +117,10 @@ class Coordinator(PartitionedService[Part]):
 
     def __post_init__(self) -> None:
         if not self.coordinator_id:
-            self.coordinator_id = f"{socket.gethostname()}-{os.getpid()}"
-        self.source = constants.COORDINATOR_SOURCE_PREFIX + self.coordinator_id
+            self.coordinator_id = runtime.instance_id()
+        self.source = runtime.event_source(self.settings.coordinator_source,
+                                           constants.COORDINATOR_SOURCE_PREFIX,
+                                           self.coordinator_id)
         self.topic = workflow_topic(self.settings.topic)
         self.group = coordinator_group(self.settings)
 

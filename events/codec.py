@@ -76,9 +76,17 @@ def upcast(etype: EventType, version: int, data: dict[str, Any]) -> dict[str, An
     return data
 
 
-# Fields every event TaskFlow writes has; the two of the audit chain come on top, together.
-_CHAIN_FIELDS: Final = 2
-_ENVELOPE_FIELDS: Final = len(CloudEvent.model_fields) - _CHAIN_FIELDS
+# Fields every event TaskFlow writes has; ``actor`` (a command's) and the two of the
+# audit chain (together) come on top, and are left out of the JSON while unset.
+_OPTIONAL_FIELDS: Final = ("actor", "chainprev", "chainhash")
+_ENVELOPE_FIELDS: Final = len(CloudEvent.model_fields) - len(_OPTIONAL_FIELDS)
+
+
+def _as_written(event: CloudEvent, n: int) -> bool:
+    """True if ``n`` fields are exactly those TaskFlow writes for ``event``: an optional
+    attribute given as null, or half a chain, would not survive an encode unchanged."""
+    return n == (_ENVELOPE_FIELDS + (event.actor is not None)
+                 + (2 if event.chainhash is not None else 0))
 _ANY_ENVELOPE: Final[TypeAdapter[CloudEvent]] = TypeAdapter(
     Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # type: ignore[arg-type]  # noqa: UP007
 )
@@ -105,9 +113,7 @@ def decode_verbatim(raw: bytes | None) -> tuple[CloudEvent, bool]:
             pass
         else:
             if event.schemaversion == SCHEMA_VERSIONS[event.type]:
-                n = len(event.model_fields_set)
-                return event, n == _ENVELOPE_FIELDS or (
-                    n == _ENVELOPE_FIELDS + _CHAIN_FIELDS and event.chainhash is not None)
+                return event, _as_written(event, len(event.model_fields_set))
     return _decode_fully(raw)
 
 
@@ -139,9 +145,7 @@ def _decode_fully(raw: bytes | None) -> tuple[CloudEvent, bool]:
         current = SCHEMA_VERSIONS[etype]
         envelope = {**doc, "data": model, "schemaversion": current}
         event = ENVELOPES[etype].model_validate(envelope)
-        n = len(doc)
-        return event, version == current and (n == _ENVELOPE_FIELDS or (
-            n == _ENVELOPE_FIELDS + _CHAIN_FIELDS and event.chainhash is not None))
+        return event, version == current and _as_written(event, len(doc))
     except UndecodableEvent as exc:
         raise UndecodableEvent(exc.error, raw) from None
     except ValidationError as exc:

@@ -64,6 +64,7 @@ class TaskState(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    created_by: str | None = None  # task.created's actor: the API key id that submitted it
 
     @property
     def terminal(self) -> bool:
@@ -111,7 +112,7 @@ def _blank(task_id: uuid.UUID, tenant: str | None) -> TaskState:
 
 
 def _created_fields(state: TaskState, tenant: str | None, time: datetime,
-                    d: TaskCreated) -> dict[str, Any] | None:
+                    d: TaskCreated, actor: str | None) -> dict[str, Any] | None:
     if state.created_at is not None:
         return None  # duplicate task.created: the first one wins
     fields = {
@@ -125,6 +126,7 @@ def _created_fields(state: TaskState, tenant: str | None, time: datetime,
         "schedule_id": d.schedule_id,
         "due_at": d.due_at,
         "created_at": time,
+        "created_by": actor,
     }
     if d.run_at is not None:
         # Delayed until run_at: the worker waits for not_before (as for a retry), and
@@ -137,7 +139,7 @@ def _created_fields(state: TaskState, tenant: str | None, time: datetime,
 def _created(state: TaskState, ev: CloudEvent) -> dict[str, Any] | None:
     d = ev.data
     assert isinstance(d, TaskCreated)
-    return _created_fields(state, ev.tenant, ev.time, d)
+    return _created_fields(state, ev.tenant, ev.time, d, ev.actor)
 
 
 def _processing(state: TaskState, ev: CloudEvent) -> dict[str, Any] | None:
@@ -214,7 +216,8 @@ def _redriven(state: TaskState, ev: CloudEvent) -> dict[str, Any] | None:
     if state.created_at is None and d.spec is not None:
         # A reader that starts after the task finished (a worker's recovery window):
         # the event carries the definition, and the task counts as FAILED until now.
-        update = _created_fields(state, ev.tenant, ev.time, d.spec) or {}
+        # Who submitted it is not known here: the redrive's actor is not the submitter.
+        update = _created_fields(state, ev.tenant, ev.time, d.spec, None) or {}
         update["status"] = TaskStatus.FAILED
         update["attempt"] = max(state.attempt, ev.attempt)
     elif state.status is not TaskStatus.FAILED:

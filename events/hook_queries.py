@@ -26,9 +26,10 @@ async def list_webhooks(engine: AsyncEngine, *, scoped: bool, tenant: str | None
 
 
 async def get_webhook(engine: AsyncEngine, *, webhook_id: uuid.UUID, scoped: bool,
-                      tenant: str | None) -> dict[str, Any] | None:
-    q = text(f"SELECT {_PUBLIC} FROM webhooks WHERE webhook_id = :id AND NOT deleted "
-             f"AND {_SCOPE}")
+                      tenant: str | None, deleted: bool = False) -> dict[str, Any] | None:
+    """The subscription, if the tenant may see it; a deleted one only with ``deleted``."""
+    live = "" if deleted else "AND NOT deleted "
+    q = text(f"SELECT {_PUBLIC} FROM webhooks WHERE webhook_id = :id {live}AND {_SCOPE}")
     async with engine.connect() as conn:
         row = (await conn.execute(q, {"id": webhook_id, "scoped": scoped,
                                       "tenant": tenant})).first()

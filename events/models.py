@@ -16,6 +16,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SerializeAsAny
 
 from events import constants, ids
 
+ACTOR_MAX: Final = 200  # characters of an event's ``actor`` attribute
+ANONYMOUS: Final = "anonymous"  # the actor of a command while auth is off
+
 
 class TaskStatus(StrEnum):
     PENDING = "PENDING"
@@ -293,6 +296,11 @@ class CloudEvent(BaseModel):
     schemaversion: int = Field(default=1, strict=True)
     attempt: int = Field(default=0, ge=0)
     tenant: str | None = None
+    # Who asked for it: the API key id of a command (``anonymous`` with auth off), or
+    # ``--actor`` of a CLI command; unset (and left out of the JSON) on events a service
+    # writes on its own, and on records older than the attribute.
+    actor: str | None = Field(default=None, max_length=ACTOR_MAX,
+                              exclude_if=lambda v: v is None)
     # The audit hash chain (events.chain); left out of the JSON while unset.
     chainprev: str | None = Field(default=None, exclude_if=lambda v: v is None)
     chainhash: str | None = Field(default=None, exclude_if=lambda v: v is None)
@@ -324,6 +332,7 @@ def new_event(
     attempt: int = 0,
     tenant: str | None = None,
     time: datetime | None = None,
+    actor: str | None = None,
 ) -> CloudEvent:
     """Build the envelope for ``data`` at the current schema version of its type."""
     etype = TYPE_OF[type(data)]
@@ -336,6 +345,7 @@ def new_event(
         schemaversion=SCHEMA_VERSIONS[etype],
         attempt=attempt,
         tenant=tenant,
+        actor=actor,
     )
 
 

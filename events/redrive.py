@@ -26,19 +26,20 @@ def spec_of(row: Mapping[str, Any]) -> TaskCreated:
                        timeout_s=row["timeout_s"])
 
 
-def redriven(row: Mapping[str, Any], *, reason: str, source: str) -> CloudEvent:
+def redriven(row: Mapping[str, Any], *, reason: str, source: str, actor: str) -> CloudEvent:
     """The ``task.redriven`` of a task's read-model row (``task_id``, ``attempt``,
     ``tenant`` and the spec columns)."""
     return new_event(TaskRedriven(reason=reason, spec=spec_of(row)),
                      task_id=uuid.UUID(str(row["task_id"])), source=source,
-                     attempt=int(row["attempt"]), tenant=row.get("tenant"))
+                     attempt=int(row["attempt"]), tenant=row.get("tenant"), actor=actor)
 
 
 async def redrive(producer: EventProducer, rows: Sequence[Mapping[str, Any]], *, reason: str,
-                  source: str, engine: AsyncEngine | None = None) -> list[Position]:
+                  source: str, actor: str,
+                  engine: AsyncEngine | None = None) -> list[Position]:
     """Append a ``task.redriven`` for each row; their positions, in the rows' order.
     With the audit chain on, ``engine`` (the read model) tells each task's latest hash."""
-    events = [redriven(r, reason=reason, source=source) for r in rows]
+    events = [redriven(r, reason=reason, source=source, actor=actor) for r in rows]
     if chain.enabled() and engine is not None:
         heads = await chain_db.heads(engine, [e.subject for e in events])
         events = [chain.seal(e, heads.get(e.subject, chain.GENESIS)) for e in events]

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 import time
 
 # Young collections every 50,000 allocations, full ones rarely: for services whose
 # per-batch objects are not cyclic and whose long-lived ones are many (projector, worker).
 BATCH_SERVICE_GC = (50_000, 50, 100)
+
+
+def instance_id() -> str:
+    """A service instance's default id: host-pid, unique among the instances running."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def event_source(configured: str, prefix: str, instance: str) -> str:
+    """The CloudEvents ``source`` of the events a service writes: the configured one
+    (``TASKFLOW_WORKER_SOURCE``, ``_SCHEDULER_SOURCE``, ``_COORDINATOR_SOURCE``: a
+    deployment that keeps host names out of the log sets it), else ``prefix`` and the
+    instance id."""
+    return configured or prefix + instance
 
 
 def tune_gc(*thresholds: int) -> None:

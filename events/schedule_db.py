@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from events import owned_db
-from events.models import TERMINAL, CloudEvent
+from events.models import TERMINAL, CloudEvent, EventType
 from events.queries import decode_cursor, encode_cursor
 from events.schedules import SCHEDULE_PROJECTION, ScheduleState
 from events.tables import projector_offsets, schedule_events, schedules, tasks
@@ -140,13 +140,16 @@ async def running(engine: AsyncEngine, task_ids: Iterable[uuid.UUID]) -> set[uui
     return ids - done
 
 
-async def history(engine: AsyncEngine, *, schedule_id: uuid.UUID
+async def history(engine: AsyncEngine, *, schedule_id: uuid.UUID, changes: bool = False
                   ) -> list[tuple[int, int, dict[str, Any]]]:
-    """The schedule's journal in log order: (partition, offset, CloudEvent JSON)."""
+    """The schedule's journal in log order: (partition, offset, CloudEvent JSON); with
+    ``changes``, only the API's changes to it (no ``schedule.fired``)."""
     q = (select(schedule_events.c.partition, schedule_events.c.offset,
                 schedule_events.c.event)
          .where(schedule_events.c.schedule_id == schedule_id)
          .order_by(schedule_events.c.partition, schedule_events.c.offset))
+    if changes:
+        q = q.where(schedule_events.c.type != EventType.SCHEDULE_FIRED.value)
     async with engine.connect() as conn:
         return [(r[0], r[1], r[2]) for r in await conn.execute(q)]
 

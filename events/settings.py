@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str = ""
     worker_group: str = constants.WORKER_GROUP
     worker_id: str = ""  # defaults to hostname-pid
+    # The CloudEvents ``source`` of the events each service writes; empty = its prefix
+    # and its id (taskflow/worker/<worker id>, which holds the host name by default).
+    worker_source: str = Field(default="", max_length=200, pattern=r"^\S*$")
+    scheduler_source: str = Field(default="", max_length=200, pattern=r"^\S*$")
+    coordinator_source: str = Field(default="", max_length=200, pattern=r"^\S*$")
     worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
     # Tasks a worker holds, waiting for a slot or running, before it stops reading its
     # log: the backlog among which priority and fair share choose (docs/priorities.md).

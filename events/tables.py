@@ -59,6 +59,7 @@ tasks = Table(
     Column("created_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("created_by", Text, nullable=True),  # task.created's actor (0017)
     Column("partition", Integer, nullable=False),
     Column("last_offset", BigInteger, nullable=False),
     Index("tasks_status_created", "status", "created_at", "task_id"),

@@ -33,6 +33,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from events import constants, ids
 from events.errors import UndecodableEvent
+from events.models import ACTOR_MAX
 
 TOPIC_SUFFIX: Final = ".webhooks"
 PROJECTION: Final = "webhooks"  # its checkpoints in projector_offsets
@@ -71,6 +72,9 @@ class HookEvent(BaseModel):
     time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     datacontenttype: Literal["application/json"] = "application/json"
     tenant: str | None = None
+    # As on task events (``events.models.CloudEvent``): the key id of the command that
+    # wrote it; unset, and left out of the JSON, on the notifier's own events.
+    actor: str | None = Field(default=None, max_length=ACTOR_MAX, exclude_if=lambda v: v is None)
     data: dict[str, Any] = Field(default_factory=dict)
 
     @property

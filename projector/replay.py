@@ -72,6 +72,7 @@ class ReplayFilter:
     types: frozenset[str] = frozenset()
     since: datetime | None = None
     until: datetime | None = None
+    actors: frozenset[str] = frozenset()  # the events' ``actor`` attribute
     from_position: dict[int, int] = field(default_factory=dict)
 
 
@@ -163,6 +164,8 @@ async def replay(*, bootstrap: str, topic: str, flt: ReplayFilter, progress: boo
                 continue
             if flt.until and ev.time > flt.until:
                 continue
-        elif flt.task or flt.types:
+            if flt.actors and ev.actor not in flt.actors:
+                continue
+        elif flt.task or flt.types or flt.actors:
             continue
         yield r, ev, err

@@ -26,13 +26,14 @@ _TASK_COLUMNS = (
     "task_id", "tenant", "title", "type", "status", "payload", "result", "error", "attempt",
     "progress", "progress_message", "priority", "max_attempts", "timeout_s", "not_before",
     "schedule_id", "due_at", "cancel_requested", "dead_lettered", "created_at", "updated_at",
-    "finished_at",
+    "finished_at", "created_by",
     "partition", "last_offset",
 )
 _TASK_TYPES = (
     "uuid", "text", "text", "text", "text", "jsonb", "jsonb", "text", "int4",
     "int4", "text", "int4", "int4", "float8", "timestamptz",
     "uuid", "timestamptz", "bool", "bool", "timestamptz", "timestamptz", "timestamptz",
+    "text",
     "int4", "int8",
 )
 
@@ -56,7 +57,7 @@ _UPSERT_TASKS = (
 # already in the read model whose batch left these alone is written with an UPDATE of
 # the other columns: no payload sent and parsed again, a third of the values to encode.
 _DEFINITION = ("tenant", "title", "type", "payload", "priority", "max_attempts", "timeout_s",
-               "schedule_id", "due_at", "created_at")
+               "schedule_id", "due_at", "created_at", "created_by")
 _CHANGING = tuple(c for c in _TASK_COLUMNS if c not in _DEFINITION)  # task_id first
 _CHANGING_TYPES = tuple(t for c, t in zip(_TASK_COLUMNS, _TASK_TYPES, strict=True)
                         if c not in _DEFINITION)

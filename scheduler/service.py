@@ -26,13 +26,11 @@ fold of their events, with a checkpoint, in one Postgres transaction at most eve
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from events import chain, constants, schedule_db
+from events import chain, constants, runtime, schedule_db
 from events.codec import encode
 from events.log import (
     TP,
@@ -98,8 +96,9 @@ class Scheduler(PartitionedService[Part]):
 
     def __post_init__(self) -> None:
         if not self.scheduler_id:
-            self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}"
-        self.source = constants.SCHEDULER_SOURCE_PREFIX + self.scheduler_id
+            self.scheduler_id = runtime.instance_id()
+        self.source = runtime.event_source(self.settings.scheduler_source,
+                                           constants.SCHEDULER_SOURCE_PREFIX, self.scheduler_id)
         self.topic = schedule_topic(self.settings.topic)
         self.group = scheduler_group(self.settings)
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from events.codec import decode, encode
+from events.codec import decode, decode_verbatim, encode
 from events.errors import UndecodableEvent
 from events.fold import fold
 from events.models import (
@@ -51,6 +51,8 @@ from events.models import (
 
 GOLDEN = Path(__file__).parent / "golden" / "v1_log.jsonl"
 GOLDEN_SHA256 = "ec9da517c5c0970ae5512e2a386d83ab25e82bb464a4eb7cb4fb92f86e290a51"
+GOLDEN_ACTOR = Path(__file__).parent / "golden" / "v2_actor_log.jsonl"
+GOLDEN_ACTOR_SHA256 = "022b47d795f1fbc3316e15b6ea7b126ba53360d53902c80442904b7e9067a58f"
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 TID = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 
@@ -246,3 +248,50 @@ def test_golden_log_decodes_and_folds() -> None:
     assert crashed.created_at == datetime(2024, 3, 1, 9, 0, 3, tzinfo=UTC)
     assert crashed.updated_at == datetime(2024, 3, 1, 9, 0, 31, tzinfo=UTC)
     assert all(s is not None and s.tenant is None for s in states.values())
+
+
+# ------------------------------------------------------- golden log with the actor attribute
+
+
+def test_golden_actor_log_is_unchanged() -> None:
+    digest = hashlib.sha256(GOLDEN_ACTOR.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+    assert digest == GOLDEN_ACTOR_SHA256, "tests/golden/v2_actor_log.jsonl must never be edited"
+
+
+def test_golden_actor_log_decodes_verbatim_and_folds() -> None:
+    per_task: dict[uuid.UUID, list[CloudEvent]] = defaultdict(list)
+    actors = []
+    for line in GOLDEN_ACTOR.read_bytes().splitlines():
+        event, verbatim = decode_verbatim(line)
+        assert verbatim and encode(event) == line  # exactly as TaskFlow writes it today
+        actors.append((event.type.value, event.actor))
+        per_task[event.subject].append(event)
+    assert [a for t, a in actors if t in ("task.created", "task.redriven",
+                                          "task.cancel_requested")] == [
+        "3f9a0c1b2d4e", None, "cli:ops", "anonymous", "anonymous"]
+    # Services write none: the worker's events leave the attribute out.
+    assert all(a is None for t, a in actors if t in (
+        "task.processing", "task.done", "task.failed", "task.dead_lettered", "task.cancelled"))
+    states = {tid: fold(events) for tid, events in per_task.items()}
+    by_key, before, anonymous = (states[uuid.UUID(f"{c * 8}-{c * 4}-4{c * 3}-8{c * 3}-{c * 12}")]
+                                 for c in "abc")
+    assert by_key is not None and by_key.status is TaskStatus.DONE
+    assert by_key.created_by == "3f9a0c1b2d4e"
+    # Submitted before events carried an actor: nobody, and the redrive does not count.
+    assert before is not None and before.status is TaskStatus.DONE and before.created_by is None
+    assert anonymous is not None and anonymous.status is TaskStatus.CANCELLED
+    assert anonymous.created_by == "anonymous"
+
+
+def test_actor_is_left_out_unless_set_and_null_is_not_verbatim() -> None:
+    plain = new_event(TaskCancelled(), task_id=TID, source="taskflow/worker/w", time=T0)
+    assert b'"actor"' not in encode(plain)
+    by = new_event(TaskCancelRequested(), task_id=TID, source="taskflow/api", time=T0,
+                   actor="3f9a0c1b2d4e")
+    raw = encode(by)
+    assert orjson.loads(raw)["actor"] == "3f9a0c1b2d4e"
+    assert decode_verbatim(raw) == (by, True)
+    # An explicit null decodes, but re-encoding would drop it: not the bytes as written.
+    doc = orjson.loads(encode(plain))
+    event, verbatim = decode_verbatim(orjson.dumps({**doc, "actor": None}))
+    assert event == plain and not verbatim

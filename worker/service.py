@@ -30,8 +30,6 @@ import contextlib
 import functools
 import importlib
 import logging
-import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -108,14 +106,15 @@ class Worker:
 
     def __post_init__(self) -> None:
         if not self.worker_id:
-            self.worker_id = self.settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+            self.worker_id = self.settings.worker_id or runtime.instance_id()
         # A pool (``--types``) is its own consumer group: see events/pools.py.
         self.types = pools.type_list(self.settings.worker_types)
         self.pooled = pools.type_list(self.settings.pooled_types)
         if self.types:
             self.settings = self.settings.model_copy(update={
                 "worker_group": pools.pool_group(self.settings.worker_group, self.types)})
-        self.source = constants.WORKER_SOURCE_PREFIX + self.worker_id
+        self.source = runtime.event_source(self.settings.worker_source,
+                                           constants.WORKER_SOURCE_PREFIX, self.worker_id)
 
     def __repr__(self) -> str:
         return (f"Worker({self.worker_id} ◆ {self.started} started ◆ {self.done} done ◆ "

@@ -582,6 +582,8 @@
       el("div", {class: "event-head"},
         el("span", {class: "event-type", text: ev.type}),
         el("span", {class: "event-attempt", text: `attempt ${ev.attempt ?? 0}`}),
+        // Only a command's event names who asked (an API key id, anonymous, cli:<name>).
+        ev.actor ? el("span", {class: "event-actor mono", text: `by ${ev.actor}`}) : null,
         el("time", {datetime: ev.time, title: ev.time, text: ev.time})),
       el("details", {},
         el("summary", {}, "JSON ", el("span", {class: "mono muted", text: pos})),
@@ -633,6 +635,8 @@
     $("d-attempt").textContent = String(task.attempt) +
       (task.max_attempts ? ` of ${task.max_attempts}` : "") + (task.dead_lettered ? " (dead-lettered)" : "");
     $("d-created").replaceChildren(timeEl(task.created_at));
+    $("d-by").textContent = task.created_by || "";
+    $("d-by").hidden = $("d-by-label").hidden = !task.created_by;
     $("d-due").replaceChildren(task.not_before ? timeEl(task.not_before) : "—");
     $("d-finished").replaceChildren(task.finished_at ? timeEl(task.finished_at) : "—");
     $("d-progress").value = task.progress || 0;

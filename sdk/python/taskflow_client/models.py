@@ -102,6 +102,7 @@ class Task:
     schedule_id: str | None = None  # the schedule that fired it, and for which due time
     due_at: datetime | None = None
     waiting_reason: str | None = None  # PENDING because no running worker pool serves it
+    created_by: str | None = None  # the API key id that submitted it (task.created's actor)
 
     @property
     def id(self) -> str:
@@ -127,6 +128,7 @@ class Task:
             finished_at=_time(d.get("finished_at")),
             schedule_id=str(d["schedule_id"]) if d.get("schedule_id") else None,
             due_at=_time(d.get("due_at")), waiting_reason=d.get("waiting_reason"),
+            created_by=d.get("created_by"),
         )
 
 
