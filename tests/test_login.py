@@ -20,10 +20,9 @@ from events.constants import LOGIN_COOKIE
 from tests.helpers import Env, SSEReader, free_port, wait_until
 from tests.test_api import cli, problem
 
-CLOSED = {"TASKFLOW_AUTH": "true"}
-# uvicorn believes X-Forwarded-Proto only from these addresses (127.0.0.1 by default):
+# uvicorn believes X-Forwarded-Proto only from FORWARDED_ALLOW_IPS (127.0.0.1 by default):
 # a proxy elsewhere, so that only TASKFLOW_TRUST_FORWARDED_PROTO can make it count.
-PROXY_ELSEWHERE = {"FORWARDED_ALLOW_IPS": "192.0.2.1"}
+PROXY_ELSEWHERE = "192.0.2.1"
 
 
 def _set_cookie(r: httpx.Response) -> tuple[str, set[str], dict[str, str]]:
@@ -52,9 +51,9 @@ def _cookie(value: str, **more: str) -> dict[str, str]:
 
 
 async def test_the_cookie_is_httponly_strict_and_secure_only_over_https(env: Env) -> None:
-    await env.api(**CLOSED, **PROXY_ELSEWHERE)
+    await env.api(TASKFLOW_AUTH="true", FORWARDED_ALLOW_IPS=PROXY_ELSEWHERE)
     trusting = free_port()
-    await env.api(port=trusting, **CLOSED, **PROXY_ELSEWHERE,
+    await env.api(port=trusting, TASKFLOW_AUTH="true", FORWARDED_ALLOW_IPS=PROXY_ELSEWHERE,
                   TASKFLOW_TRUST_FORWARDED_PROTO="true")
     key = cli(env, "keys", "create", "--tenant", "acme")
     key_id = key[4:].partition("_")[0]
@@ -102,7 +101,7 @@ async def test_the_cookie_is_httponly_strict_and_secure_only_over_https(env: Env
 async def test_the_cookie_reads_streams_and_writes_as_its_key_with_a_csrf_token(
         env: Env) -> None:
     env.proc("projector")
-    await env.api(**CLOSED)
+    await env.api(TASKFLOW_AUTH="true")
     key_a = cli(env, "keys", "create", "--tenant", "acme")
     key_b = cli(env, "keys", "create", "--tenant", "globex")
     a, b = ({"Authorization": f"Bearer {k}"} for k in (key_a, key_b))
@@ -125,7 +124,7 @@ async def test_the_cookie_reads_streams_and_writes_as_its_key_with_a_csrf_token(
             return ids if ours["task_id"] in ids else None
 
         ids = await wait_until(listed, timeout=30, what="acme's task listed with the cookie")
-        assert theirs["task_id"] not in ids
+        assert ids is not None and theirs["task_id"] not in ids
         problem(await c.get(f"/tasks/{theirs['task_id']}", headers=jar), 404)
 
         # SSE with the cookie alone, as EventSource sends it: both streams.
@@ -187,9 +186,9 @@ async def test_the_cookie_reads_streams_and_writes_as_its_key_with_a_csrf_token(
 
 
 async def test_expiry_and_revoking_the_key_end_the_login(env: Env) -> None:
-    await env.api(**CLOSED, TASKFLOW_SESSION_TTL_S="1")
+    await env.api(TASKFLOW_AUTH="true", TASKFLOW_SESSION_TTL_S="1")
     lasting = free_port()
-    await env.api(port=lasting, **CLOSED)
+    await env.api(port=lasting, TASKFLOW_AUTH="true")
     key = cli(env, "keys", "create", "--tenant", "acme")
     async with httpx.AsyncClient(base_url=env.base_url, timeout=30) as c:
         value, _ = await _login(c, key)
