@@ -186,6 +186,13 @@ class KeyRing:
             _bucket(self._failures, client, now, self.fail_burst).take(
                 now, self.fail_rate_per_s, self.fail_burst, always=True)
 
+    async def spend(self, key: str) -> None:
+        """Take one of ``key``'s tokens; ``TooManyRequests`` when it has none."""
+        wait = await self.take(key)
+        if wait:
+            raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
+                                  retry_after=max(1, round(wait + 0.5)))
+
     async def take(self, key: str) -> float:
         """Take one of ``key``'s tokens, from the bucket every API process shares
         (``events.guards``): 0 if allowed, else seconds until a token is free.
@@ -244,10 +251,7 @@ async def authenticate(request: Request) -> Tenant:
     settings = request.app.state.settings
     ring: KeyRing = request.app.state.keys
     if not settings.auth:
-        wait = await ring.take("anonymous")
-        if wait:
-            raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
-                                  retry_after=max(1, round(wait + 0.5)))
+        await ring.spend("anonymous")
         return Tenant(name=None)
     raw = request.headers.get("x-api-key", "")
     auth = request.headers.get("authorization", "")
@@ -268,10 +272,7 @@ async def authenticate(request: Request) -> Tenant:
         check_cookie_write(request, token)
         tenant = Tenant(name=login.tenant, key_id=login.key_id, scoped=True)
     assert tenant.key_id is not None
-    wait = await ring.take(tenant.key_id)
-    if wait:
-        raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
-                              retry_after=max(1, round(wait + 0.5)))
+    await ring.spend(tenant.key_id)
     return tenant
 
 

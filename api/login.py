@@ -61,6 +61,7 @@ async def log_in(body: LoginIn, request: Request, response: Response, db: DbDep,
     tenant = await ring.tenant_of(body.key, client=_client(request))
     if tenant is None or tenant.name is None or tenant.key_id is None:
         raise Unauthorized("the API key is not valid or has been revoked")
+    await ring.spend(tenant.key_id)  # a login is one of the key's requests
     token = secrets.token_urlsafe(32)
     login = await login_db.create(db, token=token, key_id=tenant.key_id, tenant=tenant.name,
                                   ttl_s=settings.session_ttl_s)
