@@ -2,7 +2,8 @@
 
 With the API closed the page asks for a key once, then lives on the HttpOnly cookie: the
 table, the stream and the create form work as the key's tenant, another tenant's tasks
-never show, and logging out brings the form back. With the API open, a banner says so.
+never show, and logging out (or revoking the key while the page runs) brings the form
+back. With the API open, a banner says so.
 """
 
 from __future__ import annotations
@@ -125,6 +126,17 @@ async def test_a_login_shows_its_tenants_tasks_live_and_logging_out_asks_again(
         [out] = [w for w in writes if w["method"] == "DELETE"]
         assert out["url"].endswith("/session") and out["x-csrf-token"] == csrf
         assert await page.evaluate("fetch('/tasks').then(r => r.status)") == 401
+
+        # Revoking the key while the page runs: its next request is refused, and the page
+        # stops and asks again.
+        await form.get_by_label("API key").fill(key_a)
+        await form.get_by_role("button", name="Log in").click()
+        await dash.until("window.taskflow && window.taskflow.started && window.taskflow.connected")
+        cli(env, "keys", "revoke", key_a)
+        await form.wait_for(state="visible")
+        await dash.until("!window.taskflow.started && window.taskflow.source === null")
+        assert "ended" in await page.locator("#login-status").inner_text()
+        assert await page.locator("#app").is_hidden()
         assert dash.errors == []
         # The only console errors are the refusals a logged-out page is answered with.
         assert all("401" in m or "Unauthorized" in m for m in dash.console), dash.console
