@@ -11,7 +11,18 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks, workflows
+from api import (
+    dashboard,
+    login,
+    metrics,
+    ops,
+    problems,
+    schedules,
+    stream,
+    tasks,
+    webhooks,
+    workflows,
+)
 from api.audit import router as audit_router
 from api.auth import KeyRing
 from api.erasure import router as erasure_router
@@ -131,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])
-    for module in (tasks, stream, ops, schedules, webhooks):
+    for module in (tasks, stream, ops, schedules, webhooks, login):
         app.include_router(module.router)
     app.include_router(audit_router)
     app.include_router(erasure_router)

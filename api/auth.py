@@ -3,6 +3,11 @@
 A key looks like ``tfk_<key_id>_<secret>``. Postgres stores the key id, its tenant and a
 SHA-256 of the secret; the secret itself is shown once, by ``taskflow keys create``.
 With ``TASKFLOW_AUTH=false`` (the local default) every request is unscoped.
+
+The dashboard logs in once with a key (``POST /session``, ``api/login.py``) and then
+sends the ``taskflow_session`` cookie instead: it resolves to the same tenant and key
+id as the key itself. A write authenticated by that cookie must come from this origin
+and carry the ``X-CSRF-Token`` derived from it; one with an API key header needs neither.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.problems import Problem
-from events import guards, queries
+from api.problems import Forbidden, Problem
+from events import constants, guards, login_db, queries
 from events.db import DB_ERRORS, database_down
 from events.models import ANONYMOUS
 
@@ -28,6 +34,7 @@ CACHE_TTL_S = 5.0  # seconds a key lookup is cached; also how long a revocation 
 # the client (a made-up id is looked up once and cached as unknown, apart from the known
 # ones), so each is bounded.
 CACHE_MAX = 10_000
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class Unauthorized(Problem):
@@ -159,6 +166,17 @@ class KeyRing:
             return None
         return Tenant(name=tenant, key_id=key_id, scoped=True)
 
+    async def login_of(self, token: str, *, client: str = "") -> login_db.Login | None:
+        """The key id and tenant a login cookie's ``token`` stands for, or None (unknown,
+        expired, logged out, or its key revoked). Not cached: a logout or a revocation
+        holds at once in every API process. A miss spends a failed authentication."""
+        now = time.monotonic()
+        self.check_failures(client, now)
+        login = await login_db.find(self.engine, token=token)
+        if login is None:
+            self.failed(client, now)
+        return login
+
     def check_failures(self, client: str, now: float) -> None:
         """``TooManyRequests`` while ``client`` has no failed authentication left."""
         if self.fail_rate_per_s <= 0 or client not in self._failures:
@@ -174,6 +192,13 @@ class KeyRing:
         if self.fail_rate_per_s > 0:
             _bucket(self._failures, client, now, self.fail_burst).take(
                 now, self.fail_rate_per_s, self.fail_burst, always=True)
+
+    async def spend(self, key: str) -> None:
+        """Take one of ``key``'s tokens; ``TooManyRequests`` when it has none."""
+        wait = await self.take(key)
+        if wait:
+            raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
+                                  retry_after=max(1, round(wait + 0.5)))
 
     async def take(self, key: str) -> float:
         """Take one of ``key``'s tokens, from the bucket every API process shares
@@ -195,31 +220,66 @@ class KeyRing:
                                                                self.burst)
 
 
+def csrf_token(token: str) -> str:
+    """The ``X-CSRF-Token`` that goes with a login cookie's ``token``.
+
+    Derived from the token, so nothing more is stored, and only a page that can read the
+    answers of this origin (``POST``/``GET /session``) learns it: another site's page can
+    make the browser send the cookie, never read this.
+    """
+    return hmac.new(token.encode(), b"taskflow csrf", hashlib.sha256).hexdigest()
+
+
+def same_origin(request: Request) -> bool:
+    """False when the browser says the request comes from a page of another origin:
+    an ``Origin`` (else a ``Referer``) whose host and port are not this ``Host``."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return True
+    return urlsplit(source).netloc.lower() == request.headers.get("host", "").lower()
+
+
+def check_cookie_write(request: Request, token: str) -> None:
+    """``Forbidden`` unless a write authenticated by a login cookie comes from this origin
+    with the cookie's ``X-CSRF-Token``; reads pass."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    if not same_origin(request):
+        raise Forbidden("a cross-origin request cannot use the login cookie")
+    sent = request.headers.get(constants.CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), csrf_token(token).encode()):
+        raise Forbidden(f"a write with the login cookie needs the {constants.CSRF_HEADER} "
+                        "header that POST /session and GET /session return")
+
+
 async def authenticate(request: Request) -> Tenant:
-    """The caller's tenant from its API key (``TenantDep``); 401 or 429 as a ``Problem``."""
+    """The caller's tenant from its API key, or else from its login cookie (``TenantDep``);
+    401, 403 or 429 as a ``Problem``."""
     settings = request.app.state.settings
     ring: KeyRing = request.app.state.keys
     if not settings.auth:
-        wait = await ring.take("anonymous")
-        if wait:
-            raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
-                                  retry_after=max(1, round(wait + 0.5)))
+        await ring.spend("anonymous")
         return Tenant(name=None)
     raw = request.headers.get("x-api-key", "")
     auth = request.headers.get("authorization", "")
     if not raw and auth.lower().startswith("bearer "):
         raw = auth[7:].strip()
-    if not raw:
-        raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
     client = request.client.host if request.client else ""
-    tenant = await ring.tenant_of(raw, client=client)
-    if tenant is None:
-        raise Unauthorized("the API key is not valid or has been revoked")
+    if raw:
+        tenant = await ring.tenant_of(raw, client=client)
+        if tenant is None:
+            raise Unauthorized("the API key is not valid or has been revoked")
+    else:
+        token = request.cookies.get(constants.LOGIN_COOKIE, "")
+        if not token:
+            raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
+        login = await ring.login_of(token, client=client)
+        if login is None:
+            raise Unauthorized("the login has expired or ended; log in again")
+        check_cookie_write(request, token)
+        tenant = Tenant(name=login.tenant, key_id=login.key_id, scoped=True)
     assert tenant.key_id is not None
-    wait = await ring.take(tenant.key_id)
-    if wait:
-        raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
-                              retry_after=max(1, round(wait + 0.5)))
+    await ring.spend(tenant.key_id)
     return tenant
 
 

@@ -7,7 +7,9 @@ nothing is loaded from the network. The script talks to the public HTTP API only
 The one thing the server adds to the page is the change position the feed has reached
 when the page was rendered. The script reads the task list after that and then opens
 ``/events?after=<position>``, so every change the list does not reflect is streamed:
-there is no gap between the first read and the live stream.
+there is no gap between the first read and the live stream. It also says whether
+the API is open (``TASKFLOW_AUTH`` off: the page says so in a banner) or closed: then the
+page asks for an API key once (``POST /session``) and works with the login cookie.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
-from api.deps import FeedDep
+from api.deps import FeedDep, SettingsDep
 from api.problems import NotFound
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -37,6 +39,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 POSITION_MARK = "__CHANGE_POSITION__"
+AUTH_MARK = "__AUTH__"
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,9 +50,10 @@ def _page() -> str:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def dashboard(feed: FeedDep) -> HTMLResponse:
+async def dashboard(feed: FeedDep, settings: SettingsDep) -> HTMLResponse:
     """The live dashboard."""
-    html = _page().replace(POSITION_MARK, str(int(feed.last)))
+    html = (_page().replace(POSITION_MARK, str(int(feed.last)))
+            .replace(AUTH_MARK, "on" if settings.auth else "off"))
     return HTMLResponse(html, headers={"Cache-Control": "no-store",
                                        "Content-Security-Policy": CSP,
                                        "X-Content-Type-Options": "nosniff"})

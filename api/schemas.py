@@ -195,3 +195,21 @@ class BatchOutcome(BaseModel):
                                  "type": "string_too_short"}]}}]}]})
 
     items: list[BatchItemOut]
+
+
+class LoginIn(BaseModel):
+    """``POST /session``: the API key the dashboard logs in with, pasted once."""
+
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"key": "tfk_<id>_<secret>"}]})
+
+    key: str = Field(min_length=1, max_length=256)
+
+
+class LoginOut(BaseModel):
+    """Who the login cookie stands for, and the ``X-CSRF-Token`` its writes must carry."""
+
+    tenant: str
+    key_id: str
+    expires_at: datetime
+    csrf_token: str

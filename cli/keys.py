@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import insert, update
 
 from api.auth import hash_secret, new_key
-from events import queries
+from events import login_db, queries
 from events.settings import Settings
 from events.tables import api_keys
 
@@ -28,6 +28,8 @@ async def revoke(settings: Settings, key_id: str) -> bool:
         res = await conn.execute(update(api_keys).where(
             api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)).values(
             revoked_at=datetime.now(UTC)))
+        # Its dashboard logins end with it (each use checks the key too; this frees them).
+        await login_db.end_for_key(conn, key_id=key_id)
         return bool(res.rowcount)
 
 

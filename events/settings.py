@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     # a burst, then this many a second; past it 429 before any key is looked up. 0 = off.
     auth_fail_rate_per_s: float = Field(default=1.0, ge=0)
     auth_fail_burst: int = Field(default=20, ge=1)
+    # Dashboard login (POST /session): how long a login cookie lasts, in seconds, and
+    # whether to believe X-Forwarded-Proto for its Secure flag (a TLS-terminating proxy
+    # that uvicorn's FORWARDED_ALLOW_IPS does not list).
+    session_ttl_s: float = Field(default=constants.LOGIN_TTL_S, gt=0)
+    trust_forwarded_proto: bool = False
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # What a JSON body, and a handler's result, may hold (see docs/limits.md): nesting of
     # arrays/objects (a body's own object is level 1), and keys in any one object. Every

@@ -148,6 +148,20 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
+# Dashboard logins (POST /session): only a SHA-256 of the cookie's token is stored. A
+# login is good until ``expires_at`` and while its key is not revoked.
+api_logins = Table(
+    "api_sessions",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("key_id", Text, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("api_sessions_key_id", "key_id"),
+    Index("api_sessions_expires_at", "expires_at"),
+)
+
 # Everything at or below ``trimmed_upto`` has been removed from task_changes; an SSE
 # client resuming from there gets ``event: reset``.
 change_retention = Table(

@@ -10,6 +10,12 @@
 //   new rows once it arrives, because the list may have been read before they happened.
 // * EventSource reconnects by itself and sends Last-Event-ID, so the server replays what was
 //   missed. If it gives up (an HTTP error), we reconnect with ?after=<last id seen>.
+//
+// Logging in: with the API closed (<body data-auth="on">) the page asks for an API key
+// once and trades it for an HttpOnly cookie (POST /session); the key itself is never kept.
+// Every request, the stream included, then goes with that cookie, and every write with
+// the X-CSRF-Token the API answered. A 401 later (logged out elsewhere, expired, the key
+// revoked) stops everything and shows the login form again.
 "use strict";
 
 (() => {
@@ -46,6 +52,9 @@
     resets: 0,            // times retention trimmed changes we missed, and we reloaded
     connected: false,
     types: [],
+    started: false,       // the live views run (after login, when the API is closed)
+    csrf: null,           // X-CSRF-Token of the login cookie; null when the API is open
+    timers: [],
   };
   window.taskflow = state;
 
@@ -57,7 +66,9 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
+    if (method !== "GET" && state.csrf) init.headers["X-CSRF-Token"] = state.csrf;
     const resp = await fetch(path, init);
+    if (resp.status === 401 && state.started) loggedOut();
     const text = await resp.text();
     let data = null;
     if (text) {
@@ -422,7 +433,14 @@
       if (es.readyState === EventSource.CLOSED) {
         // The browser gave up (an HTTP error); resume from the last change we saw.
         setConn("offline", "offline, retrying…");
-        setTimeout(() => { if (state.source === es) connect(); }, RECONNECT_MS);
+        setTimeout(async () => {
+          if (state.source !== es) return;
+          // A refused stream may be a login that ended: ask (a 401 shows the form).
+          if (state.csrf) {
+            try { await api("/session"); } catch { /* away: retry the stream anyway */ }
+          }
+          if (state.source === es) connect();
+        }, RECONNECT_MS);
       } else {
         setConn("reconnecting", "reconnecting…");
       }
@@ -791,6 +809,8 @@
   // ---------------------------------------------------------------- start
 
   function start() {
+    state.started = true;
+    showView("app");
     readFilters();
     $("filter-status").addEventListener("change", onFilter);
     $("filter-type").addEventListener("change", onFilter);
@@ -805,14 +825,104 @@
     loadPage(true); // reads the list after the rendered position; changes meanwhile are buffered
     connect();
     refreshStats();
-    setInterval(refreshStats, STATS_EVERY_MS);
+    state.timers.push(setInterval(refreshStats, STATS_EVERY_MS));
     refreshDead();
     refreshSchedules();
-    setInterval(refreshSchedules, STATS_EVERY_MS);
+    state.timers.push(setInterval(refreshSchedules, STATS_EVERY_MS));
     // A link to one task (`/?task=ID`, as the workflow page makes) opens its panel.
     const linked = new URLSearchParams(location.search).get("task");
     if (linked && /^[0-9a-f-]{36}$/i.test(linked)) select(linked.toLowerCase(), true);
   }
 
-  start();
+  // ---------------------------------------------------------------- login
+
+  function showView(view) {
+    document.body.dataset.view = view;
+    $("login").hidden = view !== "login";
+    $("app").hidden = view !== "app";
+  }
+
+  function showLogin(message) {
+    $("who").hidden = true;
+    showView("login");
+    $("login-status").textContent = message || "";
+    $("login-key").focus();
+  }
+
+  function showWho(me) {
+    $("who-tenant").textContent = me.tenant;
+    $("who-key").textContent = me.key_id;
+    $("who-until").dateTime = me.expires_at;
+    $("who-until").textContent = new Date(me.expires_at).toLocaleString();
+    $("who").hidden = false;
+  }
+
+  // The API said 401 while the page ran: stop polling and streaming, and ask again.
+  function loggedOut() {
+    state.started = false;
+    state.csrf = null;
+    for (const t of state.timers) clearInterval(t);
+    state.timers = [];
+    if (state.source) state.source.close();
+    state.source = null;
+    setConn("offline", "logged out");
+    showLogin("Your login has ended (logged out, expired, or its key revoked). Log in again.");
+  }
+
+  async function onLogin(ev) {
+    ev.preventDefault();
+    const key = $("login-key").value.trim();
+    if (!key) {
+      $("login-status").textContent = "Paste an API key.";
+      $("login-key").focus();
+      return;
+    }
+    $("login-submit").disabled = true;
+    $("login-status").textContent = "Logging in…";
+    let r;
+    try {
+      r = await api("/session", {method: "POST", body: {key}});
+    } catch {
+      $("login-status").textContent = "The API is unreachable; try again.";
+      return;
+    } finally {
+      $("login-submit").disabled = false;
+    }
+    if (!r.ok) {
+      $("login-status").textContent = problemText(r);
+      $("login-key").select();
+      return;
+    }
+    $("login-key").value = "";
+    // Start afresh, logged in: a new change position, then the list and the stream.
+    location.reload();
+  }
+
+  async function onLogout() {
+    $("logout").disabled = true;
+    try { await api("/session", {method: "DELETE"}); } catch { /* the cookie stays; reload shows */ }
+    location.reload();
+  }
+
+  async function boot() {
+    $("login-form").addEventListener("submit", onLogin);
+    $("logout").addEventListener("click", onLogout);
+    if (document.body.dataset.auth === "off") {
+      $("open-banner").hidden = false;
+      start();
+      return;
+    }
+    let r = null;
+    try { r = await api("/session"); } catch { /* below */ }
+    if (r && r.ok) {
+      state.csrf = r.data.csrf_token;
+      showWho(r.data);
+      start();
+    } else {
+      showLogin(r === null ? "The API is unreachable; reload to try again."
+        : r.status === 401 ? "" : problemText(r));
+    }
+  }
+
+  boot();
 })();

@@ -1,7 +1,7 @@
 """tasks.created_by: who submitted each task
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0016
 Create Date: 2026-12-06
 
 * ``tasks.created_by``  the ``actor`` of the task's ``task.created``: the API key id that
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0014"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
