@@ -6,8 +6,9 @@ import httpx
 from playwright.async_api import Browser
 
 from tests.helpers import Env
+from tests.test_api import cli
 from tests.test_dashboard import WAIT_MS, Dashboard, browser
-from tests.test_workflows import echo, services, submit, wenv
+from tests.test_workflows import TYPES, echo, services, submit, wenv
 
 __all__ = ["browser", "wenv"]  # the fixtures, used by name
 
@@ -48,3 +49,23 @@ async def test_workflow_page_draws_the_dag_with_live_statuses(
     await dash.until("document.querySelector('#detail').dataset.status === 'DONE'")
     assert await dash.page.locator("#d-id").inner_text() == doc["tasks"]["d"]
     assert dash.errors == [] and dash.console == []
+
+
+async def test_workflow_page_without_a_login_links_to_the_dashboard(
+        wenv: Env, browser: Browser) -> None:
+    wenv.proc("projector")
+    await wenv.api(TASKFLOW_AUTH="true", TASKFLOW_TASK_TYPES=TYPES)
+    key = cli(wenv, "keys", "create", "--tenant", "acme")
+    async with httpx.AsyncClient(base_url=wenv.base_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
+        doc = await submit(c, [echo("a")])
+    ctx = await browser.new_context()  # no cookie: the stream answers 401
+    page = await ctx.new_page()
+    page.set_default_timeout(WAIT_MS)
+    dash = Dashboard(page)
+    await page.goto(f"{wenv.base_url}/ui/workflows/{doc['workflow_id']}")
+    link = page.locator("#wf-summary a")
+    await link.wait_for(state="visible")
+    assert await link.get_attribute("href") == "/"
+    assert "Not logged in" in await page.locator("#wf-summary").inner_text()
+    assert dash.errors == []

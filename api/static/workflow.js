@@ -92,4 +92,16 @@
     header(JSON.parse(e.data));
     source.close();  // the stream ends with the workflow
   });
+  source.addEventListener("error", async () => {
+    // EventSource retries on its own; a missing or expired login would only repeat the 401.
+    const r = await fetch(`/workflows/${encodeURIComponent(wid)}`);
+    if (r.status !== 401) return;
+    source.close();
+    const s = document.getElementById("wf-summary");
+    s.textContent = "Not logged in: ";
+    const a = document.createElement("a");
+    a.href = "/";
+    a.textContent = "log in on the dashboard";
+    s.appendChild(a);
+  });
 })();
