@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import dashboard, metrics, ops, problems, schedules, stream, tasks, webhooks, workflows
 from api.audit import router as audit_router
 from api.auth import KeyRing
+from api.dead_letters import router as dead_letters_router
 from api.erasure import router as erasure_router
 from api.erasure import sealer
 from api.fastpath import FastSubmit
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (tasks, stream, ops, schedules, webhooks):
         app.include_router(module.router)
     app.include_router(audit_router)
+    app.include_router(dead_letters_router)
     app.include_router(erasure_router)
     app.include_router(workflows.router)
     app.include_router(dashboard.router)

@@ -1,8 +1,9 @@
 """API keys, tenants and per-key rate limits.
 
-A key looks like ``tfk_<key_id>_<secret>``. Postgres stores the key id, its tenant and a
-SHA-256 of the secret; the secret itself is shown once, by ``taskflow keys create``.
-With ``TASKFLOW_AUTH=false`` (the local default) every request is unscoped.
+A key looks like ``tfk_<key_id>_<secret>``. Postgres stores the key id, its tenant, its
+role and a SHA-256 of the secret; the secret itself is shown once, by ``taskflow keys
+create``. Each route needs a role (api/roles.py), checked here for every request. With
+``TASKFLOW_AUTH=false`` every request is unscoped and may do everything (``admin``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api import roles
 from api.problems import Problem
 from events import guards, queries
 from events.db import DB_ERRORS, database_down
@@ -33,17 +35,23 @@ class Unauthorized(Problem):
     status, title, kind = 401, "Unauthorized", "unauthorized"
 
 
+class Forbidden(Problem):
+    status, title, kind = 403, "Forbidden", "forbidden"
+
+
 class TooManyRequests(Problem):
     status, title, kind = 429, "Too many requests", "rate-limited"
 
 
 @dataclass(frozen=True)
 class Tenant:
-    """Who is asking. ``scoped`` is False when auth is off: everything is visible."""
+    """Who is asking. ``scoped`` is False when auth is off: everything is visible, and
+    the caller is ``admin``."""
 
     name: str | None
     key_id: str | None = None
     scoped: bool = False
+    role: str = "admin"
 
 
 def hash_secret(secret: str) -> str:
@@ -111,7 +119,8 @@ class KeyRing:
     # ``fail_rate_per_s``; 0 = no limit.
     fail_rate_per_s: float = 1.0
     fail_burst: int = 20
-    _cache: OrderedDict[str, tuple[float, str | None, str]] = field(default_factory=OrderedDict)
+    # key id -> (cached at, tenant, secret hash, role)
+    _cache: OrderedDict[str, tuple[float, str, str, str]] = field(default_factory=OrderedDict)
     _unknown: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _failures: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
     _local: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)  # Postgres away
@@ -130,27 +139,29 @@ class KeyRing:
         hit = self._cache.get(key_id)
         fresh = hit is not None and now - hit[0] <= CACHE_TTL_S
         if hit is not None and fresh and hmac.compare_digest(hit[2], hash_secret(secret)):
-            return Tenant(name=hit[1], key_id=key_id, scoped=True)
+            return Tenant(name=hit[1], key_id=key_id, scoped=True, role=hit[3])
         self.check_failures(client, now)
+        tenant: str | None
         if hit is not None and fresh:
-            tenant, digest = hit[1], hit[2]
+            tenant, digest, role = hit[1], hit[2], hit[3]
         else:
             miss = self._unknown.get(key_id)
             if miss is not None and now - miss <= CACHE_TTL_S:
-                tenant, digest = None, ""
+                tenant, digest, role = None, "", ""
             else:
                 row = await queries.api_key(self.engine, key_id=key_id)
-                tenant, digest = (row[0], row[1]) if row else (None, "")
                 # Known and unknown ids in separate bounded caches: made-up ids never
                 # push the keys in use out of the cache.
                 if row is None:
+                    tenant, digest, role = None, "", ""
                     _put(self._unknown, key_id, now)
                 else:
-                    _put(self._cache, key_id, (now, tenant, digest))
+                    tenant, digest, role = row
+                    _put(self._cache, key_id, (now, tenant, digest, role))
         if tenant is None or not hmac.compare_digest(digest, hash_secret(secret)):
             self.failed(client, now)
             return None
-        return Tenant(name=tenant, key_id=key_id, scoped=True)
+        return Tenant(name=tenant, key_id=key_id, scoped=True, role=role)
 
     def check_failures(self, client: str, now: float) -> None:
         """``TooManyRequests`` while ``client`` has no failed authentication left."""
@@ -188,8 +199,21 @@ class KeyRing:
                                                                self.burst)
 
 
+def check_role(request: Request, tenant: Tenant) -> None:
+    """``Forbidden`` unless the caller's role is at least what the route needs
+    (``roles.ROUTE_ROLES``, by the route's path template and the method)."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    needed = roles.required(request.method, path)
+    if not roles.allows(tenant.role, needed):
+        raise Forbidden(f"{request.method} {path} needs the role {needed}; "
+                        f"this key's role is {tenant.role}", required_role=needed,
+                        role=tenant.role)
+
+
 async def authenticate(request: Request) -> Tenant:
-    """The caller's tenant from its API key (``TenantDep``); 401 or 429 as a ``Problem``."""
+    """The caller's tenant from its API key (``TenantDep``), allowed the route's role;
+    401, 403 or 429 as a ``Problem``."""
     settings = request.app.state.settings
     ring: KeyRing = request.app.state.keys
     if not settings.auth:
@@ -209,6 +233,7 @@ async def authenticate(request: Request) -> Tenant:
     if tenant is None:
         raise Unauthorized("the API key is not valid or has been revoked")
     assert tenant.key_id is not None
+    check_role(request, tenant)
     wait = await ring.take(tenant.key_id)
     if wait:
         raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",

@@ -61,6 +61,7 @@ class Unavailable(Problem):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc, "content": {PROBLEM: {}}}
     for code, desc in [(400, "Bad request"), (401, "Missing or invalid API key"),
+                       (403, "The API key's role is too low for the route"),
                        (404, "No such task"), (409, "Not allowed in the task's state"),
                        (413, "Body too large"), (415, "Body is not JSON"),
                        (422, "Invalid input"), (429, "Rate limit exceeded"),
