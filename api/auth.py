@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import roles
-from api.problems import Problem
+from api.problems import Forbidden, Problem
 from events import guards, queries
 from events.db import DB_ERRORS, database_down
 
@@ -33,10 +33,6 @@ CACHE_MAX = 10_000
 
 class Unauthorized(Problem):
     status, title, kind = 401, "Unauthorized", "unauthorized"
-
-
-class Forbidden(Problem):
-    status, title, kind = 403, "Forbidden", "forbidden"
 
 
 class TooManyRequests(Problem):

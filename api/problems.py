@@ -2,6 +2,7 @@
 
     Problem                      an HTTP-facing error with status, title and detail
     ├── BadRequest               400
+    ├── Forbidden                403 (the API key's role is below the route's)
     ├── NotFound                 404
     ├── Conflict                 409
     └── Unavailable              503 (the log did not acknowledge)
@@ -39,6 +40,10 @@ class Problem(Exception):
 
 class BadRequest(Problem):
     pass
+
+
+class Forbidden(Problem):
+    status, title, kind = 403, "Forbidden", "forbidden"
 
 
 class NotFound(Problem):

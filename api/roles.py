@@ -59,12 +59,12 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/schedules/{schedule_id}:resume"): "submitter",
     ("POST", "/schedules/{schedule_id}:trigger"): "submitter",
     ("GET", "/schedules/{schedule_id}/runs"): "reader",
-    # Webhooks: a new secret is shown once, to whoever asks, so rotating it is admin.
+    # Webhooks.
     ("POST", "/webhooks"): "submitter",
     ("GET", "/webhooks"): "reader",
     ("GET", "/webhooks/{webhook_id}"): "reader",
     ("DELETE", "/webhooks/{webhook_id}"): "submitter",
-    ("POST", "/webhooks/{webhook_id}:rotate-secret"): "admin",
+    ("POST", "/webhooks/{webhook_id}:rotate-secret"): "submitter",
     ("GET", "/webhooks/{webhook_id}/deliveries"): "reader",
     ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}:redeliver"): "submitter",
     # Workflows.
