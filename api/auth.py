@@ -42,12 +42,13 @@ class TooManyRequests(Problem):
 @dataclass(frozen=True)
 class Tenant:
     """Who is asking. ``scoped`` is False when auth is off: everything is visible, and
-    the caller is ``admin``."""
+    the caller is ``admin``. ``role`` defaults to the least, so that a way of
+    authenticating that forgets to say it grants nothing more."""
 
     name: str | None
     key_id: str | None = None
     scoped: bool = False
-    role: str = "admin"
+    role: str = "reader"
 
 
 def hash_secret(secret: str) -> str:
@@ -217,7 +218,7 @@ async def authenticate(request: Request) -> Tenant:
         if wait:
             raise TooManyRequests(f"rate limit exceeded; retry in {wait:.2f}s",
                                   retry_after=max(1, round(wait + 0.5)))
-        return Tenant(name=None)
+        return Tenant(name=None, role="admin")
     raw = request.headers.get("x-api-key", "")
     auth = request.headers.get("authorization", "")
     if not raw and auth.lower().startswith("bearer "):
