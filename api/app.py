@@ -25,6 +25,7 @@ from api import (
 )
 from api.audit import router as audit_router
 from api.auth import KeyRing
+from api.dead_letters import router as dead_letters_router
 from api.erasure import router as erasure_router
 from api.erasure import sealer
 from api.fastpath import FastSubmit
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (tasks, stream, ops, schedules, webhooks, login):
         app.include_router(module.router)
     app.include_router(audit_router)
+    app.include_router(dead_letters_router)
     app.include_router(erasure_router)
     app.include_router(workflows.router)
     app.include_router(dashboard.router)

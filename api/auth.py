@@ -1,12 +1,13 @@
 """API keys, tenants and per-key rate limits.
 
-A key looks like ``tfk_<key_id>_<secret>``. Postgres stores the key id, its tenant and a
-SHA-256 of the secret; the secret itself is shown once, by ``taskflow keys create``.
-With ``TASKFLOW_AUTH=false`` (the local default) every request is unscoped.
+A key looks like ``tfk_<key_id>_<secret>``. Postgres stores the key id, its tenant, its
+role and a SHA-256 of the secret; the secret itself is shown once, by ``taskflow keys
+create``. Each route needs a role (api/roles.py), checked here for every request. With
+``TASKFLOW_AUTH=false`` every request is unscoped and may do everything (``admin``).
 
 The dashboard logs in once with a key (``POST /session``, ``api/login.py``) and then
 sends the ``taskflow_session`` cookie instead: it resolves to the same tenant and key
-id as the key itself. A write authenticated by that cookie must come from this origin
+id (and role) as the key itself. A write authenticated by that cookie must come from this origin
 and carry the ``X-CSRF-Token`` derived from it; one with an API key header needs neither.
 """
 
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api import roles
 from api.problems import Forbidden, Problem
 from events import constants, guards, login_db, queries
 from events.db import DB_ERRORS, database_down
@@ -47,11 +49,14 @@ class TooManyRequests(Problem):
 
 @dataclass(frozen=True)
 class Tenant:
-    """Who is asking. ``scoped`` is False when auth is off: everything is visible."""
+    """Who is asking. ``scoped`` is False when auth is off: everything is visible, and
+    the caller is ``admin``. ``role`` defaults to the least, so that a way of
+    authenticating that forgets to say it grants nothing more."""
 
     name: str | None
     key_id: str | None = None
     scoped: bool = False
+    role: str = "reader"
 
     @property
     def actor(self) -> str:
@@ -125,7 +130,8 @@ class KeyRing:
     # ``fail_rate_per_s``; 0 = no limit.
     fail_rate_per_s: float = 1.0
     fail_burst: int = 20
-    _cache: OrderedDict[str, tuple[float, str | None, str]] = field(default_factory=OrderedDict)
+    # key id -> (cached at, tenant, secret hash, role)
+    _cache: OrderedDict[str, tuple[float, str, str, str]] = field(default_factory=OrderedDict)
     _unknown: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _failures: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)
     _local: OrderedDict[str, Bucket] = field(default_factory=OrderedDict)  # Postgres away
@@ -144,27 +150,29 @@ class KeyRing:
         hit = self._cache.get(key_id)
         fresh = hit is not None and now - hit[0] <= CACHE_TTL_S
         if hit is not None and fresh and hmac.compare_digest(hit[2], hash_secret(secret)):
-            return Tenant(name=hit[1], key_id=key_id, scoped=True)
+            return Tenant(name=hit[1], key_id=key_id, scoped=True, role=hit[3])
         self.check_failures(client, now)
+        tenant: str | None
         if hit is not None and fresh:
-            tenant, digest = hit[1], hit[2]
+            tenant, digest, role = hit[1], hit[2], hit[3]
         else:
             miss = self._unknown.get(key_id)
             if miss is not None and now - miss <= CACHE_TTL_S:
-                tenant, digest = None, ""
+                tenant, digest, role = None, "", ""
             else:
                 row = await queries.api_key(self.engine, key_id=key_id)
-                tenant, digest = (row[0], row[1]) if row else (None, "")
                 # Known and unknown ids in separate bounded caches: made-up ids never
                 # push the keys in use out of the cache.
                 if row is None:
+                    tenant, digest, role = None, "", ""
                     _put(self._unknown, key_id, now)
                 else:
-                    _put(self._cache, key_id, (now, tenant, digest))
+                    tenant, digest, role = row
+                    _put(self._cache, key_id, (now, tenant, digest, role))
         if tenant is None or not hmac.compare_digest(digest, hash_secret(secret)):
             self.failed(client, now)
             return None
-        return Tenant(name=tenant, key_id=key_id, scoped=True)
+        return Tenant(name=tenant, key_id=key_id, scoped=True, role=role)
 
     async def login_of(self, token: str, *, client: str = "") -> login_db.Login | None:
         """The key id and tenant a login cookie's ``token`` stands for, or None (unknown,
@@ -252,14 +260,27 @@ def check_cookie_write(request: Request, token: str) -> None:
                         "header that POST /session and GET /session return")
 
 
+def check_role(request: Request, tenant: Tenant) -> None:
+    """``Forbidden`` unless the caller's role is at least what the route needs
+    (``roles.ROUTE_ROLES``, by the route's path template and the method)."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    needed = roles.required(request.method, path)
+    if not roles.allows(tenant.role, needed):
+        raise Forbidden(f"{request.method} {path} needs the role {needed}; "
+                        f"this key's role is {tenant.role}", required_role=needed,
+                        role=tenant.role)
+
+
 async def authenticate(request: Request) -> Tenant:
-    """The caller's tenant from its API key, or else from its login cookie (``TenantDep``);
+    """The caller's tenant from its API key, or else from its login cookie (``TenantDep``),
+    allowed the route's role;
     401, 403 or 429 as a ``Problem``."""
     settings = request.app.state.settings
     ring: KeyRing = request.app.state.keys
     if not settings.auth:
         await ring.spend("anonymous")
-        return Tenant(name=None)
+        return Tenant(name=None, role="admin")
     raw = request.headers.get("x-api-key", "")
     auth = request.headers.get("authorization", "")
     if not raw and auth.lower().startswith("bearer "):
@@ -277,8 +298,9 @@ async def authenticate(request: Request) -> Tenant:
         if login is None:
             raise Unauthorized("the login has expired or ended; log in again")
         check_cookie_write(request, token)
-        tenant = Tenant(name=login.tenant, key_id=login.key_id, scoped=True)
+        tenant = Tenant(name=login.tenant, key_id=login.key_id, scoped=True, role=login.role)
     assert tenant.key_id is not None
+    check_role(request, tenant)
     await ring.spend(tenant.key_id)
     return tenant
 

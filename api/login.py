@@ -64,7 +64,7 @@ async def log_in(body: LoginIn, request: Request, response: Response, db: DbDep,
     await ring.spend(tenant.key_id)  # a login is one of the key's requests
     token = secrets.token_urlsafe(32)
     login = await login_db.create(db, token=token, key_id=tenant.key_id, tenant=tenant.name,
-                                  ttl_s=settings.session_ttl_s)
+                                  role=tenant.role, ttl_s=settings.session_ttl_s)
     response.set_cookie(constants.LOGIN_COOKIE, token, max_age=math.ceil(settings.session_ttl_s),
                         path="/", secure=_secure(request, settings), httponly=True,
                         samesite="strict")

@@ -74,18 +74,22 @@ _ANY_TENANT = object()  # open_counts: no tenant filter
 @router.get("/stats", tags=["ops"])
 async def stats(request: Request, db: DbDep, settings: SettingsDep, tenant: TenantDep,
                 minutes: Annotated[int, Query(ge=1, le=1440)] = 15) -> dict[str, Any]:
-    """Counts by status, tasks finished per minute, and projector lag per partition;
-    ``open``: unfinished tasks by priority and by tenant, in the caller's scope; and
-    retention: how many finished tasks left the read model, up to which cutoff."""
+    """Counts by status, tasks finished per minute, and ``open``: unfinished tasks by
+    priority and by tenant, all in the caller's scope. For an ``admin`` also the internals
+    of the whole system: projector lag per partition, and retention: how many finished
+    tasks left the read model, up to which cutoff."""
+    name = tenant.name if tenant.scoped else None
+    out: dict[str, Any] = {
+        "counts": await queries.status_counts(db, tenant=name),
+        "throughput": await queries.throughput(db, minutes=minutes, tenant=name),
+        "open": await queries.open_counts(db, tenant=name if tenant.scoped else _ANY_TENANT)}
+    if tenant.role != "admin":
+        return out
     try:
         lag: dict[int, int] | None = await projector_lag(request, settings, db)
     except LogUnavailable:
         lag = None
-    return {"counts": await queries.status_counts(db),
-            "throughput": await queries.throughput(db, minutes=minutes),
-            "lag": {str(p): n for p, n in lag.items()} if lag is not None else None,
-            "open": await queries.open_counts(
-                db, tenant=tenant.name if tenant.scoped else _ANY_TENANT),
+    return {**out, "lag": {str(p): n for p, n in lag.items()} if lag is not None else None,
             "retention": await retention_db.status(db, projection=settings.projection,
                                                    days=settings.retention_days)}
 
@@ -137,9 +141,12 @@ async def readyz(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
-async def prometheus(request: Request, db: DbDep, settings: SettingsDep) -> Response:
-    """Prometheus text format."""
+@router.get("/metrics", tags=["ops"], response_class=Response,
+            responses=documented(401, 403))
+async def prometheus(request: Request, db: DbDep, settings: SettingsDep,
+                     tenant: TenantDep) -> Response:
+    """Prometheus text format: every tenant's figures, so an ``admin`` key is needed with
+    auth on."""
     with contextlib.suppress(LogUnavailable):
         await projector_lag(request, settings, db)
     for (projection, reason), n in (await queries.parked_counts(db)).items():

@@ -2,7 +2,8 @@
 
     Problem                      an HTTP-facing error with status, title and detail
     ├── BadRequest               400
-    ├── Forbidden                403 (a cross-origin or unproven cookie-authenticated write)
+    ├── Forbidden                403 (a role below the route's, or a cross-origin or unproven
+    │                                 cookie-authenticated write)
     ├── NotFound                 404
     ├── Conflict                 409
     └── Unavailable              503 (the log did not acknowledge)
@@ -66,8 +67,8 @@ class Unavailable(Problem):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc, "content": {PROBLEM: {}}}
     for code, desc in [(400, "Bad request"), (401, "Missing or invalid API key"),
-                       (403, "Cross-origin, or a cookie-authenticated write without "
-                             "its X-CSRF-Token"),
+                       (403, "The key's role is too low for the route, or a cross-origin "
+                             "or cookie-authenticated write without its X-CSRF-Token"),
                        (404, "No such task"), (409, "Not allowed in the task's state"),
                        (413, "Body too large"), (415, "Body is not JSON"),
                        (422, "Invalid input"), (429, "Rate limit exceeded"),

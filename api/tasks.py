@@ -246,8 +246,9 @@ async def retry_task(task_id: uuid.UUID, producer: LogDep, db: DbDep, feed: Feed
     """Redrive a FAILED (dead-lettered) task: it runs again as a new attempt."""
     return await _emit(producer, db, feed, settings, task_id, "retry", tenant)
 
-@router.get("/handlers", response_model=HandlersOut, tags=["tasks"])
-async def handlers(settings: SettingsDep, db: DbDep) -> dict[str, Any]:
+@router.get("/handlers", response_model=HandlersOut, tags=["tasks"],
+            responses=documented(401, 403))
+async def handlers(settings: SettingsDep, db: DbDep, tenant: TenantDep) -> dict[str, Any]:
     """Task types this deployment accepts (``TASKFLOW_TASK_TYPES``), and the worker pools
     running now: each with the types it serves, its live workers, and when one last wrote
     (``unserved``: accepted types no running pool serves; their tasks wait as PENDING)."""

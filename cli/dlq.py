@@ -7,7 +7,7 @@ from typing import Any
 
 from events import chain, constants, queries
 from events.log import EventProducer
-from events.redrive import redrive as redrive_rows
+from events.redrive import redrive_dead
 from events.settings import Settings
 
 
@@ -21,14 +21,11 @@ async def redrive(settings: Settings, rows: list[dict[str, Any]], *, reason: str
                   actor: str) -> int:
     chain.configure(settings)
     async with queries.short_engine(settings.database_url) as engine:
-        parts = await queries.task_partitions(engine, task_ids=[r["task_id"] for r in rows])
-        rows = [{**r, "partition": parts.get(r["task_id"])} for r in rows]
         producer = EventProducer(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
                                  timeout_s=settings.produce_timeout_s)
         await producer.start()
         try:
-            return len(await redrive_rows(producer, rows, reason=reason,
-                                          source=constants.CLI_SOURCE, actor=actor,
-                                          engine=engine))
+            return len(await redrive_dead(producer, engine, rows, reason=reason,
+                                          source=constants.CLI_SOURCE, actor=actor))
         finally:
             await producer.stop()

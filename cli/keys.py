@@ -1,4 +1,4 @@
-"""``taskflow keys``: API keys, stored hashed, one tenant each."""
+"""``taskflow keys``: API keys, stored hashed, one tenant and one role each."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from typing import Any
 from sqlalchemy import insert, update
 
 from api.auth import hash_secret, new_key
+from api.roles import DEFAULT_ROLE
 from events import login_db, queries
 from events.settings import Settings
 from events.tables import api_keys
 
 
-async def create(settings: Settings, tenant: str) -> str:
+async def create(settings: Settings, tenant: str, role: str = DEFAULT_ROLE) -> str:
     key_id, secret, full = new_key()
     async with queries.short_engine(settings.database_url) as engine, engine.begin() as conn:
         await conn.execute(insert(api_keys).values(
-            key_id=key_id, tenant=tenant, secret_hash=hash_secret(secret)))
+            key_id=key_id, tenant=tenant, secret_hash=hash_secret(secret), role=role))
     return full
 
 

@@ -15,6 +15,7 @@ import orjson
 import typer
 import uvloop
 
+from api.roles import DEFAULT_ROLE, ROLES
 from cli import erasure as cli_erasure
 from cli.audit import audit_app
 from cli.services import dev_profile, run_all, serve, setup_logging, supervise
@@ -597,13 +598,20 @@ app.add_typer(keys_app, name="keys")
 
 
 @keys_app.command("create")
-def keys_create(tenant: Annotated[str, typer.Option(help="the tenant this key acts for")]) -> None:
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant this key acts for")],
+    role: Annotated[str, typer.Option(
+        help="admin, submitter or reader: what the key may do (docs/security.md)")
+    ] = DEFAULT_ROLE,
+) -> None:
     """Create a key; it is printed once and stored only as a hash."""
     from cli.keys import create
 
     if not tenant.strip():
         raise typer.BadParameter("tenant must not be empty")
-    print(asyncio.run(create(get_settings(), tenant)))
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
+    print(asyncio.run(create(get_settings(), tenant, role)))
 
 
 @keys_app.command("revoke")
@@ -619,7 +627,7 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its id")]) 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (ids and tenants; secrets are never stored)."""
+    """List keys (ids, tenants and roles; secrets are never stored)."""
     from cli.keys import listing
 
     for r in asyncio.run(listing(get_settings())):

@@ -24,13 +24,14 @@ class Login:
     key_id: str
     tenant: str
     expires_at: datetime
+    role: str = "reader"  # the key's role, read on every use
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def create(engine: AsyncEngine, *, token: str, key_id: str, tenant: str,
+async def create(engine: AsyncEngine, *, token: str, key_id: str, tenant: str, role: str,
                  ttl_s: float) -> Login:
     """Store a login for ``token``, good for ``ttl_s`` seconds; expired ones are dropped."""
     expires = func.now() + timedelta(seconds=ttl_s)
@@ -40,7 +41,7 @@ async def create(engine: AsyncEngine, *, token: str, key_id: str, tenant: str,
             insert(api_logins).values(token_hash=token_hash(token), key_id=key_id,
                                       tenant=tenant, expires_at=expires)
             .returning(api_logins.c.expires_at))).one()
-    return Login(key_id=key_id, tenant=tenant, expires_at=row.expires_at)
+    return Login(key_id=key_id, tenant=tenant, expires_at=row.expires_at, role=role)
 
 
 async def find(engine: AsyncEngine, *, token: str) -> Login | None:
@@ -48,7 +49,8 @@ async def find(engine: AsyncEngine, *, token: str) -> Login | None:
 
     The tenant is the key's own, so a login resolves to what its key would.
     """
-    q = (select(api_logins.c.key_id, api_keys.c.tenant, api_logins.c.expires_at)
+    q = (select(api_logins.c.key_id, api_keys.c.tenant, api_logins.c.expires_at,
+                api_keys.c.role)
          .join(api_keys, api_keys.c.key_id == api_logins.c.key_id)
          .where(api_logins.c.token_hash == token_hash(token),
                 api_logins.c.expires_at > func.now(), api_keys.c.revoked_at.is_(None)))
@@ -56,7 +58,8 @@ async def find(engine: AsyncEngine, *, token: str) -> Login | None:
         row = (await conn.execute(q)).first()
     if row is None:
         return None
-    return Login(key_id=str(row.key_id), tenant=str(row.tenant), expires_at=row.expires_at)
+    return Login(key_id=str(row.key_id), tenant=str(row.tenant), expires_at=row.expires_at,
+                 role=str(row.role))
 
 
 async def end(engine: AsyncEngine, *, token: str) -> None:

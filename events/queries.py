@@ -266,25 +266,33 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-async def status_counts(engine: AsyncEngine) -> dict[str, int]:
+async def status_counts(engine: AsyncEngine, *, tenant: str | None = None) -> dict[str, int]:
     """Tasks per status, from ``task_counts`` (a few rows per partition, kept by triggers
-    on ``tasks``) instead of a scan of every task."""
-    n = func.sum(task_counts.c.n)
-    q = select(task_counts.c.status, n).group_by(task_counts.c.status).having(n > 0)
+    on ``tasks``) instead of a scan of every task; a tenant's own from its tasks."""
+    q: Any
+    if tenant is None:
+        n = func.sum(task_counts.c.n)
+        q = select(task_counts.c.status, n).group_by(task_counts.c.status).having(n > 0)
+    else:
+        q = (select(tasks.c.status, func.count()).where(tasks.c.tenant == tenant)
+             .group_by(tasks.c.status))
     async with engine.connect() as conn:
         return {str(s): int(c) for s, c in (await conn.execute(q)).all()}
 
 
-async def throughput(engine: AsyncEngine, *, minutes: int) -> list[dict[str, Any]]:
-    """Tasks finished per minute over the last ``minutes`` (from the change feed)."""
+async def throughput(engine: AsyncEngine, *, minutes: int,
+                     tenant: str | None = None) -> list[dict[str, Any]]:
+    """Tasks finished per minute over the last ``minutes`` (from the change feed); only
+    ``tenant``'s, if given."""
     # The predicate is the partial index task_changes_finished's, word for word.
     q = text(
         "SELECT date_trunc('minute', time) AS minute, count(*) AS finished "
         "FROM task_changes WHERE type IN ('task.done', 'task.failed', 'task.cancelled') "
-        "AND time > now() - make_interval(mins => :m) GROUP BY 1 ORDER BY 1"
+        "AND time > now() - make_interval(mins => :m) "
+        + ("AND tenant = :t " if tenant is not None else "") + "GROUP BY 1 ORDER BY 1"
     )
     async with engine.connect() as conn:
-        rows = (await conn.execute(q, {"m": minutes})).all()
+        rows = (await conn.execute(q, {"m": minutes, "t": tenant})).all()
     return [{"minute": r.minute.isoformat(), "finished": int(r.finished)} for r in rows]
 
 
@@ -302,8 +310,10 @@ async def task_snapshot(engine: AsyncEngine, *,
 
 
 async def dead_tasks(engine: AsyncEngine, *, type_: str | None = None,
-                     since: datetime | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
-    """Dead-lettered tasks (FAILED, retries spent), oldest first, with what a redrive needs."""
+                     since: datetime | None = None, limit: int = 10_000,
+                     tenant: object = None) -> list[dict[str, Any]]:
+    """Dead-lettered tasks (FAILED, retries spent), oldest first, with what a redrive
+    needs; ``tenant``: only its tasks (None: every tenant's)."""
     q = select(tasks.c.task_id, tasks.c.tenant, tasks.c.type, tasks.c.title, tasks.c.error,
                tasks.c.attempt, tasks.c.finished_at, tasks.c.payload, tasks.c.priority,
                tasks.c.max_attempts, tasks.c.timeout_s).where(
@@ -312,6 +322,8 @@ async def dead_tasks(engine: AsyncEngine, *, type_: str | None = None,
         q = q.where(tasks.c.type == type_)
     if since:
         q = q.where(tasks.c.finished_at >= since)
+    if tenant is not None:
+        q = q.where(tasks.c.tenant == tenant)
     q = q.order_by(tasks.c.finished_at, tasks.c.task_id).limit(limit)
     async with engine.connect() as conn:
         return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
@@ -333,18 +345,19 @@ async def parked_records(engine: AsyncEngine, *, limit: int | None = None) -> li
     return rows
 
 
-async def api_key(engine: AsyncEngine, *, key_id: str) -> tuple[str, str] | None:
-    """``(tenant, secret_hash)`` of an API key that is not revoked."""
-    q = select(api_keys.c.tenant, api_keys.c.secret_hash).where(
+async def api_key(engine: AsyncEngine, *, key_id: str) -> tuple[str, str, str] | None:
+    """``(tenant, secret_hash, role)`` of an API key that is not revoked."""
+    q = select(api_keys.c.tenant, api_keys.c.secret_hash, api_keys.c.role).where(
         api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
     async with engine.connect() as conn:
         row = (await conn.execute(q)).first()
-    return (str(row.tenant), str(row.secret_hash)) if row else None
+    return (str(row.tenant), str(row.secret_hash), str(row.role)) if row else None
 
 
 async def api_key_list(engine: AsyncEngine) -> list[dict[str, Any]]:
-    """Every API key's id, tenant and dates, oldest first (secrets are never stored)."""
-    q = select(api_keys.c.key_id, api_keys.c.tenant, api_keys.c.created_at,
+    """Every API key's id, tenant, role and dates, oldest first (secrets are never
+    stored)."""
+    q = select(api_keys.c.key_id, api_keys.c.tenant, api_keys.c.role, api_keys.c.created_at,
                api_keys.c.revoked_at).order_by(api_keys.c.created_at)
     async with engine.connect() as conn:
         return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]

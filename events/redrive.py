@@ -1,7 +1,8 @@
 """Redrive: a FAILED task runs again, as a ``task.redriven`` event that carries its spec.
 
-The one place that builds those events, for ``POST /tasks/{id}/retry`` and for
-``taskflow dlq redrive``. Which tasks may be redriven is the caller's check.
+The one place that builds those events, for ``POST /tasks/{id}/retry``,
+``POST /dead-letters:redrive`` and ``taskflow dlq redrive``. Which tasks may be redriven
+is the caller's check.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import chain, chain_db
+from events import chain, chain_db, queries
 from events.log import EventProducer
 from events.models import CloudEvent, Position, TaskCreated, TaskRedriven, new_event
 
@@ -50,3 +51,12 @@ async def redrive(producer: EventProducer, rows: Sequence[Mapping[str, Any]], *,
         positions += await producer.append(events[i:i + APPEND_CHUNK],
                                            partitions=placed[i:i + APPEND_CHUNK])
     return positions
+
+
+async def redrive_dead(producer: EventProducer, engine: AsyncEngine,
+                       rows: Sequence[Mapping[str, Any]], *, reason: str,
+                       source: str, actor: str) -> list[Position]:
+    """``redrive`` the rows of ``queries.dead_tasks``, each to its task's partition."""
+    parts = await queries.task_partitions(engine, task_ids=[r["task_id"] for r in rows])
+    return await redrive(producer, [{**r, "partition": parts.get(r["task_id"])} for r in rows],
+                         reason=reason, source=source, actor=actor, engine=engine)

@@ -146,6 +146,9 @@ api_keys = Table(
     Column("secret_hash", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # admin > submitter > reader (api/roles.py); keys from before roles are admin.
+    Column("role", Text, nullable=False, server_default="submitter"),
+    CheckConstraint("role IN ('admin', 'submitter', 'reader')", name="api_keys_role"),
 )
 
 # Dashboard logins (POST /session): only a SHA-256 of the cookie's token is stored. A

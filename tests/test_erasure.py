@@ -142,9 +142,10 @@ async def test_erasure_reaches_every_read_path_and_keeps_the_metadata(env: Env) 
 async def test_erase_a_tenant_leaves_other_tenants_readable(env: Env) -> None:
     env.extra.update({"TASKFLOW_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
                       "TASKFLOW_AUTH": "1"})
-    acme_key = cli(env, "keys", "create", "--tenant", "acme").stdout.strip()
+    acme_key = cli(env, "keys", "create", "--tenant", "acme", "--role", "admin").stdout.strip()
     acme = {"Authorization": f"Bearer {acme_key}"}
-    globex = {"X-API-Key": cli(env, "keys", "create", "--tenant", "globex").stdout.strip()}
+    globex = {"X-API-Key": cli(env, "keys", "create", "--tenant", "globex", "--role",
+                               "admin").stdout.strip()}
     env.proc("projector")
     env.proc("worker")
     await env.api()

@@ -483,7 +483,11 @@
 
   function renderLag(lag) {
     const list = $("lag");
-    if (lag === null || lag === undefined) {
+    if (lag === undefined) {  // /stats shows lag to admin keys only
+      list.replaceChildren(el("li", {text: "admin keys only"}));
+      return;
+    }
+    if (lag === null) {
       list.replaceChildren(el("li", {class: "warn", text: "log unreachable"}));
       return;
     }

@@ -1,7 +1,7 @@
 """dashboard logins: the cookie of POST /session, stored hashed
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-06
 
 * ``api_sessions``  one row per dashboard login: a SHA-256 of the cookie's token, the key
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
