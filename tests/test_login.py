@@ -173,6 +173,12 @@ async def test_the_cookie_reads_streams_and_writes_as_its_key_with_a_csrf_token(
         # A request with an API key needs neither, even from another origin.
         keyed = await c.post("/tasks", json=spec, headers={**a, "Origin": "https://x.example"})
         assert keyed.status_code == 202, keyed.text
+        # A login is worth its key's role: a reader's cookie reads and cannot submit.
+        reader = cli(env, "keys", "create", "--tenant", "acme", "--role", "reader")
+        rvalue, rme = await _login(c, reader)
+        rjar = _cookie(rvalue, **{"X-CSRF-Token": rme["csrf_token"]})
+        assert (await c.get("/tasks", headers=rjar)).status_code == 200
+        assert problem(await c.post("/tasks", json=spec, headers=rjar), 403)["role"] == "reader"
 
         # Logging out needs the token too, then the cookie is dead everywhere.
         problem(await c.delete("/session", headers=jar), 403)

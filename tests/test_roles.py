@@ -145,6 +145,10 @@ async def test_only_an_admin_redrives_dead_letters_and_only_its_own(env: Env) ->
 
         await wait_until(acme_redriven, timeout=60, what="acme's task to be redriven")
         assert "task.redriven" not in await redriven(dead["globex"], globex)
+        # The redrive records the admin key that asked for it as its actor.
+        items = (await c.get(f"/tasks/{dead['acme']}/events", headers=acme)).json()["items"]
+        admin_id = acme_admin["Authorization"].removeprefix("Bearer tfk_").partition("_")[0]
+        assert [e["actor"] for e in items if e["type"] == "task.redriven"] == [admin_id]
 
 
 async def test_metrics_need_an_admin_key(env: Env) -> None:
